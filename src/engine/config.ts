@@ -1,0 +1,171 @@
+// Engine configuration: the one place where every field has its default and its doc line, and validation
+// that refuses a bad config with the field path and the reason (cold path; exceptions are fine here).
+import { parseEndpoint, parseIp } from './addr.js';
+import { isPrime } from './maglev.js';
+
+export type Policy = 'maglev' | 'hash-5tuple' | 'hash-ip-pair';
+export const POLICIES: readonly Policy[] = ['maglev', 'hash-5tuple', 'hash-ip-pair'];
+/** What happens to an MP_JOIN SYN whose token maps to no live connection. */
+export type UnknownTokenAnswer = 'hash' | 'drop' | 'reset';
+export const UNKNOWN_TOKEN_ANSWERS: readonly UnknownTokenAnswer[] = ['hash', 'drop', 'reset'];
+
+export interface BackendConfig {
+  /** Backend address (IPv4 or IPv6, same family as its VIP). */
+  address: string;
+  /** Backend port; default: the VIP's port. */
+  port?: number;
+  /** Relative weight, integer 0..65535; 0 drains (no new connections; joins of existing ones still arrive). Default 1. */
+  weight?: number;
+}
+
+export interface VipConfig {
+  /** "addr:port" ("[v6]:port" for IPv6) that clients connect to. */
+  address: string;
+  backends: BackendConfig[];
+  /** Selection policy for this VIP; default: the engine's `policy`. */
+  policy?: Policy;
+}
+
+export interface EngineConfig {
+  vips: VipConfig[];
+  /** Backend selection for new connections. Default 'maglev'. */
+  policy: Policy;
+  /** Steer MP_JOINs by token. Off = an MPTCP-unaware balancer (for comparisons). Default true. */
+  mptcpAware: boolean;
+  /** Answer to a join whose token is unknown or ambiguous. Default 'hash'. */
+  unknownTokenAnswer: UnknownTokenAnswer;
+  tables: {
+    /** Subflow (TCP flow) entries; each is reachable from both directions. Default 1,048,576. */
+    maxFlows: number;
+    /** MPTCP connection entries (token -> backend). Default 524,288. */
+    maxConnections: number;
+    /** Maglev lookup table size, a prime. Default 65537. */
+    maglevSize: number;
+  };
+  timeouts: {
+    /** A flow that has seen only its SYN (or SYN/ACK). Default 10 s. */
+    synMs: number;
+    /** An established flow with no packets. Default 300 s. */
+    establishedMs: number;
+    /** After FIN in both directions. Default 10 s. */
+    finMs: number;
+    /** After a RST. Default 2 s. */
+    rstMs: number;
+    /** A connection's token outlives its last subflow by this much (Linux net.mptcp.close_timeout). Default 60 s. */
+    tokenLingerMs: number;
+  };
+  /** Seed of the flow hashes; balancers in parallel must share it. Default 0x6d706c62. */
+  hashSeed: number;
+}
+
+export const ENGINE_DEFAULTS: Omit<EngineConfig, 'vips'> = {
+  policy: 'maglev',
+  mptcpAware: true,
+  unknownTokenAnswer: 'hash',
+  tables: { maxFlows: 1 << 20, maxConnections: 1 << 19, maglevSize: 65537 },
+  timeouts: { synMs: 10_000, establishedMs: 300_000, finMs: 10_000, rstMs: 2_000, tokenLingerMs: 60_000 },
+  hashSeed: 0x6d706c62,
+};
+
+export class ConfigError extends Error {
+  readonly code = 'ECONFIG';
+  constructor(readonly path: string, readonly reason: string) {
+    super(`${path}: ${reason}`);
+    this.name = 'ConfigError';
+  }
+}
+
+function isObj(x: unknown): x is Record<string, unknown> {
+  return typeof x === 'object' && x !== null && !Array.isArray(x);
+}
+
+function checkKeys(obj: Record<string, unknown>, allowed: readonly string[], path: string): void {
+  for (const k of Object.keys(obj)) {
+    if (!allowed.includes(k)) throw new ConfigError(path ? `${path}.${k}` : k, `unknown field (allowed: ${allowed.join(', ')})`);
+  }
+}
+
+function intIn(v: unknown, path: string, min: number, max: number, def: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw new ConfigError(path, `must be an integer, got ${JSON.stringify(v)}`);
+  if (v < min || v > max) throw new ConfigError(path, `must be between ${min} and ${max}, got ${v}`);
+  return v;
+}
+
+function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[], def: T): T {
+  if (v === undefined) return def;
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) {
+    throw new ConfigError(path, `must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
+  }
+  return v as T;
+}
+
+/** Validates and fills defaults. `path` prefixes field names in errors (e.g. "engine"). */
+export function validateEngineConfig(input: unknown, path = ''): EngineConfig {
+  const p = (k: string) => (path ? `${path}.${k}` : k);
+  if (!isObj(input)) throw new ConfigError(path || '(root)', 'must be a mapping');
+  checkKeys(input, ['vips', 'policy', 'mptcpAware', 'unknownTokenAnswer', 'tables', 'timeouts', 'hashSeed'], path);
+  const d = ENGINE_DEFAULTS;
+  const policy = oneOf(input.policy, p('policy'), POLICIES, d.policy);
+  const mptcpAware = input.mptcpAware === undefined ? d.mptcpAware : input.mptcpAware;
+  if (typeof mptcpAware !== 'boolean') throw new ConfigError(p('mptcpAware'), 'must be true or false');
+  const unknownTokenAnswer = oneOf(input.unknownTokenAnswer, p('unknownTokenAnswer'), UNKNOWN_TOKEN_ANSWERS, d.unknownTokenAnswer);
+
+  const t = input.tables ?? {};
+  if (!isObj(t)) throw new ConfigError(p('tables'), 'must be a mapping');
+  checkKeys(t, ['maxFlows', 'maxConnections', 'maglevSize'], p('tables'));
+  const tables = {
+    maxFlows: intIn(t.maxFlows, p('tables.maxFlows'), 16, 1 << 25, d.tables.maxFlows),
+    maxConnections: intIn(t.maxConnections, p('tables.maxConnections'), 16, 1 << 24, d.tables.maxConnections),
+    maglevSize: intIn(t.maglevSize, p('tables.maglevSize'), 3, 1 << 24, d.tables.maglevSize),
+  };
+  if (!isPrime(tables.maglevSize)) throw new ConfigError(p('tables.maglevSize'), `must be a prime (e.g. 65537), got ${tables.maglevSize}`);
+
+  const to = input.timeouts ?? {};
+  if (!isObj(to)) throw new ConfigError(p('timeouts'), 'must be a mapping');
+  checkKeys(to, ['synMs', 'establishedMs', 'finMs', 'rstMs', 'tokenLingerMs'], p('timeouts'));
+  // Ages are compared as u32 millisecond differences, so every timeout stays well below 2^31 ms.
+  const maxMs = 7 * 24 * 3600 * 1000;
+  const timeouts = {
+    synMs: intIn(to.synMs, p('timeouts.synMs'), 1, maxMs, d.timeouts.synMs),
+    establishedMs: intIn(to.establishedMs, p('timeouts.establishedMs'), 1, maxMs, d.timeouts.establishedMs),
+    finMs: intIn(to.finMs, p('timeouts.finMs'), 1, maxMs, d.timeouts.finMs),
+    rstMs: intIn(to.rstMs, p('timeouts.rstMs'), 1, maxMs, d.timeouts.rstMs),
+    tokenLingerMs: intIn(to.tokenLingerMs, p('timeouts.tokenLingerMs'), 0, maxMs, d.timeouts.tokenLingerMs),
+  };
+  const hashSeed = intIn(input.hashSeed, p('hashSeed'), 0, 0xffffffff, d.hashSeed);
+
+  if (!Array.isArray(input.vips)) throw new ConfigError(p('vips'), 'must be a list of VIPs');
+  const seen = new Set<string>();
+  const vips: VipConfig[] = input.vips.map((raw, i) => {
+    const vp = p(`vips[${i}]`);
+    if (!isObj(raw)) throw new ConfigError(vp, 'must be a mapping with address and backends');
+    checkKeys(raw, ['address', 'backends', 'policy'], vp);
+    if (typeof raw.address !== 'string') throw new ConfigError(`${vp}.address`, 'must be "addr:port"');
+    const ep = parseEndpoint(raw.address);
+    if (!ep || ep.port === undefined) throw new ConfigError(`${vp}.address`, `must be "addr:port" with a port 1-65535, got ${JSON.stringify(raw.address)}`);
+    const key = `${ep.addr.bytes.join('.')}/${ep.port}`;
+    if (seen.has(key)) throw new ConfigError(`${vp}.address`, `duplicate VIP ${raw.address}`);
+    seen.add(key);
+    const vipPolicy = raw.policy === undefined ? undefined : oneOf(raw.policy, `${vp}.policy`, POLICIES, policy);
+    if (!Array.isArray(raw.backends)) throw new ConfigError(`${vp}.backends`, 'must be a list');
+    const bseen = new Set<string>();
+    const backends: BackendConfig[] = raw.backends.map((b, j) => {
+      const bp = `${vp}.backends[${j}]`;
+      if (!isObj(b)) throw new ConfigError(bp, 'must be a mapping with address (and optional port, weight)');
+      checkKeys(b, ['address', 'port', 'weight'], bp);
+      if (typeof b.address !== 'string') throw new ConfigError(`${bp}.address`, 'must be an IP address');
+      const a = parseIp(b.address);
+      if (!a) throw new ConfigError(`${bp}.address`, `not an IP address: ${JSON.stringify(b.address)}`);
+      if (a.family !== ep.addr.family) throw new ConfigError(`${bp}.address`, `IPv${a.family} backend for an IPv${ep.addr.family} VIP`);
+      const port = intIn(b.port, `${bp}.port`, 1, 65535, ep.port!);
+      const weight = intIn(b.weight, `${bp}.weight`, 0, 65535, 1);
+      const bkey = `${b.address}/${port}`;
+      if (bseen.has(bkey)) throw new ConfigError(`${bp}`, `duplicate backend ${b.address}:${port}`);
+      bseen.add(bkey);
+      return { address: b.address, port, weight };
+    });
+    return { address: raw.address, backends, policy: vipPolicy };
+  });
+  return { vips, policy, mptcpAware, unknownTokenAnswer, tables, timeouts, hashSeed };
+}

@@ -1,0 +1,132 @@
+// The connection table: one record per MPTCP connection whose server token is known (token -> backend),
+// with the list of its subflows. Tokens are unique per server, not across servers (RFC 8684 section 3.2), so a
+// token can be claimed by two live connections on different backends; such a token is marked ambiguous.
+
+export const enum ConnFlag {
+  /** MPTCP v1 (RFC 8684); else v0 (RFC 6824). */
+  V1 = 1 << 0,
+  /** The token is in the index (joins can find this connection). */
+  Indexed = 1 << 1,
+  /** Another live connection on another backend has the same token: joins cannot be steered by it. */
+  Ambiguous = 1 << 2,
+  /** No subflow left: the token lingers until lastSeen + tokenLingerMs. */
+  Lingering = 1 << 3,
+  HasClientKey = 1 << 4,
+}
+
+export class ConnTable {
+  readonly capacity: number;
+  used = 0;
+  readonly token: Uint32Array;
+  readonly backend: Uint16Array;
+  readonly vip: Uint16Array;
+  readonly flags: Uint8Array;
+  readonly subflows: Uint8Array;
+  readonly firstFlow: Int32Array;
+  readonly lastSeen: Uint32Array;
+  /** Server key then client key, two words each (hi, lo). */
+  readonly keys: Uint32Array;
+  readonly live: Uint8Array;
+  private readonly nextFree: Int32Array;
+  private freeHead: number;
+  // Token index: open addressing; entry = record + 1.
+  private readonly index: Int32Array;
+  private readonly mask: number;
+
+  constructor(capacity: number, private readonly seed: number) {
+    this.capacity = capacity;
+    this.token = new Uint32Array(capacity);
+    this.backend = new Uint16Array(capacity);
+    this.vip = new Uint16Array(capacity);
+    this.flags = new Uint8Array(capacity);
+    this.subflows = new Uint8Array(capacity);
+    this.firstFlow = new Int32Array(capacity);
+    this.lastSeen = new Uint32Array(capacity);
+    this.keys = new Uint32Array(capacity * 4);
+    this.live = new Uint8Array(capacity);
+    this.nextFree = new Int32Array(capacity);
+    for (let i = 0; i < capacity - 1; i++) this.nextFree[i] = i + 1;
+    this.nextFree[capacity - 1] = -1;
+    this.freeHead = 0;
+    let size = 4;
+    while (size < capacity * 2) size <<= 1;
+    this.index = new Int32Array(size);
+    this.mask = size - 1;
+  }
+
+  /** Slot of a token: seeded so that chosen keys cannot aim at one probe chain. */
+  private home(token: number): number {
+    let h = (token ^ this.seed) >>> 0;
+    h ^= h >>> 16; h = Math.imul(h, 0x7feb352d); h ^= h >>> 15; h = Math.imul(h, 0x846ca68b); h ^= h >>> 16;
+    return h & this.mask;
+  }
+
+  /** The connection indexed under `token`, or -1. */
+  find(token: number): number {
+    const idx = this.index, mask = this.mask;
+    let s = this.home(token);
+    for (;;) {
+      const e = idx[s];
+      if (e === 0) return -1;
+      if (this.token[e - 1] === token) return e - 1;
+      s = (s + 1) & mask;
+    }
+  }
+
+  /** Allocates a record (not indexed yet); -1 when full. */
+  alloc(token: number, version: number, backend: number, vip: number, nowMs: number): number {
+    const c = this.freeHead;
+    if (c < 0) return -1;
+    this.freeHead = this.nextFree[c];
+    this.used++;
+    this.token[c] = token;
+    this.backend[c] = backend;
+    this.vip[c] = vip;
+    this.flags[c] = version >= 1 ? ConnFlag.V1 : 0;
+    this.subflows[c] = 0;
+    this.firstFlow[c] = -1;
+    this.lastSeen[c] = nowMs >>> 0;
+    this.keys.fill(0, c * 4, c * 4 + 4);
+    this.live[c] = 1;
+    return c;
+  }
+
+  /** Puts c's token in the index; the caller has checked that no other record holds it. */
+  indexToken(c: number): void {
+    const idx = this.index, mask = this.mask;
+    let s = this.home(this.token[c]);
+    while (idx[s] !== 0) s = (s + 1) & mask;
+    idx[s] = c + 1;
+    this.flags[c] |= ConnFlag.Indexed;
+  }
+
+  unindexToken(c: number): void {
+    if (!(this.flags[c] & ConnFlag.Indexed)) return;
+    this.flags[c] &= ~ConnFlag.Indexed;
+    const idx = this.index, mask = this.mask;
+    let s = this.home(this.token[c]);
+    while (idx[s] !== c + 1) {
+      if (idx[s] === 0) return;
+      s = (s + 1) & mask;
+    }
+    let hole = s, j = s;
+    for (;;) {
+      j = (j + 1) & mask;
+      const e = idx[j];
+      if (e === 0) break;
+      const home = this.home(this.token[e - 1]);
+      const inRange = hole <= j ? home > hole && home <= j : home > hole || home <= j;
+      if (!inRange) { idx[hole] = e; hole = j; }
+    }
+    idx[hole] = 0;
+  }
+
+  free(c: number): void {
+    this.unindexToken(c);
+    this.live[c] = 0;
+    this.flags[c] = 0;
+    this.nextFree[c] = this.freeHead;
+    this.freeHead = c;
+    this.used--;
+  }
+}

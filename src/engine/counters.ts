@@ -1,0 +1,90 @@
+// Engine counters: every event and every drop has a named slot; labels double as metric label values.
+
+/** Why a packet was dropped. Values 1..8 equal ParseStatus so a parse failure maps to its reason directly. */
+export const enum DropReason {
+  Truncated = 1,
+  BadIpVersion = 2,
+  BadIpHeader = 3,
+  BadIpLength = 4,
+  Fragment = 5,
+  Ipv6ExtHeaderLimit = 6,
+  NotTcp = 7,
+  BadTcpHeader = 8,
+  NoService = 9,
+  NoBackend = 10,
+  JoinUnknownToken = 11,
+  FlowTableFull = 12,
+  Count = 13,
+}
+export const DROP_REASON_LABELS: readonly string[] = [
+  'none', 'truncated', 'bad_ip_version', 'bad_ip_header', 'bad_ip_length', 'fragment', 'ipv6_ext_header_limit',
+  'not_tcp', 'bad_tcp_header', 'no_service', 'no_backend', 'join_unknown_token', 'flow_table_full',
+];
+
+export const enum Counter {
+  PacketsIn = 0,
+  BytesIn,
+  ToBackend,
+  ToClient,
+  Replied,
+  Dropped,
+  FlowsCreated,
+  FlowsClosed,
+  FlowsExpired,
+  FlowsEvictedEmbryonic,
+  FlowsReopened,
+  StatelessForward,
+  MidstreamNoFlow,
+  ConnsCreated,
+  ConnsExpired,
+  ConnsFastclosed,
+  ConnTableFull,
+  MpCapableSyn,
+  MptcpFallback,
+  KeysFromSynAck,
+  KeysFromAck,
+  KeysFromData,
+  KeysForUnopenedFlow,
+  JoinsSteeredByToken,
+  JoinsUnknownToken,
+  JoinsUnknownHashed,
+  JoinsUnknownDropped,
+  JoinsUnknownReset,
+  JoinsAmbiguousToken,
+  JoinsVipMismatch,
+  JoinsUnaware,
+  TokenCollisionStripped,
+  TokenCollisionAmbiguous,
+  TokenReplaced,
+  MptcpOptionMalformed,
+  MptcpOptionUnknownSubtype,
+  TcpOptionsMalformed,
+  FastcloseSeen,
+  Count,
+}
+export const COUNTER_LABELS: readonly string[] = [
+  'packets_in', 'bytes_in', 'to_backend', 'to_client', 'replied', 'dropped',
+  'flows_created', 'flows_closed', 'flows_expired', 'flows_evicted_embryonic', 'flows_reopened', 'stateless_forward',
+  'midstream_no_flow', 'conns_created', 'conns_expired', 'conns_fastclosed', 'conn_table_full',
+  'mp_capable_syn', 'mptcp_fallback', 'keys_from_synack', 'keys_from_ack', 'keys_from_data', 'keys_for_unopened_flow',
+  'joins_steered_by_token', 'joins_unknown_token', 'joins_unknown_hashed', 'joins_unknown_dropped', 'joins_unknown_reset',
+  'joins_ambiguous_token', 'joins_vip_mismatch', 'joins_unaware',
+  'token_collision_stripped', 'token_collision_ambiguous', 'token_replaced',
+  'mptcp_option_malformed', 'mptcp_option_unknown_subtype', 'tcp_options_malformed', 'fastclose_seen',
+];
+
+/** Counters as float64 so they never wrap; one array for events, one for drops by reason. */
+export class Counters {
+  readonly events = new Float64Array(Counter.Count);
+  readonly drops = new Float64Array(DropReason.Count);
+
+  snapshot(): { counters: Record<string, number>; drops: Record<string, number> } {
+    const counters: Record<string, number> = {};
+    for (let i = 0; i < Counter.Count; i++) counters[COUNTER_LABELS[i]] = this.events[i];
+    const drops: Record<string, number> = {};
+    for (let i = 1; i < DropReason.Count; i++) drops[DROP_REASON_LABELS[i]] = this.drops[i];
+    return { counters, drops };
+  }
+
+  reset(): void { this.events.fill(0); this.drops.fill(0); }
+}

@@ -1,0 +1,643 @@
+// Stage 2 of the packet path, and the engine's front door: decide where each packet goes.
+// parse (parse.ts) -> decide (this file: flow table, token table, selection) -> rewrite (rewrite.ts).
+// Pure: bytes and time in, a verdict and an in-place rewrite out. No I/O, no timers, no allocation per packet
+// for established flows; new flows allocate nothing either except the SHA digest of a learned key.
+import { formatEndpoint, formatIp } from './addr.js';
+import type { EngineConfig } from './config.js';
+import { ConnFlag, ConnTable } from './conn-table.js';
+import { Counter, Counters, DropReason } from './counters.js';
+import { DIR_IN, FlowState, FlowTable, tupleHash } from './flow-table.js';
+import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from './mptcp-options.js';
+import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from './parse.js';
+import { natEndpoint, natToBackend, natToClient, stripTcpOption, writeResetForSyn } from './rewrite.js';
+import { Services } from './services.js';
+import { tokenFromKeyBytes } from './tokens.js';
+
+export const enum Verdict {
+  /** Dropped; `lastDrop` says why. */
+  Drop = 0,
+  /** Rewritten towards a backend. */
+  ToBackend = 1,
+  /** Rewritten towards the client. */
+  ToClient = 2,
+  /** Replaced by an answer to its sender (a RST); `outLen` is its length. */
+  Reply = 3,
+}
+export const VERDICT_LABELS = ['drop', 'to_backend', 'to_client', 'reply'] as const;
+
+/** How the backend of the last new flow was chosen. */
+export const enum Steer { None = 0, Policy = 1, Token = 2, UnknownTokenHashed = 3, Stateless = 4 }
+export const STEER_LABELS = ['none', 'policy', 'token', 'fallback', 'stateless'] as const;
+
+/** Where keys were learned from (for counters and replay). */
+const enum KeySource { SynAck = 0, Ack = 1, Data = 2 }
+
+/** Flow state bit for a join steered to a connection on another VIP (NAT deltas computed per packet). */
+const CROSS_VIP = 1 << 11;
+
+export interface ConnectionInfo {
+  index: number;
+  version: number;
+  token: string;
+  serverKey: string;
+  clientKey: string | null;
+  backend: number;
+  vip: number;
+  subflows: string[];
+  ambiguous: boolean;
+  lingering: boolean;
+}
+
+const hex8 = (n: number) => (n >>> 0).toString(16).padStart(8, '0');
+
+export class Engine {
+  readonly services: Services;
+  readonly flows: FlowTable;
+  readonly conns: ConnTable;
+  readonly counters = new Counters();
+  private cfg: EngineConfig;
+  private readonly view = new PacketView();
+  private readonly opt = new MptcpOption();
+  /** Packet address words: source in 0..3, destination in 4..7 (IPv4 uses word 0 and 4). */
+  private readonly a = new Uint32Array(8);
+  private flowHand = 0;
+  private connHand = 0;
+
+  // The last decision, for replay and tests (plain fields: reading them allocates nothing).
+  outLen = 0;
+  lastDrop: number = 0;
+  lastFlow = -1;
+  lastBackend = -1;
+  lastVip = -1;
+  lastSteer: Steer = Steer.None;
+  /** The last packet was an MP_JOIN SYN towards a VIP. */
+  lastJoin = false;
+  lastJoinToken = 0;
+  /** Backend of the connection owning lastJoinToken, or -1 when unknown or ambiguous. */
+  lastJoinConnBackend = -1;
+  /** Connection whose keys the last packet taught us, or -1. */
+  lastKeysConn = -1;
+
+  constructor(cfg: EngineConfig) {
+    this.cfg = cfg;
+    this.services = new Services(cfg.tables.maglevSize, cfg.hashSeed, cfg.policy);
+    this.services.applyConfig(cfg);
+    this.flows = new FlowTable(cfg.tables.maxFlows);
+    this.conns = new ConnTable(cfg.tables.maxConnections, cfg.hashSeed);
+  }
+
+  get config(): EngineConfig { return this.cfg; }
+
+  /** Live reconfiguration: VIPs, backends, weights, policy, timeouts. Flows and tokens are kept. Table sizes cannot change. */
+  reconfigure(cfg: EngineConfig): void {
+    this.cfg = { ...cfg, tables: this.cfg.tables, hashSeed: this.cfg.hashSeed };
+    this.services.applyConfig(this.cfg);
+  }
+
+  /**
+   * Decides and rewrites one IP packet at buf[off, off+len) received at time nowMs. Hot path.
+   * On ToBackend/ToClient the packet was rewritten in place (same length); on Reply it was replaced by
+   * an answer of `outLen` bytes at `off`.
+   */
+  process(buf: Uint8Array, off: number, len: number, nowMs: number): Verdict {
+    const ev = this.counters.events;
+    ev[Counter.PacketsIn]++;
+    ev[Counter.BytesIn] += len;
+    this.outLen = len;
+    this.lastDrop = 0;
+    this.lastFlow = -1;
+    this.lastBackend = -1;
+    this.lastVip = -1;
+    this.lastSteer = Steer.None;
+    this.lastJoin = false;
+    this.lastKeysConn = -1;
+    const v = this.view;
+    const st = parsePacket(buf, off, len, v);
+    if (st !== ParseStatus.Ok) return this.drop(st as number as DropReason);
+    const a = this.a;
+    loadWords(buf, v.srcAddrOff, v.addrLen, a, 0);
+    loadWords(buf, v.dstAddrOff, v.addrLen, a, 4);
+    const now = nowMs >>> 0;
+    const vip = this.services.findVip(a, v.family, v.dstPort);
+    if (vip >= 0) return this.inbound(buf, vip, now);
+    const h = tupleHash(a[0], a[1], a[2], a[3], v.srcPort, a[4], a[5], a[6], a[7], v.dstPort, this.cfg.hashSeed);
+    const r = this.flows.lookupOut(h, a, v.srcPort, v.dstPort, this.services.beAddr, this.services.bePort);
+    if (r >= 0) return this.outbound(buf, r, now);
+    return this.drop(DropReason.NoService);
+  }
+
+  private drop(reason: DropReason): Verdict {
+    this.counters.events[Counter.Dropped]++;
+    this.counters.drops[reason]++;
+    this.lastDrop = reason;
+    return Verdict.Drop;
+  }
+
+  // ---- client -> VIP ----
+
+  private inbound(buf: Uint8Array, vip: number, now: number): Verdict {
+    const v = this.view, a = this.a, flows = this.flows;
+    this.lastVip = vip;
+    const hIn = tupleHash(a[0], a[1], a[2], a[3], v.srcPort, a[4], a[5], a[6], a[7], v.dstPort, this.cfg.hashSeed);
+    let r = flows.lookupIn(hIn, a, v.srcPort, vip);
+    const tf = v.tcpFlags;
+    const isSyn = (tf & (TCP_SYN | TCP_ACK)) === TCP_SYN;
+    if (r >= 0 && isSyn && (flows.state[r] & (FlowState.Rst | FlowState.FinClient | FlowState.FinServer)) !== 0) {
+      // A new SYN on a closed flow's 4-tuple is a new connection (port reuse), not a retransmission.
+      this.removeFlow(r, now);
+      this.counters.events[Counter.FlowsReopened]++;
+      r = -1;
+    }
+    if (r < 0) {
+      if (isSyn) return this.newFlow(buf, vip, hIn, now);
+      return this.midstream(buf, vip);
+    }
+    let st = flows.state[r];
+    if (tf & TCP_RST) st |= FlowState.Rst;
+    if (tf & TCP_FIN) st |= FlowState.FinClient;
+    if ((tf & TCP_ACK) !== 0 && (tf & TCP_SYN) === 0) st |= FlowState.Established;
+    flows.state[r] = st;
+    flows.lastSeen[r] = now;
+    if (flows.mpVer[r] !== 0 && v.optEnd > v.optOff && this.cfg.mptcpAware) this.scanInbound(buf, r, now);
+    const b = flows.backend[r];
+    this.lastFlow = r;
+    this.lastBackend = b;
+    if (flows.state[r] & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, this.services.beAddrBytes, b << 4, this.services.bePort[b]);
+    else natToBackend(buf, v, this.services, b);
+    this.counters.events[Counter.ToBackend]++;
+    return Verdict.ToBackend;
+  }
+
+  /** A non-SYN packet with no flow (table full earlier, or mplb restarted): forward it where its SYN would go. */
+  private midstream(buf: Uint8Array, vip: number): Verdict {
+    const ev = this.counters.events;
+    ev[Counter.MidstreamNoFlow]++;
+    if (this.cfg.mptcpAware && this.findMpCapableKeys(buf)) ev[Counter.KeysForUnopenedFlow]++;
+    const b = this.services.select(vip, buf, this.view);
+    if (b < 0) return this.drop(DropReason.NoBackend);
+    this.lastBackend = b;
+    this.lastSteer = Steer.Stateless;
+    natToBackend(buf, this.view, this.services, b);
+    ev[Counter.ToBackend]++;
+    return Verdict.ToBackend;
+  }
+
+  private newFlow(buf: Uint8Array, vip: number, hIn: number, now: number): Verdict {
+    const v = this.view, a = this.a, ev = this.counters.events, opt = this.opt;
+    const svc = this.services, conns = this.conns;
+    // Find MP_CAPABLE or MP_JOIN in the SYN.
+    let capVer = -1, joinToken = -1;
+    let pos = v.optOff;
+    for (;;) {
+      const o = nextTcpOption(buf, pos, v.optEnd);
+      if (o < 0) { if (o === -2) ev[Counter.TcpOptionsMalformed]++; break; }
+      const olen = buf[o + 1];
+      pos = o + olen;
+      if (buf[o] !== TCPOPT_MPTCP) continue;
+      const s = decodeMptcpOption(buf, o, olen, opt);
+      if (s !== OptionStatus.Ok) { this.countOptionStatus(s); continue; }
+      if (opt.subtype === MptcpSubtype.MpCapable && capVer < 0) capVer = opt.version;
+      else if (opt.subtype === MptcpSubtype.MpJoin && opt.joinForm === JoinForm.Syn && joinToken < 0) joinToken = opt.token;
+    }
+    if (capVer >= 0) ev[Counter.MpCapableSyn]++;
+    let b: number;
+    let conn = -1;
+    let steer: Steer = Steer.Policy;
+    if (joinToken >= 0) {
+      this.lastJoin = true;
+      this.lastJoinToken = joinToken;
+      this.lastJoinConnBackend = -1;
+      if (!this.cfg.mptcpAware) {
+        ev[Counter.JoinsUnaware]++;
+        b = svc.select(vip, buf, v);
+      } else {
+        conn = conns.find(joinToken);
+        if (conn >= 0 && (conns.flags[conn] & ConnFlag.Lingering) !== 0 && this.connExpired(conn, now)) {
+          this.freeConn(conn);
+          conn = -1;
+        }
+        if (conn >= 0 && (conns.flags[conn] & ConnFlag.Ambiguous) === 0) {
+          b = conns.backend[conn];
+          steer = Steer.Token;
+          this.lastJoinConnBackend = b;
+          ev[Counter.JoinsSteeredByToken]++;
+          if (conns.vip[conn] !== vip) ev[Counter.JoinsVipMismatch]++;
+        } else {
+          ev[Counter.JoinsUnknownToken]++;
+          if (conn >= 0) ev[Counter.JoinsAmbiguousToken]++;
+          conn = -1;
+          const answer = this.cfg.unknownTokenAnswer;
+          if (answer === 'drop') { ev[Counter.JoinsUnknownDropped]++; return this.drop(DropReason.JoinUnknownToken); }
+          if (answer === 'reset') {
+            ev[Counter.JoinsUnknownReset]++;
+            ev[Counter.Replied]++;
+            this.outLen = writeResetForSyn(buf, v);
+            return Verdict.Reply;
+          }
+          ev[Counter.JoinsUnknownHashed]++;
+          steer = Steer.UnknownTokenHashed;
+          b = svc.select(vip, buf, v);
+        }
+      }
+    } else {
+      b = svc.select(vip, buf, v);
+    }
+    if (b < 0) return this.drop(DropReason.NoBackend);
+    const bo = b << 2;
+    const hOut = tupleHash(svc.beAddr[bo], svc.beAddr[bo + 1], svc.beAddr[bo + 2], svc.beAddr[bo + 3], svc.bePort[b],
+      a[0], a[1], a[2], a[3], v.srcPort, this.cfg.hashSeed);
+    let state = FlowState.SynSeen;
+    if (v.family === 6) state |= FlowState.V6;
+    if (joinToken >= 0) state |= FlowState.Join | FlowState.KeysDone;
+    if (capVer >= 0) state |= FlowState.MpCapable;
+    if (svc.beVip[b] !== vip) state |= CROSS_VIP;
+    let r = this.flows.insert(hIn, hOut, a, v.srcPort, vip, b, state, now);
+    if (r < 0 && this.evictOne(now)) r = this.flows.insert(hIn, hOut, a, v.srcPort, vip, b, state, now);
+    this.lastBackend = b;
+    this.lastSteer = steer;
+    if (r < 0) {
+      // Without a flow entry a join's later packets would be hashed elsewhere: refuse it; the client retries.
+      if (joinToken >= 0 && steer === Steer.Token) return this.drop(DropReason.FlowTableFull);
+      ev[Counter.StatelessForward]++;
+      this.lastSteer = Steer.Stateless;
+    } else {
+      ev[Counter.FlowsCreated]++;
+      this.lastFlow = r;
+      // Version 0 and 1 are the ones with a known key hash; other versions are forwarded without steering.
+      if (capVer === 0 || capVer === 1) this.flows.mpVer[r] = capVer + 1;
+      else if (joinToken >= 0) this.flows.mpVer[r] = 2; // joins are scanned for MP_FASTCLOSE
+      if (conn >= 0) this.linkFlow(r, conn);
+    }
+    if (state & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, svc.beAddrBytes, b << 4, svc.bePort[b]);
+    else natToBackend(buf, v, svc, b);
+    ev[Counter.ToBackend]++;
+    return Verdict.ToBackend;
+  }
+
+  /** MPTCP options of a client packet on a known flow: keys (third ACK / first data) and MP_FASTCLOSE. */
+  private scanInbound(buf: Uint8Array, r: number, now: number): void {
+    const v = this.view, opt = this.opt, flows = this.flows;
+    let pos = v.optOff;
+    for (;;) {
+      const o = nextTcpOption(buf, pos, v.optEnd);
+      if (o < 0) { if (o === -2) this.counters.events[Counter.TcpOptionsMalformed]++; return; }
+      const olen = buf[o + 1];
+      pos = o + olen;
+      if (buf[o] !== TCPOPT_MPTCP) continue;
+      // Only the subtypes acted on here are decoded; the rest pass through untouched.
+      const sub = olen >= 3 ? buf[o + 2] >>> 4 : -1;
+      if (sub !== MptcpSubtype.MpCapable && sub !== MptcpSubtype.MpFastclose) continue;
+      const s = decodeMptcpOption(buf, o, olen, opt);
+      if (s !== OptionStatus.Ok) { this.countOptionStatus(s); continue; }
+      if (sub === MptcpSubtype.MpFastclose) { this.fastclose(r, now); continue; }
+      if (!opt.hasReceiverKey || (opt.version !== 0 && opt.version !== 1)) continue;
+      // Third ACK or v1 first data: sender = client key, receiver = server key.
+      const st = flows.state[r];
+      if ((st & FlowState.KeysDone) === 0) {
+        if ((st & FlowState.MpCapable) === 0) continue;
+        this.learnKeys(buf, r, opt.version, opt.receiverKeyOff, opt.senderKeyOff, v.payloadLen > 0 ? KeySource.Data : KeySource.Ack, now);
+      } else {
+        const c = flows.conn[r];
+        if (c >= 0 && (this.conns.flags[c] & ConnFlag.HasClientKey) === 0) this.storeClientKey(c, buf, opt.senderKeyOff);
+      }
+    }
+  }
+
+  private findMpCapableKeys(buf: Uint8Array): boolean {
+    const v = this.view;
+    let pos = v.optOff;
+    for (;;) {
+      const o = nextTcpOption(buf, pos, v.optEnd);
+      if (o < 0) return false;
+      const olen = buf[o + 1];
+      pos = o + olen;
+      if (buf[o] === TCPOPT_MPTCP && olen >= 20 && buf[o + 2] >>> 4 === MptcpSubtype.MpCapable) return true;
+    }
+  }
+
+  private countOptionStatus(s: OptionStatus): void {
+    this.counters.events[s === OptionStatus.UnknownSubtype ? Counter.MptcpOptionUnknownSubtype : Counter.MptcpOptionMalformed]++;
+  }
+
+  // ---- backend -> client ----
+
+  private outbound(buf: Uint8Array, r: number, now: number): Verdict {
+    const v = this.view, flows = this.flows;
+    const tf = v.tcpFlags;
+    let st = flows.state[r];
+    if (tf & TCP_RST) st |= FlowState.Rst;
+    if (tf & TCP_FIN) st |= FlowState.FinServer;
+    if ((tf & (TCP_SYN | TCP_ACK)) === (TCP_SYN | TCP_ACK)) st |= FlowState.SynAckSeen;
+    flows.state[r] = st;
+    flows.lastSeen[r] = now;
+    this.lastFlow = r;
+    this.lastVip = flows.vip[r];
+    if (flows.mpVer[r] !== 0 && this.cfg.mptcpAware) {
+      if ((tf & TCP_SYN) !== 0 && (st & FlowState.KeysDone) === 0) this.scanSynAck(buf, r, now);
+      else if (v.optEnd > v.optOff) this.scanOutbound(buf, r, now);
+    }
+    const b = flows.backend[r];
+    this.lastBackend = b;
+    if (flows.state[r] & CROSS_VIP) {
+      const vip = flows.vip[r];
+      natEndpoint(buf, v, v.srcAddrOff, v.l4Off, this.services.vipAddrBytes, vip << 4, this.services.vipPort[vip]);
+    } else {
+      natToClient(buf, v, this.services, b);
+    }
+    this.counters.events[Counter.ToClient]++;
+    return Verdict.ToClient;
+  }
+
+  /** The server's SYN/ACK: learn its key, or see the fallback. */
+  private scanSynAck(buf: Uint8Array, r: number, now: number): void {
+    const v = this.view, opt = this.opt, flows = this.flows;
+    let pos = v.optOff;
+    for (;;) {
+      const o = nextTcpOption(buf, pos, v.optEnd);
+      if (o < 0) { if (o === -2) this.counters.events[Counter.TcpOptionsMalformed]++; break; }
+      const olen = buf[o + 1];
+      pos = o + olen;
+      if (buf[o] !== TCPOPT_MPTCP) continue;
+      const s = decodeMptcpOption(buf, o, olen, opt);
+      if (s !== OptionStatus.Ok) { this.countOptionStatus(s); continue; }
+      if (opt.subtype !== MptcpSubtype.MpCapable || !opt.hasSenderKey) continue;
+      if (opt.version !== 0 && opt.version !== 1) break;
+      // SYN/ACK: the only key is the sender's, i.e. the server's.
+      if (!this.learnKeys(buf, r, opt.version, opt.senderKeyOff, -1, KeySource.SynAck, now)) stripTcpOption(buf, v, o, olen);
+      return;
+    }
+    // RFC 8684 section 3.1: "If the SYN/ACK ... does not include an MP_CAPABLE option, the initiator MUST fall back".
+    flows.state[r] |= FlowState.Fallback | FlowState.KeysDone;
+    if ((flows.state[r] & FlowState.Join) === 0) this.counters.events[Counter.MptcpFallback]++;
+  }
+
+  private scanOutbound(buf: Uint8Array, r: number, now: number): void {
+    const v = this.view, opt = this.opt;
+    let pos = v.optOff;
+    for (;;) {
+      const o = nextTcpOption(buf, pos, v.optEnd);
+      if (o < 0) return;
+      const olen = buf[o + 1];
+      pos = o + olen;
+      if (buf[o] !== TCPOPT_MPTCP || olen < 3 || buf[o + 2] >>> 4 !== MptcpSubtype.MpFastclose) continue;
+      const s = decodeMptcpOption(buf, o, olen, opt);
+      if (s === OptionStatus.Ok) this.fastclose(r, now);
+      else this.countOptionStatus(s);
+    }
+  }
+
+  // ---- tokens ----
+
+  /**
+   * Registers the server token of flow r's connection. Returns false when the packet (a SYN/ACK) must have its
+   * MP_CAPABLE stripped because the token belongs to a live connection on another backend.
+   */
+  private learnKeys(buf: Uint8Array, r: number, version: number, serverKeyOff: number, clientKeyOff: number, src: KeySource, now: number): boolean {
+    const flows = this.flows, conns = this.conns, ev = this.counters.events;
+    const token = tokenFromKeyBytes(version, buf, serverKeyOff);
+    const b = flows.backend[r];
+    flows.state[r] |= FlowState.KeysDone;
+    let ambiguousWith = -1;
+    const old = conns.find(token);
+    if (old >= 0) {
+      const oldLive = (conns.flags[old] & ConnFlag.Lingering) === 0 || !this.connExpired(old, now);
+      if (conns.backend[old] === b || !oldLive) {
+        // A server never reuses a live token, so the older entry is stale.
+        conns.unindexToken(old);
+        if (conns.subflows[old] === 0) this.freeConn(old);
+        ev[Counter.TokenReplaced]++;
+      } else if (src === KeySource.SynAck) {
+        flows.state[r] |= FlowState.Fallback;
+        ev[Counter.TokenCollisionStripped]++;
+        return false;
+      } else {
+        conns.flags[old] |= ConnFlag.Ambiguous;
+        ambiguousWith = old;
+        ev[Counter.TokenCollisionAmbiguous]++;
+      }
+    }
+    const c = conns.alloc(token, version, b, flows.vip[r], now);
+    if (c < 0 && !this.evictConn(now)) { ev[Counter.ConnTableFull]++; return true; }
+    const cc = c >= 0 ? c : conns.alloc(token, version, b, flows.vip[r], now);
+    if (cc < 0) { ev[Counter.ConnTableFull]++; return true; }
+    copyKey(buf, serverKeyOff, conns.keys, cc * 4);
+    if (clientKeyOff >= 0) this.storeClientKey(cc, buf, clientKeyOff);
+    if (ambiguousWith >= 0) conns.flags[cc] |= ConnFlag.Ambiguous;
+    else conns.indexToken(cc);
+    this.linkFlow(r, cc);
+    ev[Counter.ConnsCreated]++;
+    ev[src === KeySource.SynAck ? Counter.KeysFromSynAck : src === KeySource.Ack ? Counter.KeysFromAck : Counter.KeysFromData]++;
+    this.lastKeysConn = cc;
+    return true;
+  }
+
+  private storeClientKey(c: number, buf: Uint8Array, off: number): void {
+    copyKey(buf, off, this.conns.keys, c * 4 + 2);
+    this.conns.flags[c] |= ConnFlag.HasClientKey;
+  }
+
+  /** MP_FASTCLOSE: the whole connection is gone (RFC 8684 section 3.5); its subflows close like after a RST. */
+  private fastclose(r: number, now: number): void {
+    this.counters.events[Counter.FastcloseSeen]++;
+    const c = this.flows.conn[r];
+    if (c < 0) { this.flows.state[r] |= FlowState.Rst; return; }
+    this.conns.unindexToken(c);
+    this.counters.events[Counter.ConnsFastclosed]++;
+    for (let f = this.conns.firstFlow[c]; f >= 0; f = this.flows.next[f]) {
+      this.flows.state[f] |= FlowState.Rst;
+      this.flows.lastSeen[f] = now;
+    }
+  }
+
+  private linkFlow(r: number, c: number): void {
+    const flows = this.flows, conns = this.conns;
+    flows.conn[r] = c;
+    flows.next[r] = conns.firstFlow[c];
+    conns.firstFlow[c] = r;
+    if (conns.subflows[c] < 255) conns.subflows[c]++;
+    conns.flags[c] &= ~ConnFlag.Lingering;
+  }
+
+  private removeFlow(r: number, now: number): void {
+    const flows = this.flows, conns = this.conns;
+    const c = flows.conn[r];
+    if (c >= 0) {
+      let prev = -1;
+      for (let f = conns.firstFlow[c]; f >= 0; prev = f, f = flows.next[f]) {
+        if (f !== r) continue;
+        if (prev < 0) conns.firstFlow[c] = flows.next[f];
+        else flows.next[prev] = flows.next[f];
+        break;
+      }
+      if (conns.subflows[c] > 0) conns.subflows[c]--;
+      if (conns.firstFlow[c] < 0) {
+        // The token outlives the last subflow (Linux keeps the connection for net.mptcp.close_timeout).
+        if (conns.flags[c] & ConnFlag.Indexed && this.cfg.timeouts.tokenLingerMs > 0) {
+          conns.flags[c] |= ConnFlag.Lingering;
+          conns.lastSeen[c] = now;
+        } else {
+          this.freeConn(c);
+        }
+      }
+    }
+    flows.remove(r);
+  }
+
+  private freeConn(c: number): void {
+    // Subflows still pointing here (a replaced token) are detached first.
+    for (let f = this.conns.firstFlow[c]; f >= 0;) {
+      const n = this.flows.next[f];
+      this.flows.conn[f] = -1;
+      this.flows.next[f] = -1;
+      f = n;
+    }
+    this.conns.free(c);
+  }
+
+  private flowExpired(r: number, now: number): boolean {
+    const st = this.flows.state[r];
+    const t = this.cfg.timeouts;
+    const limit = st & FlowState.Rst ? t.rstMs
+      : (st & FlowState.Closing) === FlowState.Closing ? t.finMs
+        : st & FlowState.Established ? t.establishedMs : t.synMs;
+    return ((now - this.flows.lastSeen[r]) >>> 0) > limit;
+  }
+
+  private connExpired(c: number, now: number): boolean {
+    return ((now - this.conns.lastSeen[c]) >>> 0) > this.cfg.timeouts.tokenLingerMs;
+  }
+
+  /** When the flow table is full: reclaim an expired flow, else evict an embryonic one (never an established flow). */
+  private evictOne(now: number): boolean {
+    const flows = this.flows, cap = flows.capacity;
+    for (let i = 0; i < 64; i++) {
+      const r = this.flowHand;
+      this.flowHand = r + 1 === cap ? 0 : r + 1;
+      if (!flows.live[r]) continue;
+      if (this.flowExpired(r, now)) { this.removeFlow(r, now); this.counters.events[Counter.FlowsExpired]++; return true; }
+      if ((flows.state[r] & FlowState.Established) === 0) {
+        this.removeFlow(r, now);
+        this.counters.events[Counter.FlowsEvictedEmbryonic]++;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** When the connection table is full: reclaim a lingering connection past its linger. */
+  private evictConn(now: number): boolean {
+    const conns = this.conns, cap = conns.capacity;
+    for (let i = 0; i < 64; i++) {
+      const c = this.connHand;
+      this.connHand = c + 1 === cap ? 0 : c + 1;
+      if (conns.live[c] && (conns.flags[c] & ConnFlag.Lingering) !== 0) {
+        this.freeConn(c);
+        this.counters.events[Counter.ConnsExpired]++;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /**
+   * Expires idle flows and lingering tokens. Call it periodically (every ~100 ms); each call visits at most
+   * `budget` records of each table, so its cost is bounded whatever the table sizes.
+   */
+  tick(nowMs: number, budget = Math.max(4096, this.flows.capacity >>> 5)): void {
+    const now = nowMs >>> 0;
+    const flows = this.flows, fcap = flows.capacity;
+    const ev = this.counters.events;
+    for (let i = 0; i < budget && flows.used > 0; i++) {
+      const r = this.flowHand;
+      this.flowHand = r + 1 === fcap ? 0 : r + 1;
+      if (flows.live[r] && this.flowExpired(r, now)) {
+        const closed = (flows.state[r] & (FlowState.Rst | FlowState.FinClient | FlowState.FinServer)) !== 0;
+        this.removeFlow(r, now);
+        ev[closed ? Counter.FlowsClosed : Counter.FlowsExpired]++;
+      }
+    }
+    const conns = this.conns, ccap = conns.capacity;
+    for (let i = 0; i < budget && conns.used > 0; i++) {
+      const c = this.connHand;
+      this.connHand = c + 1 === ccap ? 0 : c + 1;
+      if (conns.live[c] && conns.firstFlow[c] < 0 && this.connExpired(c, now)) {
+        this.freeConn(c);
+        ev[Counter.ConnsExpired]++;
+      }
+    }
+  }
+
+  // ---- introspection (cold) ----
+
+  /** Backend of the flow a reply packet belongs to (its source is the VIP, its destination the client), or -1. */
+  backendOfReply(buf: Uint8Array, off: number, len: number): number {
+    const v = this.view;
+    if (parsePacket(buf, off, len, v) !== ParseStatus.Ok) return -1;
+    const a = this.a;
+    // Swap roles: the reply's destination is the client.
+    loadWords(buf, v.dstAddrOff, v.addrLen, a, 0);
+    loadWords(buf, v.srcAddrOff, v.addrLen, a, 4);
+    const vip = this.services.findVip(a, v.family, v.srcPort);
+    if (vip < 0) return -1;
+    const h = tupleHash(a[0], a[1], a[2], a[3], v.dstPort, a[4], a[5], a[6], a[7], v.srcPort, this.cfg.hashSeed);
+    const r = this.flows.lookupIn(h, a, v.dstPort, vip);
+    return r < 0 ? -1 : this.flows.backend[r];
+  }
+
+  flowDescription(r: number): string {
+    const flows = this.flows, svc = this.services;
+    const vip = flows.vip[r];
+    const n = flows.state[r] & FlowState.V6 ? 16 : 4;
+    const cb = new Uint8Array(16);
+    for (let i = 0; i < 4; i++) {
+      const w = flows.clientAddr[r * 4 + i];
+      cb[4 * i] = w >>> 24; cb[4 * i + 1] = (w >>> 16) & 0xff; cb[4 * i + 2] = (w >>> 8) & 0xff; cb[4 * i + 3] = w & 0xff;
+    }
+    return `${formatEndpoint(cb, 0, n, flows.clientPort[r])}>${formatEndpoint(svc.vipAddrBytes, vip * 16, n, svc.vipPort[vip])}`;
+  }
+
+  connectionInfo(c: number): ConnectionInfo {
+    const conns = this.conns, k = conns.keys;
+    const subflows: string[] = [];
+    for (let f = conns.firstFlow[c]; f >= 0; f = this.flows.next[f]) subflows.push(this.flowDescription(f));
+    const flags = conns.flags[c];
+    return {
+      index: c,
+      version: flags & ConnFlag.V1 ? 1 : 0,
+      token: hex8(conns.token[c]),
+      serverKey: hex8(k[c * 4]) + hex8(k[c * 4 + 1]),
+      clientKey: flags & ConnFlag.HasClientKey ? hex8(k[c * 4 + 2]) + hex8(k[c * 4 + 3]) : null,
+      backend: conns.backend[c],
+      vip: conns.vip[c],
+      subflows,
+      ambiguous: (flags & ConnFlag.Ambiguous) !== 0,
+      lingering: (flags & ConnFlag.Lingering) !== 0,
+    };
+  }
+
+  /** Live connection indices (cold; for the admin API and replay). */
+  *connectionIndices(): Generator<number> {
+    for (let c = 0; c < this.conns.capacity; c++) if (this.conns.live[c]) yield c;
+  }
+
+  findConnection(token: number): number { return this.conns.find(token >>> 0); }
+
+  addressOf(b: number): string {
+    const svc = this.services;
+    const n = svc.vipFamily[svc.beVip[b]] === 4 ? 4 : 16;
+    return formatIp(svc.beAddrBytes, b * 16, n);
+  }
+}
+
+function loadWords(buf: Uint8Array, off: number, n: number, out: Uint32Array, at: number): void {
+  out[at] = ((buf[off] << 24) | (buf[off + 1] << 16) | (buf[off + 2] << 8) | buf[off + 3]) >>> 0;
+  if (n === 4) { out[at + 1] = 0; out[at + 2] = 0; out[at + 3] = 0; return; }
+  out[at + 1] = ((buf[off + 4] << 24) | (buf[off + 5] << 16) | (buf[off + 6] << 8) | buf[off + 7]) >>> 0;
+  out[at + 2] = ((buf[off + 8] << 24) | (buf[off + 9] << 16) | (buf[off + 10] << 8) | buf[off + 11]) >>> 0;
+  out[at + 3] = ((buf[off + 12] << 24) | (buf[off + 13] << 16) | (buf[off + 14] << 8) | buf[off + 15]) >>> 0;
+}
+
+function copyKey(buf: Uint8Array, off: number, keys: Uint32Array, at: number): void {
+  keys[at] = ((buf[off] << 24) | (buf[off + 1] << 16) | (buf[off + 2] << 8) | buf[off + 3]) >>> 0;
+  keys[at + 1] = ((buf[off + 4] << 24) | (buf[off + 5] << 16) | (buf[off + 6] << 8) | buf[off + 7]) >>> 0;
+}

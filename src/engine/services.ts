@@ -1,0 +1,236 @@
+// The service table: VIPs, their backends, precomputed NAT checksum deltas and each VIP's selection table.
+// Owns backend selection for new flows (Maglev or the poster's MPTCP-unaware hash baselines). Indices are stable
+// for the engine's life: a removed backend keeps its slot (marked removed) so flows that point at it stay valid.
+import { parseEndpoint, parseIp, formatEndpoint } from './addr.js';
+import { replaceDelta, fold } from './checksum.js';
+import type { EngineConfig, Policy } from './config.js';
+import { buildMaglevTable } from './maglev.js';
+import { hashAddrPair, hashFiveTuple, mix32 } from './flow-hash.js';
+import type { PacketView } from './parse.js';
+
+export const enum PolicyCode { Maglev = 0, Hash5Tuple = 1, HashIpPair = 2 }
+const POLICY_CODES: Record<Policy, PolicyCode> = { 'maglev': PolicyCode.Maglev, 'hash-5tuple': PolicyCode.Hash5Tuple, 'hash-ip-pair': PolicyCode.HashIpPair };
+
+export interface BackendInfo { index: number; vip: number; id: string; address: string; port: number; weight: number; up: boolean; removed: boolean }
+export interface VipInfo { index: number; id: string; policy: Policy; backends: number[]; removed: boolean }
+
+function words(bytes: Uint8Array, out: Uint32Array, at: number): void {
+  out.fill(0, at, at + 4);
+  for (let i = 0; i < bytes.length; i += 4) {
+    out[at + (i >> 2)] = ((bytes[i] << 24) | (bytes[i + 1] << 16) | (bytes[i + 2] << 8) | bytes[i + 3]) >>> 0;
+  }
+}
+
+function grow<T extends Uint8Array | Uint16Array | Uint32Array | Int32Array>(a: T, n: number): T {
+  if (a.length >= n) return a;
+  const b = new (a.constructor as new (n: number) => T)(Math.max(n, a.length * 2));
+  b.set(a);
+  return b;
+}
+
+export class Services {
+  // VIPs (struct of arrays; index = VIP id).
+  vipCount = 0;
+  vipFamily = new Uint8Array(8);
+  vipAddr = new Uint32Array(32); // 4 words per VIP
+  vipAddrBytes = new Uint8Array(128); // 16 bytes per VIP, for in-place rewrites
+  vipPort = new Uint16Array(8);
+  vipPolicy = new Uint8Array(8);
+  vipRemoved = new Uint8Array(8);
+  /** Per VIP: Maglev slot -> position in vipBackends[v] (or -1). */
+  vipMaglev: Int32Array[] = [];
+  /** Per VIP: global indices of its backends, in config order. */
+  vipBackends: number[][] = [];
+  /** Per VIP: global indices of backends that take new connections (weight > 0, up). */
+  vipActive: Int32Array[] = [];
+  private vipIds: string[] = [];
+  private vipPolicyNames: Policy[] = [];
+  // VIP lookup: open addressing over (address, port); entries are VIP index + 1.
+  private vipSlots = new Int32Array(64);
+
+  // Backends (index = global backend id).
+  backendCount = 0;
+  beVip = new Uint16Array(8);
+  beAddr = new Uint32Array(32);
+  beAddrBytes = new Uint8Array(128);
+  bePort = new Uint16Array(8);
+  beWeight = new Uint32Array(8);
+  beUp = new Uint8Array(8);
+  beRemoved = new Uint8Array(8);
+  /** IPv4 header checksum delta VIP address -> backend address, and its reverse. */
+  beDeltaIpIn = new Uint16Array(8);
+  beDeltaIpOut = new Uint16Array(8);
+  /** TCP checksum delta (pseudo-header address + port) VIP -> backend, and its reverse. */
+  beDeltaTcpIn = new Uint16Array(8);
+  beDeltaTcpOut = new Uint16Array(8);
+  private beIds: string[] = [];
+
+  constructor(private readonly maglevSize: number, private readonly seed: number, private readonly defaultPolicy: Policy) {}
+
+  /** Brings the table in line with `cfg.vips`, keeping the indices of VIPs and backends that stay. Cold path. */
+  applyConfig(cfg: EngineConfig): void {
+    const wantVips = new Set<number>();
+    for (const vc of cfg.vips) {
+      const ep = parseEndpoint(vc.address)!;
+      const id = formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port!);
+      let v = this.vipIds.indexOf(id);
+      if (v < 0) v = this.addVip(id, ep.addr.bytes, ep.port!);
+      this.vipRemoved[v] = 0;
+      this.vipPolicyNames[v] = vc.policy ?? cfg.policy;
+      this.vipPolicy[v] = POLICY_CODES[this.vipPolicyNames[v]];
+      wantVips.add(v);
+      const wantBe = new Set<number>();
+      for (const bc of vc.backends) {
+        const addr = parseIp(bc.address)!;
+        const port = bc.port ?? ep.port!;
+        const bid = formatEndpoint(addr.bytes, 0, addr.bytes.length, port);
+        let b = this.vipBackends[v].find((x) => this.beIds[x] === bid);
+        if (b === undefined) b = this.addBackend(v, bid, addr.bytes, port);
+        this.beRemoved[b] = 0;
+        this.beWeight[b] = bc.weight ?? 1;
+        wantBe.add(b);
+      }
+      for (const b of this.vipBackends[v]) if (!wantBe.has(b)) { this.beRemoved[b] = 1; this.beWeight[b] = 0; }
+      this.rebuildVip(v);
+    }
+    for (let v = 0; v < this.vipCount; v++) if (!wantVips.has(v)) this.vipRemoved[v] = 1;
+    this.rebuildVipSlots();
+  }
+
+  private addVip(id: string, bytes: Uint8Array, port: number): number {
+    const v = this.vipCount++;
+    this.vipFamily = grow(this.vipFamily, v + 1);
+    this.vipAddr = grow(this.vipAddr, 4 * (v + 1));
+    this.vipAddrBytes = grow(this.vipAddrBytes, 16 * (v + 1));
+    this.vipPort = grow(this.vipPort, v + 1);
+    this.vipPolicy = grow(this.vipPolicy, v + 1);
+    this.vipRemoved = grow(this.vipRemoved, v + 1);
+    this.vipFamily[v] = bytes.length === 4 ? 4 : 6;
+    words(bytes, this.vipAddr, 4 * v);
+    this.vipAddrBytes.fill(0, 16 * v, 16 * v + 16);
+    this.vipAddrBytes.set(bytes, 16 * v);
+    this.vipPort[v] = port;
+    this.vipIds[v] = id;
+    this.vipBackends[v] = [];
+    this.vipMaglev[v] = new Int32Array(this.maglevSize).fill(-1);
+    this.vipActive[v] = new Int32Array(0);
+    this.rebuildVipSlots();
+    return v;
+  }
+
+  private addBackend(v: number, id: string, bytes: Uint8Array, port: number): number {
+    const b = this.backendCount++;
+    this.beVip = grow(this.beVip, b + 1);
+    this.beAddr = grow(this.beAddr, 4 * (b + 1));
+    this.beAddrBytes = grow(this.beAddrBytes, 16 * (b + 1));
+    this.bePort = grow(this.bePort, b + 1);
+    this.beWeight = grow(this.beWeight, b + 1);
+    this.beUp = grow(this.beUp, b + 1);
+    this.beRemoved = grow(this.beRemoved, b + 1);
+    this.beDeltaIpIn = grow(this.beDeltaIpIn, b + 1);
+    this.beDeltaIpOut = grow(this.beDeltaIpOut, b + 1);
+    this.beDeltaTcpIn = grow(this.beDeltaTcpIn, b + 1);
+    this.beDeltaTcpOut = grow(this.beDeltaTcpOut, b + 1);
+    this.beVip[b] = v;
+    words(bytes, this.beAddr, 4 * b);
+    this.beAddrBytes.fill(0, 16 * b, 16 * b + 16);
+    this.beAddrBytes.set(bytes, 16 * b);
+    this.bePort[b] = port;
+    this.beUp[b] = 1;
+    this.beIds[b] = id;
+    // NAT deltas are constant per (VIP, backend) pair: compute once, apply per packet (RFC 1624).
+    const n = bytes.length;
+    const va = this.vipAddrBytes.subarray(16 * v, 16 * v + n);
+    const ip = replaceDelta(va, 0, bytes, 0, n);
+    const ipBack = replaceDelta(bytes, 0, va, 0, n);
+    const vp = this.vipPort[v];
+    const portDelta = fold((~vp & 0xffff) + port);
+    const portBack = fold((~port & 0xffff) + vp);
+    this.beDeltaIpIn[b] = ip;
+    this.beDeltaIpOut[b] = ipBack;
+    this.beDeltaTcpIn[b] = fold(ip + portDelta);
+    this.beDeltaTcpOut[b] = fold(ipBack + portBack);
+    this.vipBackends[v].push(b);
+    return b;
+  }
+
+  /** Recomputes a VIP's Maglev table and active list after weights, health or membership changed. */
+  rebuildVip(v: number): void {
+    const list = this.vipBackends[v];
+    const mb = list.map((b) => ({ id: this.beIds[b], weight: this.beUp[b] && !this.beRemoved[b] ? this.beWeight[b] : 0 }));
+    buildMaglevTable(mb, this.maglevSize, this.vipMaglev[v]);
+    this.vipActive[v] = Int32Array.from(list.filter((b) => this.beUp[b] && !this.beRemoved[b] && this.beWeight[b] > 0));
+  }
+
+  private rebuildVipSlots(): void {
+    let size = 64;
+    while (size < this.vipCount * 4) size <<= 1;
+    const slots = new Int32Array(size);
+    for (let v = 0; v < this.vipCount; v++) {
+      if (this.vipRemoved[v]) continue;
+      const a = 4 * v;
+      let s = this.vipHash(this.vipAddr[a], this.vipAddr[a + 1], this.vipAddr[a + 2], this.vipAddr[a + 3], this.vipPort[v]) & (size - 1);
+      while (slots[s] !== 0) s = (s + 1) & (size - 1);
+      slots[s] = v + 1;
+    }
+    this.vipSlots = slots;
+  }
+
+  private vipHash(w0: number, w1: number, w2: number, w3: number, port: number): number {
+    return mix32((w0 ^ Math.imul(w1, 0x9e3779b1) ^ Math.imul(w2, 0x85ebca6b) ^ Math.imul(w3, 0xc2b2ae35) ^ port) >>> 0);
+  }
+
+  /** VIP index for destination words a[4..7] and port, or -1. Hot path. */
+  findVip(a: Uint32Array, family: number, port: number): number {
+    const slots = this.vipSlots;
+    const mask = slots.length - 1;
+    let s = this.vipHash(a[4], a[5], a[6], a[7], port) & mask;
+    for (;;) {
+      const e = slots[s];
+      if (e === 0) return -1;
+      const v = e - 1;
+      const o = 4 * v;
+      if (this.vipPort[v] === port && this.vipFamily[v] === family && this.vipAddr[o] === a[4]
+        && this.vipAddr[o + 1] === a[5] && this.vipAddr[o + 2] === a[6] && this.vipAddr[o + 3] === a[7]) return v;
+      s = (s + 1) & mask;
+    }
+  }
+
+  /** Picks a backend for a new flow of VIP v by its policy; -1 when none takes new connections. Hot-ish path (SYNs). */
+  select(v: number, buf: Uint8Array, p: PacketView): number {
+    const policy = this.vipPolicy[v];
+    if (policy === PolicyCode.Maglev) {
+      const t = this.vipMaglev[v];
+      const pos = t[hashFiveTuple(buf, p.srcAddrOff, p.dstAddrOff, p.addrLen, p.srcPort, p.dstPort, p.proto, this.seed) % t.length];
+      return pos < 0 ? -1 : this.vipBackends[v][pos];
+    }
+    const active = this.vipActive[v];
+    if (active.length === 0) return -1;
+    const h = policy === PolicyCode.Hash5Tuple
+      ? hashFiveTuple(buf, p.srcAddrOff, p.dstAddrOff, p.addrLen, p.srcPort, p.dstPort, p.proto, this.seed)
+      : hashAddrPair(buf, p.srcAddrOff, p.dstAddrOff, p.addrLen, this.seed);
+    return active[h % active.length];
+  }
+
+  setWeight(b: number, weight: number): void { this.beWeight[b] = weight; this.rebuildVip(this.beVip[b]); }
+  setUp(b: number, up: boolean): void { this.beUp[b] = up ? 1 : 0; this.rebuildVip(this.beVip[b]); }
+
+  findBackend(id: string, vip?: number): number {
+    for (let b = 0; b < this.backendCount; b++) if (this.beIds[b] === id && (vip === undefined || this.beVip[b] === vip)) return b;
+    return -1;
+  }
+  findVipById(id: string): number { return this.vipIds.indexOf(id); }
+  backendId(b: number): string { return this.beIds[b]; }
+  vipId(v: number): string { return this.vipIds[v]; }
+
+  backendInfo(b: number): BackendInfo {
+    const id = this.beIds[b];
+    return {
+      index: b, vip: this.beVip[b], id, address: id.slice(0, id.lastIndexOf(':')).replace(/^\[|\]$/g, ''), port: this.bePort[b],
+      weight: this.beWeight[b], up: this.beUp[b] === 1, removed: this.beRemoved[b] === 1,
+    };
+  }
+  vipInfo(v: number): VipInfo {
+    return { index: v, id: this.vipIds[v], policy: this.vipPolicyNames[v] ?? this.defaultPolicy, backends: [...this.vipBackends[v]], removed: this.vipRemoved[v] === 1 };
+  }
+}
