@@ -1,0 +1,146 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { replayCaptures, type ReplayOptions } from '../src/replay/replay.js';
+import { PcapWriter, readCapture } from '../src/io/pcap.js';
+import { ipOffset } from '../src/io/link-layer.js';
+import { keyToken } from '../src/engine/tokens.js';
+import { ACK, SYN, capAck, capSyn, capSynAck, joinSyn, tcp } from './helpers/packets.js';
+
+const PCAPS = fileURLToPath(new URL('../../../shared/pcaps/', import.meta.url));
+const load = (rel: string) => ({ name: rel, bytes: new Uint8Array(readFileSync(PCAPS + rel)) });
+const AWARE: ReplayOptions = { backends: 2, policy: 'maglev', aware: true, unknownTokenAnswer: 'hash' };
+
+test('linux v1 capture: three connections with their known tokens, every join on its connection\'s backend', () => {
+  const r = replayCaptures([load('linux-v1/mptcp-v1-joins.pcap')], AWARE);
+  assert.deepEqual(r.connections.map((c) => [c.version, c.serverKey, c.serverToken]), [
+    [1, '546054e621704ae7', 'd41b3875'], [1, '7a3a71076535379e', '0c84b3eb'], [1, '68b4f5bc085c3104', 'fd012574'],
+  ]);
+  assert.equal(r.joins.length, 3);
+  for (const j of r.joins) {
+    assert.equal(j.steeredBy, 'token');
+    assert.notEqual(j.connectionBackend, null);
+    assert.equal(j.backend, j.connectionBackend);
+  }
+  assert.deepEqual(r.joins.map((j) => j.token).sort(), ['0c84b3eb', 'd41b3875', 'fd012574']);
+  assert.equal(r.counters.joins_steered_by_token, 3);
+  assert.equal(r.packets.truncated, 24, 'the snap length 200 cut the data packets; they are still balanced');
+  assert.equal(r.verdicts.drop, 0);
+});
+
+test('tcpdump v0 capture: token e47f0142 from server key 967d2770b6960552, the join to another server address follows it', () => {
+  const r = replayCaptures([load('tcpdump/mptcp-v0.pcap')], { ...AWARE, backends: 5 });
+  assert.equal(r.connections.length, 1);
+  assert.equal(r.connections[0].version, 0);
+  assert.equal(r.connections[0].serverKey, '967d2770b6960552');
+  assert.equal(r.connections[0].serverToken, 'e47f0142');
+  assert.equal(r.joins.length, 1);
+  assert.equal(r.joins[0].token, 'e47f0142');
+  assert.equal(r.joins[0].backend, r.connections[0].backend);
+  assert.equal(r.counters.joins_vip_mismatch, 1, 'the join targets 10.1.2.2, the connection 10.1.1.2');
+});
+
+test('tcpdump v1 and ptcpdump captures: keys and tokens as tcpdump decodes them', () => {
+  const v1 = replayCaptures([load('tcpdump/mptcp-v1.pcap')], AWARE);
+  assert.deepEqual(v1.connections.map((c) => [c.serverKey, c.serverToken, c.clientKey, c.clientToken]), [
+    ['29a6c86981ad933c', 'a35d6d82', '1fdb5df328bc3def', '239fbdb0'],
+  ]);
+  const pt = replayCaptures([load('ptcpdump/mptcp.pcap')], AWARE);
+  assert.equal(pt.connections.length, 1);
+  assert.equal(pt.connections[0].version, 1);
+  const text = readFileSync(PCAPS + 'ptcpdump/mptcp.pcap.out.txt', 'utf8');
+  assert.ok(text.includes(pt.connections[0].serverKey.replace(/^0+/, '')), 'server key appears in tcpdump\'s decode');
+});
+
+test('MP_FASTCLOSE capture: the connection is closed and its token removed', () => {
+  const r = replayCaptures([load('tcpdump/mptcp-fclose.pcap')], AWARE);
+  assert.equal(r.connections[0].serverToken, '1f874e7a');
+  assert.equal(r.counters.conns_fastclosed, 1);
+});
+
+test('CVE-2017-13040 capture (3-byte DSS): counted as malformed, the packet is still balanced', () => {
+  const r = replayCaptures([load('tcpdump/mptcp-dss-oobr.pcap')], AWARE);
+  assert.equal(r.counters.mptcp_option_malformed, 1);
+  assert.equal(r.verdicts.to_backend, 1);
+});
+
+test('captures without a SYN (ADD_ADDR echo, MP_TCPRST) replay without error and balance nothing', () => {
+  for (const f of ['tcpdump/mptcp-aa-echo.pcap', 'tcpdump/mptcp-tcprst.pcap']) {
+    const r = replayCaptures([load(f)], AWARE);
+    assert.equal(r.vips.length, 0);
+    assert.ok(r.packets.total > 0);
+    assert.equal(r.packets.fed, 0);
+  }
+  const aa = replayCaptures([load('tcpdump/mptcp-aa-v1.pcap')], AWARE);
+  assert.equal(aa.connections.length, 1);
+  assert.equal(aa.drops.not_tcp, 2);
+});
+
+test('state carries across files: handshakes in one capture, joins in the next', () => {
+  const bytes = new Uint8Array(readFileSync(PCAPS + 'linux-v1/mptcp-v1-joins.pcap'));
+  const recs = readCapture(bytes).records;
+  const firstJoin = recs.findIndex((r) => {
+    // IPv4 only in this capture: TCP flags and source port read straight from the (snap-length cut) frame.
+    const t = ipOffset(r.linkType, r.data) + ((r.data[ipOffset(r.linkType, r.data)] & 15) << 2);
+    const sport = (r.data[t] << 8) | r.data[t + 1];
+    return (r.data[t + 13] & (SYN | ACK)) === SYN && ![60956, 60966, 38254].includes(sport);
+  });
+  assert.ok(firstJoin > 0);
+  const part = (from: number, to: number) => {
+    const w = new PcapWriter(recs[0].linkType, 65535);
+    for (const r of recs.slice(from, to)) w.add(r.tsUs, r.data, r.origLen);
+    return w.toBytes();
+  };
+  const r = replayCaptures([{ name: 'a', bytes: part(0, firstJoin) }, { name: 'b', bytes: part(firstJoin, recs.length) }], AWARE);
+  assert.ok(r.joins.length >= 1);
+  assert.ok(r.joins.every((j) => j.steeredBy === 'token' && j.backend === j.connectionBackend));
+});
+
+/** A synthetic capture: n MPTCP v1 connections from one address, each followed by a join from another. */
+function syntheticCapture(n: number): Uint8Array {
+  const w = new PcapWriter(101);
+  let t = 1_700_000_000_000_000;
+  for (let i = 0; i < n; i++) {
+    const key = 0x7000_0000_0000n + BigInt(i) * 7919n;
+    const sport = 30000 + i;
+    w.add(t++, tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport, dport: 80, flags: SYN, options: [capSyn(1)] }));
+    w.add(t++, tcp({ src: '198.18.100.1', dst: '198.18.1.2', sport: 80, dport: sport, flags: SYN | ACK, options: [capSynAck(1, key)] }));
+    w.add(t++, tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport, dport: 80, flags: ACK, options: [capAck(1, 5n, key)] }));
+    w.add(t++, tcp({ src: '198.18.2.2', dst: '198.18.100.1', sport: 40000 + i, dport: 80, flags: SYN, options: [joinSyn(keyToken(1, Number(key >> 32n), Number(key & 0xffffffffn)))] }));
+  }
+  return w.toBytes();
+}
+
+test('aware vs unaware on the same traffic: aware keeps every join, unaware (hash-ip-pair too) misroutes a good share', () => {
+  const cap = [{ name: 'synthetic', bytes: syntheticCapture(60) }];
+  const aware = replayCaptures(cap, AWARE);
+  assert.equal(aware.summary.joins, 60);
+  assert.equal(aware.summary.onConnectionBackend, 60);
+  const unaware = replayCaptures(cap, { ...AWARE, aware: false });
+  assert.ok(unaware.summary.elsewhere >= 15, `unaware misrouted ${unaware.summary.elsewhere} of 60`);
+  assert.ok(unaware.joins.every((j) => j.steeredBy === 'fallback'));
+  // hash-ip-pair puts all of one address's subflows on one server: the joins' other address may hash elsewhere.
+  const pair = replayCaptures(cap, { ...AWARE, aware: false, policy: 'hash-ip-pair', backends: 2 });
+  const servers = new Set(pair.joins.map((j) => `${j.backend}/${j.connectionBackend}`));
+  assert.equal(servers.size, 1, 'one client address pair -> one server for every connection');
+});
+
+test('mplb replay CLI: --json document shape and --pcap-out output', () => {
+  const out = `${process.env.TMPDIR ?? '/tmp'}/mplb-replay-${process.pid}.pcap`;
+  const main = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+  const json = execFileSync(process.execPath, [main, 'replay', PCAPS + 'linux-v1/mptcp-v1-joins.pcap', '--json', '--pcap-out', out, '--backends', '3'], { encoding: 'utf8' });
+  const doc = JSON.parse(json);
+  for (const c of doc.connections) for (const k of ['version', 'clientKey', 'serverKey', 'serverToken', 'clientToken', 'backend']) assert.ok(k in c, k);
+  for (const j of doc.joins) for (const k of ['subflow', 'token', 'backend', 'connectionBackend', 'steeredBy']) assert.ok(k in j, k);
+  assert.match(doc.joins[0].subflow, /^10\.61\.2\.2:\d+>10\.61\.9\.9:5201$/);
+  assert.equal(typeof doc.counters.packets_in, 'number');
+  const written = readCapture(new Uint8Array(readFileSync(out))).records;
+  assert.equal(written.length, doc.verdicts.to_backend + doc.verdicts.to_client + doc.verdicts.reply);
+  assert.equal(written[0].linkType, 101);
+  // The first packet (a SYN to the VIP) now goes to one of the virtual servers.
+  assert.match(Array.from(written[0].data.subarray(16, 20)).join('.'), /^198\.18\.255\.[123]$/);
+  // A bad flag is a usage error with exit code 2 and no stack trace.
+  assert.throws(() => execFileSync(process.execPath, [main, 'replay', 'x.pcap', '--policy', 'nope'], { stdio: 'pipe' }), (e: { status: number; stderr: Buffer }) => e.status === 2 && /--policy must be one of/.test(String(e.stderr)) && !/at .*\.js/.test(String(e.stderr)));
+});
