@@ -149,6 +149,7 @@ export class Engine {
       r = -1;
     }
     if (r < 0) {
+      if (this.services.vipRemoved[vip]) return this.drop(DropReason.NoService);
       if (isSyn) return this.newFlow(buf, vip, hIn, now);
       return this.midstream(buf, vip);
     }

@@ -166,8 +166,8 @@ export class Services {
     let size = 64;
     while (size < this.vipCount * 4) size <<= 1;
     const slots = new Int32Array(size);
+    // Removed VIPs stay findable so their established flows continue; they take no new flows.
     for (let v = 0; v < this.vipCount; v++) {
-      if (this.vipRemoved[v]) continue;
       const a = 4 * v;
       let s = this.vipHash(this.vipAddr[a], this.vipAddr[a + 1], this.vipAddr[a + 2], this.vipAddr[a + 3], this.vipPort[v]) & (size - 1);
       while (slots[s] !== 0) s = (s + 1) & (size - 1);
