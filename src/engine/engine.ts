@@ -32,8 +32,8 @@ export const STEER_LABELS = ['none', 'policy', 'token', 'fallback', 'stateless']
 /** Where keys were learned from (for counters and replay). */
 const enum KeySource { SynAck = 0, Ack = 1, Data = 2 }
 
-/** Flow state bit for a join steered to a connection on another VIP (NAT deltas computed per packet). */
-const CROSS_VIP = 1 << 11;
+
+const CROSS_VIP = FlowState.CrossVip;
 
 export interface ConnectionInfo {
   index: number;
@@ -142,7 +142,7 @@ export class Engine {
     let r = flows.lookupIn(hIn, a, v.srcPort, vip);
     const tf = v.tcpFlags;
     const isSyn = (tf & (TCP_SYN | TCP_ACK)) === TCP_SYN;
-    if (r >= 0 && isSyn && (flows.state[r] & (FlowState.Rst | FlowState.FinClient | FlowState.FinServer)) !== 0) {
+    if (r >= 0 && isSyn && (flows.state(r) & (FlowState.Rst | FlowState.FinClient | FlowState.FinServer)) !== 0) {
       // A new SYN on a closed flow's 4-tuple is a new connection (port reuse), not a retransmission.
       this.removeFlow(r, now);
       this.counters.events[Counter.FlowsReopened]++;
@@ -153,17 +153,17 @@ export class Engine {
       if (isSyn) return this.newFlow(buf, vip, hIn, now);
       return this.midstream(buf, vip);
     }
-    let st = flows.state[r];
+    let st = flows.state(r);
     if (tf & TCP_RST) st |= FlowState.Rst;
     if (tf & TCP_FIN) st |= FlowState.FinClient;
     if ((tf & TCP_ACK) !== 0 && (tf & TCP_SYN) === 0) st |= FlowState.Established;
-    flows.state[r] = st;
-    flows.lastSeen[r] = now;
-    if (flows.mpVer[r] !== 0 && v.optEnd > v.optOff && this.cfg.mptcpAware) this.scanInbound(buf, r, now);
-    const b = flows.backend[r];
+    flows.setState(r, st);
+    flows.setLastSeen(r, now);
+    if (flows.mpVer(r) !== 0 && v.optEnd > v.optOff && this.cfg.mptcpAware) this.scanInbound(buf, r, now);
+    const b = flows.backend(r);
     this.lastFlow = r;
     this.lastBackend = b;
-    if (flows.state[r] & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, this.services.beAddrBytes, b << 4, this.services.bePort[b]);
+    if (flows.state(r) & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, this.services.beAddrBytes, b << 4, this.services.bePort[b]);
     else natToBackend(buf, v, this.services, b);
     this.counters.events[Counter.ToBackend]++;
     return Verdict.ToBackend;
@@ -265,8 +265,8 @@ export class Engine {
       ev[Counter.FlowsCreated]++;
       this.lastFlow = r;
       // Version 0 and 1 are the ones with a known key hash; other versions are forwarded without steering.
-      if (capVer === 0 || capVer === 1) this.flows.mpVer[r] = capVer + 1;
-      else if (joinToken >= 0) this.flows.mpVer[r] = 2; // joins are scanned for MP_FASTCLOSE
+      if (capVer === 0 || capVer === 1) this.flows.setMpVer(r, capVer + 1);
+      else if (joinToken >= 0) this.flows.setMpVer(r, 2); // joins are scanned for MP_FASTCLOSE
       if (conn >= 0) this.linkFlow(r, conn);
     }
     if (state & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, svc.beAddrBytes, b << 4, svc.bePort[b]);
@@ -293,12 +293,12 @@ export class Engine {
       if (sub === MptcpSubtype.MpFastclose) { this.fastclose(r, now); continue; }
       if (!opt.hasReceiverKey || (opt.version !== 0 && opt.version !== 1)) continue;
       // Third ACK or v1 first data: sender = client key, receiver = server key.
-      const st = flows.state[r];
+      const st = flows.state(r);
       if ((st & FlowState.KeysDone) === 0) {
         if ((st & FlowState.MpCapable) === 0) continue;
         this.learnKeys(buf, r, opt.version, opt.receiverKeyOff, opt.senderKeyOff, v.payloadLen > 0 ? KeySource.Data : KeySource.Ack, now);
       } else {
-        const c = flows.conn[r];
+        const c = flows.conn(r);
         if (c >= 0 && (this.conns.flags[c] & ConnFlag.HasClientKey) === 0) this.storeClientKey(c, buf, opt.senderKeyOff);
       }
     }
@@ -325,22 +325,22 @@ export class Engine {
   private outbound(buf: Uint8Array, r: number, now: number): Verdict {
     const v = this.view, flows = this.flows;
     const tf = v.tcpFlags;
-    let st = flows.state[r];
+    let st = flows.state(r);
     if (tf & TCP_RST) st |= FlowState.Rst;
     if (tf & TCP_FIN) st |= FlowState.FinServer;
     if ((tf & (TCP_SYN | TCP_ACK)) === (TCP_SYN | TCP_ACK)) st |= FlowState.SynAckSeen;
-    flows.state[r] = st;
-    flows.lastSeen[r] = now;
+    flows.setState(r, st);
+    flows.setLastSeen(r, now);
     this.lastFlow = r;
-    this.lastVip = flows.vip[r];
-    if (flows.mpVer[r] !== 0 && this.cfg.mptcpAware) {
+    this.lastVip = flows.vip(r);
+    if (flows.mpVer(r) !== 0 && this.cfg.mptcpAware) {
       if ((tf & TCP_SYN) !== 0 && (st & FlowState.KeysDone) === 0) this.scanSynAck(buf, r, now);
       else if (v.optEnd > v.optOff) this.scanOutbound(buf, r, now);
     }
-    const b = flows.backend[r];
+    const b = flows.backend(r);
     this.lastBackend = b;
-    if (flows.state[r] & CROSS_VIP) {
-      const vip = flows.vip[r];
+    if (flows.state(r) & CROSS_VIP) {
+      const vip = flows.vip(r);
       natEndpoint(buf, v, v.srcAddrOff, v.l4Off, this.services.vipAddrBytes, vip << 4, this.services.vipPort[vip]);
     } else {
       natToClient(buf, v, this.services, b);
@@ -368,8 +368,8 @@ export class Engine {
       return;
     }
     // RFC 8684 section 3.1: "If the SYN/ACK ... does not include an MP_CAPABLE option, the initiator MUST fall back".
-    flows.state[r] |= FlowState.Fallback | FlowState.KeysDone;
-    if ((flows.state[r] & FlowState.Join) === 0) this.counters.events[Counter.MptcpFallback]++;
+    flows.orState(r, FlowState.Fallback | FlowState.KeysDone);
+    if ((flows.state(r) & FlowState.Join) === 0) this.counters.events[Counter.MptcpFallback]++;
   }
 
   private scanOutbound(buf: Uint8Array, r: number, now: number): void {
@@ -396,8 +396,8 @@ export class Engine {
   private learnKeys(buf: Uint8Array, r: number, version: number, serverKeyOff: number, clientKeyOff: number, src: KeySource, now: number): boolean {
     const flows = this.flows, conns = this.conns, ev = this.counters.events;
     const token = tokenFromKeyBytes(version, buf, serverKeyOff);
-    const b = flows.backend[r];
-    flows.state[r] |= FlowState.KeysDone;
+    const b = flows.backend(r);
+    flows.orState(r, FlowState.KeysDone);
     let ambiguousWith = -1;
     const old = conns.find(token);
     if (old >= 0) {
@@ -408,7 +408,7 @@ export class Engine {
         if (conns.subflows[old] === 0) this.freeConn(old);
         ev[Counter.TokenReplaced]++;
       } else if (src === KeySource.SynAck) {
-        flows.state[r] |= FlowState.Fallback;
+        flows.orState(r, FlowState.Fallback);
         ev[Counter.TokenCollisionStripped]++;
         return false;
       } else {
@@ -417,9 +417,9 @@ export class Engine {
         ev[Counter.TokenCollisionAmbiguous]++;
       }
     }
-    const c = conns.alloc(token, version, b, flows.vip[r], now);
+    const c = conns.alloc(token, version, b, flows.vip(r), now);
     if (c < 0 && !this.evictConn(now)) { ev[Counter.ConnTableFull]++; return true; }
-    const cc = c >= 0 ? c : conns.alloc(token, version, b, flows.vip[r], now);
+    const cc = c >= 0 ? c : conns.alloc(token, version, b, flows.vip(r), now);
     if (cc < 0) { ev[Counter.ConnTableFull]++; return true; }
     copyKey(buf, serverKeyOff, conns.keys, cc * 4);
     if (clientKeyOff >= 0) this.storeClientKey(cc, buf, clientKeyOff);
@@ -440,20 +440,20 @@ export class Engine {
   /** MP_FASTCLOSE: the whole connection is gone (RFC 8684 section 3.5); its subflows close like after a RST. */
   private fastclose(r: number, now: number): void {
     this.counters.events[Counter.FastcloseSeen]++;
-    const c = this.flows.conn[r];
-    if (c < 0) { this.flows.state[r] |= FlowState.Rst; return; }
+    const c = this.flows.conn(r);
+    if (c < 0) { this.flows.orState(r, FlowState.Rst); return; }
     this.conns.unindexToken(c);
     this.counters.events[Counter.ConnsFastclosed]++;
-    for (let f = this.conns.firstFlow[c]; f >= 0; f = this.flows.next[f]) {
-      this.flows.state[f] |= FlowState.Rst;
-      this.flows.lastSeen[f] = now;
+    for (let f = this.conns.firstFlow[c]; f >= 0; f = this.flows.next(f)) {
+      this.flows.orState(f, FlowState.Rst);
+      this.flows.setLastSeen(f, now);
     }
   }
 
   private linkFlow(r: number, c: number): void {
     const flows = this.flows, conns = this.conns;
-    flows.conn[r] = c;
-    flows.next[r] = conns.firstFlow[c];
+    flows.setConn(r, c);
+    flows.setNext(r, conns.firstFlow[c]);
     conns.firstFlow[c] = r;
     if (conns.subflows[c] < 255) conns.subflows[c]++;
     conns.flags[c] &= ~ConnFlag.Lingering;
@@ -461,13 +461,13 @@ export class Engine {
 
   private removeFlow(r: number, now: number): void {
     const flows = this.flows, conns = this.conns;
-    const c = flows.conn[r];
+    const c = flows.conn(r);
     if (c >= 0) {
       let prev = -1;
-      for (let f = conns.firstFlow[c]; f >= 0; prev = f, f = flows.next[f]) {
+      for (let f = conns.firstFlow[c]; f >= 0; prev = f, f = flows.next(f)) {
         if (f !== r) continue;
-        if (prev < 0) conns.firstFlow[c] = flows.next[f];
-        else flows.next[prev] = flows.next[f];
+        if (prev < 0) conns.firstFlow[c] = flows.next(f);
+        else flows.setNext(prev, flows.next(f));
         break;
       }
       if (conns.subflows[c] > 0) conns.subflows[c]--;
@@ -487,21 +487,21 @@ export class Engine {
   private freeConn(c: number): void {
     // Subflows still pointing here (a replaced token) are detached first.
     for (let f = this.conns.firstFlow[c]; f >= 0;) {
-      const n = this.flows.next[f];
-      this.flows.conn[f] = -1;
-      this.flows.next[f] = -1;
+      const n = this.flows.next(f);
+      this.flows.setConn(f, -1);
+      this.flows.setNext(f, -1);
       f = n;
     }
     this.conns.free(c);
   }
 
   private flowExpired(r: number, now: number): boolean {
-    const st = this.flows.state[r];
+    const st = this.flows.state(r);
     const t = this.cfg.timeouts;
     const limit = st & FlowState.Rst ? t.rstMs
       : (st & FlowState.Closing) === FlowState.Closing ? t.finMs
         : st & FlowState.Established ? t.establishedMs : t.synMs;
-    return ((now - this.flows.lastSeen[r]) >>> 0) > limit;
+    return ((now - this.flows.lastSeen(r)) >>> 0) > limit;
   }
 
   private connExpired(c: number, now: number): boolean {
@@ -514,9 +514,9 @@ export class Engine {
     for (let i = 0; i < 64; i++) {
       const r = this.flowHand;
       this.flowHand = r + 1 === cap ? 0 : r + 1;
-      if (!flows.live[r]) continue;
+      if (!flows.isLive(r)) continue;
       if (this.flowExpired(r, now)) { this.removeFlow(r, now); this.counters.events[Counter.FlowsExpired]++; return true; }
-      if ((flows.state[r] & FlowState.Established) === 0) {
+      if ((flows.state(r) & FlowState.Established) === 0) {
         this.removeFlow(r, now);
         this.counters.events[Counter.FlowsEvictedEmbryonic]++;
         return true;
@@ -551,8 +551,8 @@ export class Engine {
     for (let i = 0; i < budget && flows.used > 0; i++) {
       const r = this.flowHand;
       this.flowHand = r + 1 === fcap ? 0 : r + 1;
-      if (flows.live[r] && this.flowExpired(r, now)) {
-        const closed = (flows.state[r] & (FlowState.Rst | FlowState.FinClient | FlowState.FinServer)) !== 0;
+      if (flows.isLive(r) && this.flowExpired(r, now)) {
+        const closed = (flows.state(r) & (FlowState.Rst | FlowState.FinClient | FlowState.FinServer)) !== 0;
         this.removeFlow(r, now);
         ev[closed ? Counter.FlowsClosed : Counter.FlowsExpired]++;
       }
@@ -582,25 +582,25 @@ export class Engine {
     if (vip < 0) return -1;
     const h = tupleHash(a[0], a[1], a[2], a[3], v.dstPort, a[4], a[5], a[6], a[7], v.srcPort, this.cfg.hashSeed);
     const r = this.flows.lookupIn(h, a, v.dstPort, vip);
-    return r < 0 ? -1 : this.flows.backend[r];
+    return r < 0 ? -1 : this.flows.backend(r);
   }
 
   flowDescription(r: number): string {
     const flows = this.flows, svc = this.services;
-    const vip = flows.vip[r];
-    const n = flows.state[r] & FlowState.V6 ? 16 : 4;
+    const vip = flows.vip(r);
+    const n = flows.state(r) & FlowState.V6 ? 16 : 4;
     const cb = new Uint8Array(16);
     for (let i = 0; i < 4; i++) {
-      const w = flows.clientAddr[r * 4 + i];
+      const w = flows.clientWord(r, i);
       cb[4 * i] = w >>> 24; cb[4 * i + 1] = (w >>> 16) & 0xff; cb[4 * i + 2] = (w >>> 8) & 0xff; cb[4 * i + 3] = w & 0xff;
     }
-    return `${formatEndpoint(cb, 0, n, flows.clientPort[r])}>${formatEndpoint(svc.vipAddrBytes, vip * 16, n, svc.vipPort[vip])}`;
+    return `${formatEndpoint(cb, 0, n, flows.clientPort(r))}>${formatEndpoint(svc.vipAddrBytes, vip * 16, n, svc.vipPort[vip])}`;
   }
 
   connectionInfo(c: number): ConnectionInfo {
     const conns = this.conns, k = conns.keys;
     const subflows: string[] = [];
-    for (let f = conns.firstFlow[c]; f >= 0; f = this.flows.next[f]) subflows.push(this.flowDescription(f));
+    for (let f = conns.firstFlow[c]; f >= 0; f = this.flows.next(f)) subflows.push(this.flowDescription(f));
     const flags = conns.flags[c];
     return {
       index: c,

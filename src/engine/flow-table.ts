@@ -1,7 +1,9 @@
 // The flow table: one record per TCP subflow, reachable from both directions' keys
-// (client -> VIP, and backend -> client), in preallocated typed arrays. No allocation after construction.
+// (client -> VIP, and backend -> client). Records are 12-word rows of one Uint32Array so that a lookup touches
+// one index slot and one record (two cache lines) even when a million flows do not fit in cache.
+// No allocation after construction.
 
-/** Flow state bits. */
+/** Flow state bits (16 bits). */
 export const enum FlowState {
   V6 = 1 << 0,
   SynSeen = 1 << 1,
@@ -17,10 +19,12 @@ export const enum FlowState {
   KeysDone = 1 << 9,
   /** The connection fell back to plain TCP (no MP_CAPABLE in SYN/ACK, or stripped on a token collision). */
   Fallback = 1 << 10,
+  /** A join steered to a connection on another VIP: NAT deltas are computed per packet. */
+  CrossVip = 1 << 11,
   Closing = FinClient | FinServer,
 }
 
-/** Direction of a lookup hit: 0 = client -> VIP (inbound), 1 = backend -> client (outbound). */
+/** Direction of an index entry: 0 = client -> VIP (inbound), 1 = backend -> client (outbound). */
 export const DIR_IN = 0, DIR_OUT = 1;
 
 /** Murmur3-style mixing over the ten numbers of a flow key; returns an unsigned 32-bit hash. Hot path. */
@@ -42,25 +46,19 @@ function mixIn(h: number, w: number): number {
   return (Math.imul(h, 5) + 0xe6546b64) | 0;
 }
 
+// Record layout (words).
+const W = 12;
+const F_HASH_IN = 0, F_HASH_OUT = 1, F_ADDR = 2; // 2..5: client address words
+const F_PORT_VIP = 6; // client port | vip << 16
+const F_BACKEND_STATE = 7; // backend | state << 16
+const F_MISC = 8; // mpVer (8 bits) | live << 8
+const F_CONN = 9, F_NEXT = 10, F_LAST = 11;
+const LIVE = 1 << 8;
+
 export class FlowTable {
   readonly capacity: number;
   used = 0;
-  // Record fields.
-  readonly clientAddr: Uint32Array; // 4 words per record
-  readonly clientPort: Uint16Array;
-  readonly vip: Uint16Array;
-  readonly backend: Uint16Array;
-  readonly state: Uint16Array;
-  /** MPTCP version + 1 from the SYN's MP_CAPABLE (0: none). */
-  readonly mpVer: Uint8Array;
-  readonly conn: Int32Array;
-  /** Next subflow of the same connection, or the next free record when free. */
-  readonly next: Int32Array;
-  readonly lastSeen: Uint32Array; // ms, modulo 2^32
-  readonly hashIn: Uint32Array;
-  readonly hashOut: Uint32Array;
-  /** 1 while the record is in use (sweeps skip free records). */
-  readonly live: Uint8Array;
+  private readonly rec: Uint32Array;
   // Index: open addressing, linear probing; entry = (record << 1 | dir) + 1, 0 = empty.
   private readonly index: Int32Array;
   private readonly mask: number;
@@ -68,66 +66,67 @@ export class FlowTable {
 
   constructor(capacity: number) {
     this.capacity = capacity;
-    this.clientAddr = new Uint32Array(capacity * 4);
-    this.clientPort = new Uint16Array(capacity);
-    this.vip = new Uint16Array(capacity);
-    this.backend = new Uint16Array(capacity);
-    this.state = new Uint16Array(capacity);
-    this.mpVer = new Uint8Array(capacity);
-    this.conn = new Int32Array(capacity);
-    this.next = new Int32Array(capacity);
-    this.lastSeen = new Uint32Array(capacity);
-    this.hashIn = new Uint32Array(capacity);
-    this.hashOut = new Uint32Array(capacity);
-    this.live = new Uint8Array(capacity);
+    this.rec = new Uint32Array(capacity * W);
     // Two keys per record at a load factor of at most 1/2.
     let size = 4;
     while (size < capacity * 4) size <<= 1;
     this.index = new Int32Array(size);
     this.mask = size - 1;
-    for (let i = 0; i < capacity - 1; i++) this.next[i] = i + 1;
-    this.next[capacity - 1] = -1;
+    for (let i = 0; i < capacity; i++) this.rec[i * W + F_NEXT] = i + 1 < capacity ? i + 1 : 0xffffffff;
     this.freeHead = 0;
   }
 
-  /**
-   * Finds the flow whose key in direction `dir` matches. For DIR_IN the key is (client words a[0..3], port aPort,
-   * VIP v's address, vPort); the caller compares the VIP. Returns the record or -1. Hot path.
-   */
+  // Field accessors (small enough for V8 to inline).
+  state(r: number): number { return this.rec[r * W + F_BACKEND_STATE] >>> 16; }
+  setState(r: number, st: number): void { const i = r * W + F_BACKEND_STATE; this.rec[i] = (this.rec[i] & 0xffff) | (st << 16); }
+  orState(r: number, bits: number): void { this.rec[r * W + F_BACKEND_STATE] |= bits << 16; }
+  backend(r: number): number { return this.rec[r * W + F_BACKEND_STATE] & 0xffff; }
+  clientPort(r: number): number { return this.rec[r * W + F_PORT_VIP] & 0xffff; }
+  vip(r: number): number { return this.rec[r * W + F_PORT_VIP] >>> 16; }
+  clientWord(r: number, i: number): number { return this.rec[r * W + F_ADDR + i]; }
+  mpVer(r: number): number { return this.rec[r * W + F_MISC] & 0xff; }
+  setMpVer(r: number, v: number): void { const i = r * W + F_MISC; this.rec[i] = (this.rec[i] & ~0xff) | v; }
+  isLive(r: number): boolean { return (this.rec[r * W + F_MISC] & LIVE) !== 0; }
+  conn(r: number): number { return this.rec[r * W + F_CONN] | 0; }
+  setConn(r: number, c: number): void { this.rec[r * W + F_CONN] = c; }
+  next(r: number): number { return this.rec[r * W + F_NEXT] | 0; }
+  setNext(r: number, n: number): void { this.rec[r * W + F_NEXT] = n; }
+  lastSeen(r: number): number { return this.rec[r * W + F_LAST]; }
+  setLastSeen(r: number, t: number): void { this.rec[r * W + F_LAST] = t; }
+
+  /** Finds the inbound flow (client words a[0..3], client port, VIP v); -1 when absent. Hot path. */
   lookupIn(h: number, a: Uint32Array, aPort: number, v: number): number {
-    const idx = this.index, mask = this.mask;
+    const idx = this.index, mask = this.mask, rec = this.rec;
+    const portVip = (aPort | (v << 16)) >>> 0;
     let s = h & mask;
     for (;;) {
       const e = idx[s];
       if (e === 0) return -1;
       const r = (e - 1) >> 1;
-      if (((e - 1) & 1) === DIR_IN && this.hashIn[r] === h && this.clientPort[r] === aPort && this.vip[r] === v) {
-        const o = r << 2;
-        const ca = this.clientAddr;
-        if (ca[o] === a[0] && ca[o + 1] === a[1] && ca[o + 2] === a[2] && ca[o + 3] === a[3]) return r;
-      }
+      const o = r * W;
+      if (((e - 1) & 1) === DIR_IN && rec[o + F_HASH_IN] === h && rec[o + F_PORT_VIP] === portVip
+        && rec[o + F_ADDR] === a[0] && rec[o + F_ADDR + 1] === a[1] && rec[o + F_ADDR + 2] === a[2] && rec[o + F_ADDR + 3] === a[3]) return r;
       s = (s + 1) & mask;
     }
   }
 
   /**
-   * Finds the flow whose outbound key matches: source = backend (checked by the caller via `beAddr`/`bePort`),
-   * destination = client words a[4..7] and port dPort. Hot path.
+   * Finds the outbound flow: source = its backend (address words a[0..3], port sPort, checked against beAddr/bePort),
+   * destination = the client (words a[4..7], port dPort). Hot path.
    */
   lookupOut(h: number, a: Uint32Array, sPort: number, dPort: number, beAddr: Uint32Array, bePort: Uint16Array): number {
-    const idx = this.index, mask = this.mask;
+    const idx = this.index, mask = this.mask, rec = this.rec;
     let s = h & mask;
     for (;;) {
       const e = idx[s];
       if (e === 0) return -1;
       const r = (e - 1) >> 1;
-      if (((e - 1) & 1) === DIR_OUT && this.hashOut[r] === h && this.clientPort[r] === dPort) {
-        const o = r << 2;
-        const ca = this.clientAddr;
-        const b = this.backend[r];
+      const o = r * W;
+      if (((e - 1) & 1) === DIR_OUT && rec[o + F_HASH_OUT] === h && (rec[o + F_PORT_VIP] & 0xffff) === dPort
+        && rec[o + F_ADDR] === a[4] && rec[o + F_ADDR + 1] === a[5] && rec[o + F_ADDR + 2] === a[6] && rec[o + F_ADDR + 3] === a[7]) {
+        const b = rec[o + F_BACKEND_STATE] & 0xffff;
         const bo = b << 2;
-        if (ca[o] === a[4] && ca[o + 1] === a[5] && ca[o + 2] === a[6] && ca[o + 3] === a[7] && bePort[b] === sPort
-          && beAddr[bo] === a[0] && beAddr[bo + 1] === a[1] && beAddr[bo + 2] === a[2] && beAddr[bo + 3] === a[3]) return r;
+        if (bePort[b] === sPort && beAddr[bo] === a[0] && beAddr[bo + 1] === a[1] && beAddr[bo + 2] === a[2] && beAddr[bo + 3] === a[3]) return r;
       }
       s = (s + 1) & mask;
     }
@@ -137,21 +136,18 @@ export class FlowTable {
   insert(hIn: number, hOut: number, a: Uint32Array, clientPort: number, v: number, backend: number, state: number, nowMs: number): number {
     const r = this.freeHead;
     if (r < 0) return -1;
-    this.freeHead = this.next[r];
+    const rec = this.rec, o = r * W;
+    this.freeHead = rec[o + F_NEXT] | 0;
     this.used++;
-    const o = r << 2;
-    this.clientAddr[o] = a[0]; this.clientAddr[o + 1] = a[1]; this.clientAddr[o + 2] = a[2]; this.clientAddr[o + 3] = a[3];
-    this.clientPort[r] = clientPort;
-    this.vip[r] = v;
-    this.backend[r] = backend;
-    this.state[r] = state;
-    this.mpVer[r] = 0;
-    this.conn[r] = -1;
-    this.next[r] = -1;
-    this.lastSeen[r] = nowMs >>> 0;
-    this.hashIn[r] = hIn;
-    this.hashOut[r] = hOut;
-    this.live[r] = 1;
+    rec[o + F_HASH_IN] = hIn;
+    rec[o + F_HASH_OUT] = hOut;
+    rec[o + F_ADDR] = a[0]; rec[o + F_ADDR + 1] = a[1]; rec[o + F_ADDR + 2] = a[2]; rec[o + F_ADDR + 3] = a[3];
+    rec[o + F_PORT_VIP] = clientPort | (v << 16);
+    rec[o + F_BACKEND_STATE] = backend | (state << 16);
+    rec[o + F_MISC] = LIVE;
+    rec[o + F_CONN] = 0xffffffff;
+    rec[o + F_NEXT] = 0xffffffff;
+    rec[o + F_LAST] = nowMs;
     this.place(hIn, ((r << 1) | DIR_IN) + 1);
     this.place(hOut, ((r << 1) | DIR_OUT) + 1);
     return r;
@@ -166,18 +162,19 @@ export class FlowTable {
 
   /** Unindexes and frees a record. The caller unlinks it from its connection first. */
   remove(r: number): void {
-    this.unplace(this.hashIn[r], ((r << 1) | DIR_IN) + 1);
-    this.unplace(this.hashOut[r], ((r << 1) | DIR_OUT) + 1);
-    this.live[r] = 0;
-    this.state[r] = 0;
-    this.next[r] = this.freeHead;
+    const rec = this.rec, o = r * W;
+    this.unplace(rec[o + F_HASH_IN], ((r << 1) | DIR_IN) + 1);
+    this.unplace(rec[o + F_HASH_OUT], ((r << 1) | DIR_OUT) + 1);
+    rec[o + F_MISC] = 0;
+    rec[o + F_BACKEND_STATE] = 0;
+    rec[o + F_NEXT] = this.freeHead;
     this.freeHead = r;
     this.used--;
   }
 
   /** Backward-shift deletion keeps probe chains intact without tombstones. */
   private unplace(h: number, entry: number): void {
-    const idx = this.index, mask = this.mask;
+    const idx = this.index, mask = this.mask, rec = this.rec;
     let s = h & mask;
     while (idx[s] !== entry) {
       if (idx[s] === 0) return; // not present (cannot happen for a live record)
@@ -190,7 +187,7 @@ export class FlowTable {
       const e = idx[j];
       if (e === 0) break;
       const r = (e - 1) >> 1;
-      const home = ((((e - 1) & 1) === DIR_IN ? this.hashIn[r] : this.hashOut[r]) & mask);
+      const home = rec[r * W + (((e - 1) & 1) === DIR_IN ? F_HASH_IN : F_HASH_OUT)] & mask;
       // Move e into the hole when its home slot is not in the cyclic range (hole, j].
       const inRange = hole <= j ? home > hole && home <= j : home > hole || home <= j;
       if (!inRange) { idx[hole] = e; hole = j; }

@@ -1,21 +1,21 @@
 // Weighted Maglev lookup table (Eisenbud et al., "Maglev", NSDI 2016, section 3.4). Cold path.
 //
 // As in the paper, each backend walks its own permutation of the slots (offset + j*skip mod size,
-// from two hashes of its id) and the table is filled by letting backends claim free slots along
-// their permutations. The fill order differs: the paper gives each backend one *claim* per turn;
-// here each backend makes one *probe* per turn and stops once it holds its quota
-// (size * w / sum(w), rounded by largest remainder). Until quotas bind, a slot goes to the backend
-// that reaches it first in its permutation, i.e. rendezvous hashing, so removing a backend hands
-// its slots to the next ones in line and leaves the others' alone; only the last few percent of
-// the fill, where quotas bind, shift. Measured with 65537 slots, the slots moved beyond the removed
-// backend's own are ~40% fewer than with the paper's loop; see bench/maglev.bench.ts.
+// from two hashes of its id) and backends claim free slots along their permutations until the
+// table is full. The fill order differs: the paper gives each backend one *claim* per turn; here
+// each backend makes one *probe* per turn (a race along the permutations) and stops at its quota,
+// size * w / sum(w) rounded by largest remainder. Until quotas bind, a slot goes to the backend
+// that reaches it first, which is rendezvous hashing: removing a backend hands its slots to the
+// runners-up and leaves everyone else's alone. Only the tail of the fill, where quotas bind,
+// shifts. Measured at 65537 slots this moves ~40% fewer extra slots than the paper's loop (see
+// bench/maglev.bench.ts); what is left, about 0.6 * sqrt(size) slots, is the price of exact shares.
 //
-// Weights: a backend with weight w probes position j at time -ln(1 - j/size) / w, an exponential
-// race, so first-come shares already match the weights and quotas make them exact (to one slot).
-// Backends with equal weight probe in lockstep, so with equal weights no logarithm is needed.
+// Weights: weight w probes position j at time -ln(1 - j/size) / w (an exponential race), so the
+// first-come shares already follow the weights and quotas only trim them. Raising one weight lets
+// that backend win a superset of slots, so few others move.
 //
-// Turn order is by a hash of the id, never by position in the input array, so balancers that list
-// the same backends in a different order build the same slot -> backend id mapping.
+// Turn order, and every tie, is by a hash of the id, never by position in the input array, so
+// balancers that list the same backends in a different order build the same slot -> id mapping.
 
 import { hashString } from './flow-hash.js';
 
@@ -32,8 +32,8 @@ const OFFSET_SEED = 0x4d41474c;
 const SKIP_SEED = 0x45563136;
 const RANK_SEED = 0x52414e4b;
 
-/** Largest table accepted; keeps cursor arithmetic (cursor + skip < 2 * size) inside int32. */
-const MAX_SIZE = 0x3fffffff;
+/** Largest table accepted (16M slots); keeps all slot arithmetic in int32. */
+const MAX_SIZE = 1 << 24;
 
 export function isPrime(n: number): boolean {
   if (!Number.isSafeInteger(n) || n < 2) return false;
@@ -48,9 +48,9 @@ export function isPrime(n: number): boolean {
 /**
  * Fills `table` (length = size, a prime) with indices into `backends`, or -1 everywhere if no
  * backend has weight > 0. Deterministic: the same set of backends gives the same slot owners in
- * every process, whatever their order in the array. Each backend gets size * w / sum(w) slots to
- * within one. Throws RangeError for a non-prime size, a table of the wrong length or a bad weight.
- * Ids should be unique; duplicates share a permutation and split its slots.
+ * every process, whatever their order in the array. Each backend gets size * w / sum(w) slots,
+ * rounded up or down. Throws RangeError for a non-prime size, a table of the wrong length or a
+ * bad weight. Ids should be unique; duplicates share a permutation and split its slots.
  */
 export function buildMaglevTable(
   backends: readonly MaglevBackend[],
@@ -81,36 +81,29 @@ export function buildMaglevTable(
   }
   const n = live.length;
   if (n === 0) return table;
-  if (!Number.isSafeInteger(totalWeight)) {
-    throw new RangeError('maglev total weight exceeds 2^53');
-  }
+  if (!Number.isSafeInteger(totalWeight)) throw new RangeError('maglev total weight exceeds 2^53');
 
-  // Rank = turn order: by id hash, then id, so it ignores input order and removals barely shift it.
+  // Members: live backends sorted by (weight desc, id hash, id). The index is the tie-break for
+  // equal probe times, and equal weights form contiguous groups.
   const rankKey = new Map<number, number>();
   for (const i of live) rankKey.set(i, hashString(backends[i].id, RANK_SEED));
   live.sort((a, b) => {
-    const d = rankKey.get(a)! - rankKey.get(b)!;
+    const d = backends[b].weight - backends[a].weight || rankKey.get(a)! - rankKey.get(b)!;
     if (d !== 0) return d;
     const ia = backends[a].id;
     const ib = backends[b].id;
     return ia < ib ? -1 : ia > ib ? 1 : a - b;
   });
 
-  // Member m = position in (weight desc, rank) order: the tie-break for equal probe times.
-  const order = new Int32Array(n);
-  for (let r = 0; r < n; r++) order[r] = r;
-  order.sort((a, b) => backends[live[b]].weight - backends[live[a]].weight || a - b);
-
   const owner = new Int32Array(n); // member -> index into `backends`
-  const cursor = new Int32Array(n); // slot of the member's current candidate
-  const step = new Int32Array(n); // permutation position j of that slot
+  const cursor = new Int32Array(n); // slot at the member's next probe
   const skip = new Int32Array(n);
   const quota = new Int32Array(n); // slots still to claim
   const invWeight = new Float64Array(n);
   const frac = new Float64Array(n);
   let assigned = 0;
   for (let m = 0; m < n; m++) {
-    const i = live[order[m]];
+    const i = live[m];
     const b = backends[i];
     owner[m] = i;
     cursor[m] = hashString(b.id, OFFSET_SEED) % size;
@@ -123,35 +116,102 @@ export function buildMaglevTable(
   }
   distributeRemainder(quota, frac, size - assigned);
 
-  // Event-driven probe race: each member's candidate is the first free slot along its
-  // permutation; the earliest candidate (time, member) claims next. Probes of taken slots change
-  // nothing, so skipping them in a tight scan gives the same table as probing turn by turn.
-  const due = new Float64Array(n);
-  const heap = new Int32Array(n);
-  let heapLen = 0;
-  for (let m = 0; m < n; m++) {
-    if (quota[m] > 0) heap[heapLen++] = m; // due = 0 for all: member order is heap order
-  }
-  race(table, size, cursor, step, skip, quota, owner, invWeight, expTimes(size), due, heap, heapLen);
+  const st: Race = {
+    table,
+    size,
+    times: expTimes(size),
+    owner,
+    cursor,
+    skip,
+    quota,
+    invWeight,
+    step: new Int32Array(n),
+    due: new Float64Array(n),
+    heap: new Int32Array(n),
+    filled: 0,
+  };
+  // Group g (equal weights) covers members [start[g], start[g + 1]).
+  const start: number[] = [0];
+  for (let m = 1; m < n; m++) if (invWeight[m] !== invWeight[m - 1]) start.push(m);
+  start.push(n);
+  // Lockstep turns are cheapest while most members are still claiming and groups are large; the
+  // rest runs as events. Both give the same table: the probe order is the same.
+  const groups = start.length - 1;
+  if ((groups === 1 || groups * 8 <= n) && raceInGroups(st, start, Math.max(1, n >> 3))) return table;
+  raceByEvents(st, n);
   return table;
 }
 
-/** The fill loop, kept apart so it is optimized on its own. Hot within a build. */
-function race(
-  table: Int32Array,
-  size: number,
-  cursor: Int32Array,
-  step: Int32Array,
-  skip: Int32Array,
-  quota: Int32Array,
-  owner: Int32Array,
-  invWeight: Float64Array,
-  times: Float64Array,
-  due: Float64Array,
-  heap: Int32Array,
-  heapLen: number,
-): void {
-  let filled = 0;
+/** Shared state of one build. Times: member m probes step j at times[j] * invWeight[m]. */
+interface Race {
+  table: Int32Array;
+  size: number;
+  times: Float64Array;
+  owner: Int32Array;
+  cursor: Int32Array;
+  skip: Int32Array;
+  quota: Int32Array;
+  invWeight: Float64Array;
+  step: Int32Array; // permutation position of cursor
+  due: Float64Array; // time of the next probe
+  heap: Int32Array;
+  filled: number;
+}
+
+/**
+ * Phase one: members of equal weight probe together, one step per turn, groups ordered by a small
+ * heap on (time, group); group g covers members [start[g], start[g + 1]). Stops after the turn in which `stopAfterDone` members reached their
+ * quota; leaves step/due set per member. Returns true if the table is full.
+ */
+function raceInGroups(st: Race, start: readonly number[], stopAfterDone: number): boolean {
+  const { table, size, times, owner, cursor, skip, quota, invWeight, step, due } = st;
+  const groups = start.length - 1;
+  const gStep = new Int32Array(groups);
+  const gDue = new Float64Array(groups);
+  const gHeap = new Int32Array(groups);
+  for (let g = 0; g < groups; g++) gHeap[g] = g; // all due at time 0: index order is heap order
+  let filled = st.filled;
+  let done = 0;
+  while (done < stopAfterDone) {
+    const g = gHeap[0];
+    const end = start[g + 1];
+    for (let m = start[g]; m < end; m++) {
+      let c = cursor[m];
+      if (table[c] < 0) {
+        if (quota[m] === 0) continue;
+        table[c] = owner[m];
+        if (++filled === size) return true;
+        if (--quota[m] === 0) done++;
+      }
+      c += skip[m];
+      if (c >= size) c -= size;
+      cursor[m] = c;
+    }
+    const j = ++gStep[g];
+    gDue[g] = times[j] * invWeight[start[g]];
+    siftDown(gHeap, gDue, groups, 0);
+  }
+  st.filled = filled;
+  for (let g = 0; g < groups; g++) {
+    for (let m = start[g]; m < start[g + 1]; m++) {
+      step[m] = gStep[g];
+      due[m] = gDue[g];
+    }
+  }
+  return false;
+}
+
+/**
+ * Phase two: a heap of members on (time of next probe, member). The member due first scans past
+ * taken slots in a tight loop (probes that would change nothing), so the order, and the table,
+ * are those of turn-by-turn probing.
+ */
+function raceByEvents(st: Race, n: number): void {
+  const { table, size, times, owner, cursor, skip, quota, invWeight, step, due, heap } = st;
+  let heapLen = 0;
+  for (let m = 0; m < n; m++) if (quota[m] > 0) heap[heapLen++] = m;
+  for (let i = (heapLen >> 1) - 1; i >= 0; i--) siftDown(heap, due, heapLen, i);
+  let filled = st.filled;
   while (heapLen > 0) {
     const m = heap[0];
     let c = cursor[m];
@@ -160,11 +220,11 @@ function race(
       if (++filled === size) break;
       if (--quota[m] === 0) {
         heap[0] = heap[--heapLen];
-        siftDown(heap, due, heapLen);
+        siftDown(heap, due, heapLen, 0);
         continue;
       }
     }
-    // Scan on to the next free slot; one exists, since the table is not full.
+    // A free slot remains (the table is not full), so the scan ends within one cycle.
     const s = skip[m];
     let j = step[m];
     do {
@@ -175,8 +235,9 @@ function race(
     cursor[m] = c;
     step[m] = j;
     due[m] = times[j] * invWeight[m];
-    siftDown(heap, due, heapLen);
+    siftDown(heap, due, heapLen, 0);
   }
+  st.filled = filled;
 }
 
 /** Gives the `extra` leftover slots to the largest fractional shares, ties to the lower member. */
@@ -192,7 +253,7 @@ function distributeRemainder(quota: Int32Array, frac: Float64Array, extra: numbe
 let timesSize = 0;
 let timesCache: Float64Array | null = null;
 
-/** times[j] = -ln(1 - j/size): when a unit-weight backend probes position j. Cached per size. */
+/** times[j] = -ln(1 - j/size): when a unit-weight member probes step j. Cached per size. */
 function expTimes(size: number): Float64Array {
   if (timesCache === null || timesSize !== size) {
     const t = new Float64Array(size);
@@ -203,11 +264,10 @@ function expTimes(size: number): Float64Array {
   return timesCache;
 }
 
-/** Restores heap order from the root: earlier due first, equal due by lower member. */
-function siftDown(heap: Int32Array, due: Float64Array, n: number): void {
+/** Restores heap order below i: earlier due first, equal due by lower index. */
+function siftDown(heap: Int32Array, due: Float64Array, n: number, i: number): void {
   if (n === 0) return;
-  let i = 0;
-  const x = heap[0];
+  const x = heap[i];
   const dx = due[x];
   for (;;) {
     let c = 2 * i + 1;

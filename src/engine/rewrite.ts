@@ -4,9 +4,14 @@ import { applyDelta, checksum, replaceDelta, transportChecksum } from './checksu
 import { TCP_ACK, TCP_RST, type PacketView } from './parse.js';
 import type { Services } from './services.js';
 
+/** Copies n bytes without creating a subarray view (no allocation on the hot path). */
+function copyBytes(src: Uint8Array, so: number, dst: Uint8Array, d: number, n: number): void {
+  for (let i = 0; i < n; i++) dst[d + i] = src[so + i];
+}
+
 /** Inbound NAT: destination VIP:port -> backend b's address:port. Assumes the packet is addressed to b's VIP. */
 export function natToBackend(buf: Uint8Array, v: PacketView, s: Services, b: number): void {
-  buf.set(s.beAddrBytes.subarray(b << 4, (b << 4) + v.addrLen), v.dstAddrOff);
+  copyBytes(s.beAddrBytes, b << 4, buf, v.dstAddrOff, v.addrLen);
   const port = s.bePort[b];
   buf[v.l4Off + 2] = port >>> 8;
   buf[v.l4Off + 3] = port & 0xff;
@@ -17,7 +22,7 @@ export function natToBackend(buf: Uint8Array, v: PacketView, s: Services, b: num
 /** Outbound NAT: source backend b's address:port -> its VIP's address:port. */
 export function natToClient(buf: Uint8Array, v: PacketView, s: Services, b: number): void {
   const vip = s.beVip[b];
-  buf.set(s.vipAddrBytes.subarray(vip << 4, (vip << 4) + v.addrLen), v.srcAddrOff);
+  copyBytes(s.vipAddrBytes, vip << 4, buf, v.srcAddrOff, v.addrLen);
   const port = s.vipPort[vip];
   buf[v.l4Off] = port >>> 8;
   buf[v.l4Off + 1] = port & 0xff;
@@ -38,7 +43,7 @@ export function natEndpoint(
   let tcpDelta = ipDelta + (~oldPort & 0xffff) + newPort;
   tcpDelta = (tcpDelta & 0xffff) + (tcpDelta >>> 16);
   tcpDelta = (tcpDelta & 0xffff) + (tcpDelta >>> 16);
-  buf.set(newAddr.subarray(newOff, newOff + n), addrOff);
+  copyBytes(newAddr, newOff, buf, addrOff, n);
   buf[portOff] = newPort >>> 8;
   buf[portOff + 1] = newPort & 0xff;
   if (v.family === 4) applyDelta(buf, v.ipOff + 10, ipDelta);

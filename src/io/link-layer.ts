@@ -66,7 +66,7 @@ function checkIp(frame: Uint8Array, off: number, hint: IpHint): number {
   if (off >= frame.length) return -1;
   const version = frame[off] >> 4;
   if (hint !== 0 && version !== hint) return -1;
-  if (version === 4) return off;
+  if (version === 4) return frame.length - off >= IPV4_MIN_HEADER_BYTES ? off : -1;
   if (version === 6) return frame.length - off >= IPV6_HEADER_BYTES ? off : -1;
   return -1;
 }

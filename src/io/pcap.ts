@@ -201,16 +201,13 @@ function readPcapng(bytes: Uint8Array, view: DataView): CaptureContents {
     }
     const type = view.getUint32(off, le);
     const total = view.getUint32(off + 4, le);
-    const where = `pcapng block of type ${hex32(type)}`;
     // "Block Total Length: total size of this block, in octets ... MUST be a multiple of 4."
-    if (total < BLOCK_MIN_BYTES) throw new CaptureFormatError(`${where} has total length ${total}, below ${BLOCK_MIN_BYTES}`, off);
-    if (total % 4 !== 0) throw new CaptureFormatError(`${where} has total length ${total}, not a multiple of 4`, off);
-    if (total > n - off) {
-      throw new CaptureFormatError(`${where} has total length ${total} but only ${n - off} bytes remain`, off);
-    }
+    if (total < BLOCK_MIN_BYTES) throw blockError(type, `has total length ${total}, below ${BLOCK_MIN_BYTES}`, off);
+    if (total % 4 !== 0) throw blockError(type, `has total length ${total}, not a multiple of 4`, off);
+    if (total > n - off) throw blockError(type, `has total length ${total} but only ${n - off} bytes remain`, off);
     const trailing = view.getUint32(off + total - 4, le);
     if (trailing !== total) {
-      throw new CaptureFormatError(`${where} has trailing length ${trailing} unequal to its leading length ${total}`, off);
+      throw blockError(type, `has trailing length ${trailing} unequal to its leading length ${total}`, off);
     }
 
     switch (type) {
@@ -276,6 +273,10 @@ function readPcapng(bytes: Uint8Array, view: DataView): CaptureContents {
   return { format: 'pcapng', records, warnings: warnings.list() };
 }
 
+function blockError(type: number, problem: string, off: number): CaptureFormatError {
+  return new CaptureFormatError(`pcapng block of type ${hex32(type)} ${problem}`, off);
+}
+
 function need(total: number, min: number, what: string, off: number): void {
   if (total < min) throw new CaptureFormatError(`pcapng ${what} block has total length ${total}, below its minimum ${min}`, off);
 }
@@ -337,7 +338,9 @@ export class PcapWriter {
   /** Adds a packet, cut to the snap length; `len` is its length on the wire (default: data.length). Copies data. */
   add(tsUs: number, data: Uint8Array, len: number = data.length): void {
     if (!Number.isFinite(tsUs) || tsUs < 0 || tsUs >= 2 ** 32 * US_PER_S) throw new RangeError(`timestamp ${tsUs} µs does not fit pcap`);
-    if (!Number.isInteger(len) || len < data.length || len > 0xffffffff) throw new RangeError(`original length ${len} is below the ${data.length} bytes given`);
+    if (!Number.isInteger(len) || len < data.length || len > 0xffffffff) {
+      throw new RangeError(`original length ${len} must be an integer from ${data.length} (the bytes given) to 2^32-1`);
+    }
     const capLen = Math.min(data.length, this.snapLen);
     const sec = Math.floor(tsUs / US_PER_S);
     const chunk = new Uint8Array(PCAP_RECORD_HEADER_BYTES + capLen);
