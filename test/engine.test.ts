@@ -407,3 +407,30 @@ test('reconfigure keeps flows and tokens, and new backends take new connections'
   assert.equal(endpoints(joinTo(e, '198.18.2.2', 2, token)[1]).dst, `${BACKENDS[0]}:5201`, 'old backend keeps its joins');
   assert.equal(handshake(e, '198.18.1.2', 3, 1, null), BACKENDS[1]);
 });
+
+test('restart: a fresh engine with the same config keeps established subflows working in both directions', () => {
+  const before = engine();
+  const b = handshake(before, '198.18.1.2', 51000, 1, 0xabcn);
+  const after = engine();
+  const [v1, out1] = send(after, tcp({ src: '198.18.1.2', dst: VIP, sport: 51000, dport: 5201, flags: ACK, payload: 10 }));
+  assert.equal(v1, Verdict.ToBackend);
+  assert.equal(endpoints(out1).dst, `${b}:5201`, 'Maglev sends it where its SYN went');
+  const [v2, out2] = send(after, tcp({ src: b, dst: '198.18.1.2', sport: 5201, dport: 51000, flags: ACK, payload: 10 }));
+  assert.equal(v2, Verdict.ToClient);
+  assert.equal(endpoints(out2).src, `${VIP}:5201`);
+  assert.ok(checksumsOk(out2));
+  const s = after.counters.snapshot().counters;
+  assert.equal(s.midstream_no_flow, 1);
+  assert.equal(s.stateless_reply, 1);
+  // Joins of connections from before the restart have unknown tokens: the configured answer applies.
+  joinTo(after, '198.18.2.2', 51001, keyToken(1, 0, 0xabc));
+  assert.equal(after.counters.snapshot().counters.joins_unknown_token, 1);
+});
+
+test('counter and drop labels cover every slot', async () => {
+  const { COUNTER_LABELS, DROP_REASON_LABELS } = await import('../src/engine/counters.js');
+  const e = engine();
+  assert.equal(e.counters.events.length, COUNTER_LABELS.length);
+  assert.equal(e.counters.drops.length, DROP_REASON_LABELS.length);
+  assert.equal(new Set(COUNTER_LABELS).size, COUNTER_LABELS.length);
+});

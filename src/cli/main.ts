@@ -4,12 +4,18 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { POLICIES, UNKNOWN_TOKEN_ANSWERS, type Policy, type UnknownTokenAnswer } from '../engine/config.js';
 import { formatReplay, replayCaptures } from '../replay/replay.js';
+import { loadRunConfig } from '../control/run-config.js';
+import { createInterface } from 'node:readline';
 
 const USAGE = `mplb: a Multipath-TCP-aware layer-4 load balancer
 
 usage:
   mplb replay FILE... [--backends N] [--policy maglev|hash-5tuple|hash-ip-pair] [--unaware]
                       [--unknown-token hash|drop|reset] [--vip ADDR:PORT]... [--json] [--pcap-out FILE]
+  mplb run --config FILE [--control-stdin]
+      run the balancer (root, Linux): a TUN device and routes in the current network namespace.
+      SIGHUP reloads the config; SIGINT/SIGTERM remove the device and routes and exit.
+      --control-stdin: answer 'stats', 'connections', 'quit' lines on stdin with JSON lines on stdout.
   mplb help
 `;
 
@@ -52,10 +58,55 @@ function cmdReplay(argv: string[]): number {
   return 0;
 }
 
+async function cmdRun(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, 'control-stdin': { type: 'boolean', default: false } } });
+  if (!values.config) throw new UsageError('run needs --config FILE');
+  const cfg = loadRunConfig(values.config);
+  const { startBalancer } = await import('../dataplane/balancer.js');
+  const b = await startBalancer(cfg);
+  const say = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
+  const vipText = cfg.engine.vips.map((v) => `${v.address} -> ${v.backends.map((x) => `${x.address}:${x.port}`).join(', ')}`).join('; ');
+  process.stderr.write(`mplb: running on ${b.tunName} (policy ${cfg.engine.policy}, MPTCP ${cfg.engine.mptcpAware ? 'aware' : 'unaware'}): ${vipText}\n`);
+  let stopping = false;
+  const stop = async (code: number) => {
+    if (stopping) return;
+    stopping = true;
+    await b.stop();
+    if (values['control-stdin']) say({ event: 'stopped' });
+    process.exit(code);
+  };
+  process.on('SIGINT', () => void stop(0));
+  process.on('SIGTERM', () => void stop(0));
+  process.on('SIGHUP', () => {
+    try {
+      const next = loadRunConfig(values.config!);
+      void b.reload(next).then(() => process.stderr.write('mplb: config reloaded\n'), (e: Error) => process.stderr.write(`mplb: reload failed, old config kept: ${e.message}\n`));
+    } catch (e) {
+      process.stderr.write(`mplb: reload refused, old config kept: ${(e as Error).message}\n`);
+    }
+  });
+  if (values['control-stdin']) {
+    say({ event: 'ready', pid: process.pid, tun: b.tunName });
+    const rl = createInterface({ input: process.stdin });
+    rl.on('line', (line) => {
+      const [cmd, arg] = line.trim().split(/\s+/);
+      const reply = (p: Promise<unknown>) => p.then((v) => say({ event: cmd, value: v }), (e: Error) => say({ event: 'error', command: cmd, message: e.message }));
+      if (cmd === 'stats') reply(b.stats());
+      else if (cmd === 'connections') reply(b.control({ op: 'connections', limit: 1000, offset: Number(arg ?? 0) }));
+      else if (cmd === 'quit') void stop(0);
+      else if (cmd) say({ event: 'error', command: cmd, message: 'unknown command (stats, connections [offset], quit)' });
+    });
+    rl.on('close', () => void stop(0));
+  }
+  await new Promise<never>(() => undefined);
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'replay': return cmdReplay(rest);
+    case 'run': return cmdRun(rest);
     case undefined: case 'help': case '--help': case '-h':
       process.stdout.write(USAGE);
       return cmd === undefined ? 2 : 0;
@@ -67,7 +118,7 @@ export async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err: unknown) => {
   const e = err as Error & { code?: string };
   // Expected failures (usage, config, capture format, environment) get one clear line, not a stack trace.
-  if (err instanceof UsageError || (e && typeof e.code === 'string' && e.code.startsWith('E'))) {
+  if (err instanceof UsageError || (e && typeof e.code === 'string' && typeof e.message === 'string')) {
     process.stderr.write(`mplb: ${e.message}\n`);
     if (err instanceof UsageError) process.stderr.write(USAGE);
     process.exitCode = err instanceof UsageError ? 2 : 1;

@@ -35,6 +35,7 @@ export const enum Counter {
   FlowsReopened,
   StatelessForward,
   MidstreamNoFlow,
+  StatelessReply,
   ConnsCreated,
   ConnsExpired,
   ConnsFastclosed,
@@ -65,7 +66,7 @@ export const enum Counter {
 export const COUNTER_LABELS: readonly string[] = [
   'packets_in', 'bytes_in', 'to_backend', 'to_client', 'replied', 'dropped',
   'flows_created', 'flows_closed', 'flows_expired', 'flows_evicted_embryonic', 'flows_reopened', 'stateless_forward',
-  'midstream_no_flow', 'conns_created', 'conns_expired', 'conns_fastclosed', 'conn_table_full',
+  'midstream_no_flow', 'stateless_reply', 'conns_created', 'conns_expired', 'conns_fastclosed', 'conn_table_full',
   'mp_capable_syn', 'mptcp_fallback', 'keys_from_synack', 'keys_from_ack', 'keys_from_data', 'keys_for_unopened_flow',
   'joins_steered_by_token', 'joins_unknown_token', 'joins_unknown_hashed', 'joins_unknown_dropped', 'joins_unknown_reset',
   'joins_ambiguous_token', 'joins_vip_mismatch', 'joins_unaware',

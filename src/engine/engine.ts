@@ -123,7 +123,24 @@ export class Engine {
     const h = tupleHash(a[0], a[1], a[2], a[3], v.srcPort, a[4], a[5], a[6], a[7], v.dstPort, this.cfg.hashSeed);
     const r = this.flows.lookupOut(h, a, v.srcPort, v.dstPort, this.services.beAddr, this.services.bePort);
     if (r >= 0) return this.outbound(buf, r, now);
-    return this.drop(DropReason.NoService);
+    return this.statelessReply(buf);
+  }
+
+  /**
+   * A reply from a backend endpoint with no flow (mplb restarted, or the table was full when its SYN came):
+   * NAT it back to the backend's VIP so that subflows opened before a restart keep working both ways.
+   */
+  private statelessReply(buf: Uint8Array): Verdict {
+    const v = this.view;
+    const b = this.services.findBackendByEndpoint(this.a, v.srcPort);
+    if (b < 0) return this.drop(DropReason.NoService);
+    this.counters.events[Counter.StatelessReply]++;
+    this.lastBackend = b;
+    this.lastVip = this.services.beVip[b];
+    this.lastSteer = Steer.Stateless;
+    natToClient(buf, v, this.services, b);
+    this.counters.events[Counter.ToClient]++;
+    return Verdict.ToClient;
   }
 
   private drop(reason: DropReason): Verdict {

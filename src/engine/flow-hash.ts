@@ -55,8 +55,8 @@ function mixAddr(h: number, buf: Uint8Array, off: number, addrLen: number): numb
 }
 
 /**
- * 32-bit hash of an IPv4/IPv6 5-tuple read directly from packet bytes. addrLen is 4 or 16.
- * Ports and proto are host integers (masked to 16 and 8 bits). Hot path: no allocation.
+ * 32-bit hash of an IPv4/IPv6 5-tuple read directly from packet bytes. addrLen must be 4 or 16.
+ * Ports and proto are host integers (masked to 16 and 8 bits). Hot path.
  */
 export function hashFiveTuple(
   buf: Uint8Array,

@@ -7,8 +7,10 @@
 // size * w / sum(w) rounded by largest remainder. Until quotas bind, a slot goes to the backend
 // that reaches it first, which is rendezvous hashing: removing a backend hands its slots to the
 // runners-up and leaves everyone else's alone. Only the tail of the fill, where quotas bind,
-// shifts. Measured at 65537 slots this moves ~40% fewer extra slots than the paper's loop (see
-// bench/maglev.bench.ts); what is left, about 0.6 * sqrt(size) slots, is the price of exact shares.
+// shifts. At 65537 slots and N >= 50 this moves about half as many extra slots as the paper's
+// loop (bench/maglev.bench.ts). What is left, roughly 0.6-0.8 * sqrt(size) slots whatever N is,
+// is the price of exact shares: the runners-up split a removed backend's slots by chance, and
+// evening that out moves other slots. So "within 1.1x of ideal" needs size >~ 50 * N^2.
 //
 // Weights: weight w probes position j at time -ln(1 - j/size) / w (an exponential race), so the
 // first-come shares already follow the weights and quotas only trim them. Raising one weight lets
@@ -116,10 +118,16 @@ export function buildMaglevTable(
   }
   distributeRemainder(quota, frac, size - assigned);
 
+  // Group g (equal weights) covers members [start[g], start[g + 1]).
+  const start: number[] = [0];
+  for (let m = 1; m < n; m++) if (invWeight[m] !== invWeight[m - 1]) start.push(m);
+  start.push(n);
+  const groups = start.length - 1;
+
   const st: Race = {
     table,
     size,
-    times: expTimes(size),
+    uniform: groups === 1,
     owner,
     cursor,
     skip,
@@ -130,23 +138,18 @@ export function buildMaglevTable(
     heap: new Int32Array(n),
     filled: 0,
   };
-  // Group g (equal weights) covers members [start[g], start[g + 1]).
-  const start: number[] = [0];
-  for (let m = 1; m < n; m++) if (invWeight[m] !== invWeight[m - 1]) start.push(m);
-  start.push(n);
   // Lockstep turns are cheapest while most members are still claiming and groups are large; the
   // rest runs as events. Both give the same table: the probe order is the same.
-  const groups = start.length - 1;
   if ((groups === 1 || groups * 8 <= n) && raceInGroups(st, start, Math.max(1, n >> 3))) return table;
   raceByEvents(st, n);
   return table;
 }
 
-/** Shared state of one build. Times: member m probes step j at times[j] * invWeight[m]. */
+/** Shared state of one build. */
 interface Race {
   table: Int32Array;
   size: number;
-  times: Float64Array;
+  uniform: boolean; // one weight for all: order by step alone, no logarithms needed
   owner: Int32Array;
   cursor: Int32Array;
   skip: Int32Array;
@@ -160,19 +163,25 @@ interface Race {
 
 /**
  * Phase one: members of equal weight probe together, one step per turn, groups ordered by a small
- * heap on (time, group); group g covers members [start[g], start[g + 1]). Stops after the turn in which `stopAfterDone` members reached their
- * quota; leaves step/due set per member. Returns true if the table is full.
+ * heap on (time, group); group g covers members [start[g], start[g + 1]). Stops after the turn in
+ * which `stopAfterDone` members reached their quota; leaves step/due set per member. Returns true
+ * if the table is full.
  */
 function raceInGroups(st: Race, start: readonly number[], stopAfterDone: number): boolean {
-  const { table, size, times, owner, cursor, skip, quota, invWeight, step, due } = st;
+  const { table, size, uniform, owner, cursor, skip, quota, invWeight, step, due } = st;
   const groups = start.length - 1;
   const gStep = new Int32Array(groups);
   const gDue = new Float64Array(groups);
+  const gLive = new Int32Array(groups); // members still below quota
   const gHeap = new Int32Array(groups);
-  for (let g = 0; g < groups; g++) gHeap[g] = g; // all due at time 0: index order is heap order
+  let gLen = 0;
+  for (let g = 0; g < groups; g++) {
+    for (let m = start[g]; m < start[g + 1]; m++) if (quota[m] > 0) gLive[g]++;
+    if (gLive[g] > 0) gHeap[gLen++] = g; // all due at time 0: index order is heap order
+  }
   let filled = st.filled;
   let done = 0;
-  while (done < stopAfterDone) {
+  while (done < stopAfterDone && gLen > 0) {
     const g = gHeap[0];
     const end = start[g + 1];
     for (let m = start[g]; m < end; m++) {
@@ -181,15 +190,23 @@ function raceInGroups(st: Race, start: readonly number[], stopAfterDone: number)
         if (quota[m] === 0) continue;
         table[c] = owner[m];
         if (++filled === size) return true;
-        if (--quota[m] === 0) done++;
+        if (--quota[m] === 0) {
+          done++;
+          gLive[g]--;
+        }
       }
       c += skip[m];
       if (c >= size) c -= size;
       cursor[m] = c;
     }
-    const j = ++gStep[g];
-    gDue[g] = times[j] * invWeight[start[g]];
-    siftDown(gHeap, gDue, groups, 0);
+    if (gLive[g] === 0) {
+      // Drop it, or its step would run on past the end of the permutation.
+      gHeap[0] = gHeap[--gLen];
+    } else {
+      const j = ++gStep[g];
+      gDue[g] = uniform ? j : probeTime(j, size, invWeight[start[g]]);
+    }
+    siftDown(gHeap, gDue, gLen, 0);
   }
   st.filled = filled;
   for (let g = 0; g < groups; g++) {
@@ -207,7 +224,7 @@ function raceInGroups(st: Race, start: readonly number[], stopAfterDone: number)
  * are those of turn-by-turn probing.
  */
 function raceByEvents(st: Race, n: number): void {
-  const { table, size, times, owner, cursor, skip, quota, invWeight, step, due, heap } = st;
+  const { table, size, uniform, owner, cursor, skip, quota, invWeight, step, due, heap } = st;
   let heapLen = 0;
   for (let m = 0; m < n; m++) if (quota[m] > 0) heap[heapLen++] = m;
   for (let i = (heapLen >> 1) - 1; i >= 0; i--) siftDown(heap, due, heapLen, i);
@@ -234,7 +251,7 @@ function raceByEvents(st: Race, n: number): void {
     } while (table[c] >= 0);
     cursor[m] = c;
     step[m] = j;
-    due[m] = times[j] * invWeight[m];
+    due[m] = uniform ? j : probeTime(j, size, invWeight[m]);
     siftDown(heap, due, heapLen, 0);
   }
   st.filled = filled;
@@ -250,18 +267,9 @@ function distributeRemainder(quota: Int32Array, frac: Float64Array, extra: numbe
   for (let k = 0; k < extra; k++) quota[order[k % n]] += 1;
 }
 
-let timesSize = 0;
-let timesCache: Float64Array | null = null;
-
-/** times[j] = -ln(1 - j/size): when a unit-weight member probes step j. Cached per size. */
-function expTimes(size: number): Float64Array {
-  if (timesCache === null || timesSize !== size) {
-    const t = new Float64Array(size);
-    for (let j = 0; j < size; j++) t[j] = -Math.log1p(-j / size);
-    timesCache = t;
-    timesSize = size;
-  }
-  return timesCache;
+/** When a member of weight 1/invWeight probes step j of its permutation (j < size). */
+function probeTime(j: number, size: number, invWeight: number): number {
+  return -Math.log1p(-j / size) * invWeight;
 }
 
 /** Restores heap order below i: earlier due first, equal due by lower index. */

@@ -64,6 +64,9 @@ export class Services {
   beDeltaTcpIn = new Uint16Array(8);
   beDeltaTcpOut = new Uint16Array(8);
   private beIds: string[] = [];
+  // Backend lookup by (address, port) for replies without a flow: entry = backend + 1, or -1 when the
+  // same address:port serves several VIPs (the reply's VIP is then unknown).
+  private beSlots = new Int32Array(64);
 
   constructor(private readonly maglevSize: number, private readonly seed: number, private readonly defaultPolicy: Policy) {}
 
@@ -95,6 +98,51 @@ export class Services {
     }
     for (let v = 0; v < this.vipCount; v++) if (!wantVips.has(v)) this.vipRemoved[v] = 1;
     this.rebuildVipSlots();
+    this.rebuildBackendSlots();
+  }
+
+  private rebuildBackendSlots(): void {
+    let size = 64;
+    while (size < this.backendCount * 4) size <<= 1;
+    const slots = new Int32Array(size);
+    for (let b = 0; b < this.backendCount; b++) {
+      const a = 4 * b;
+      let s = this.vipHash(this.beAddr[a], this.beAddr[a + 1], this.beAddr[a + 2], this.beAddr[a + 3], this.bePort[b]) & (size - 1);
+      for (;;) {
+        const e = slots[s];
+        if (e === 0) { slots[s] = b + 1; break; }
+        if (e > 0 && this.sameBackendEndpoint(e - 1, b)) { slots[s] = -(e); break; }
+        if (e < 0 && this.sameBackendEndpoint(-e - 1, b)) break;
+        s = (s + 1) & (size - 1);
+      }
+    }
+    this.beSlots = slots;
+  }
+
+  private sameBackendEndpoint(x: number, y: number): boolean {
+    const ox = 4 * x, oy = 4 * y;
+    return this.bePort[x] === this.bePort[y] && this.beAddr[ox] === this.beAddr[oy] && this.beAddr[ox + 1] === this.beAddr[oy + 1]
+      && this.beAddr[ox + 2] === this.beAddr[oy + 2] && this.beAddr[ox + 3] === this.beAddr[oy + 3];
+  }
+
+  /**
+   * The backend whose address is words a[0..3] and port `port` (a reply's source), or -1 when none is, or -2 when
+   * several VIPs share that backend endpoint. Used only for replies that have no flow.
+   */
+  findBackendByEndpoint(a: Uint32Array, port: number): number {
+    const slots = this.beSlots;
+    const mask = slots.length - 1;
+    let s = this.vipHash(a[0], a[1], a[2], a[3], port) & mask;
+    for (;;) {
+      const e = slots[s];
+      if (e === 0) return -1;
+      const b = (e > 0 ? e : -e) - 1;
+      const o = 4 * b;
+      if (this.bePort[b] === port && this.beAddr[o] === a[0] && this.beAddr[o + 1] === a[1] && this.beAddr[o + 2] === a[2] && this.beAddr[o + 3] === a[3]) {
+        return e > 0 ? b : -2;
+      }
+      s = (s + 1) & mask;
+    }
   }
 
   private addVip(id: string, bytes: Uint8Array, port: number): number {

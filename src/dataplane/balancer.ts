@@ -1,0 +1,95 @@
+// `mplb run`: the engine behind a TUN in the current network namespace, with the routes that put it in the path.
+// The packet loop runs in a worker thread; this (main) thread keeps the control plane.
+import { existsSync } from 'node:fs';
+import type { RunConfig } from '../control/run-config.js';
+import { formatIp, parseEndpoint } from '../engine/addr.js';
+import { startPacketLoop, type PacketLoop, type PacketLoopStats } from './packet-loop.js';
+import { installRoutes, type RoutesHandle } from './routes.js';
+
+/** An environment problem that stops `mplb run`, with a stable code and a message that says what to do. */
+export class BalancerError extends Error {
+  constructor(readonly code: string, message: string) { super(message); this.name = 'BalancerError'; }
+}
+
+export interface Balancer {
+  readonly tunName: string;
+  readonly loop: PacketLoop;
+  config: RunConfig;
+  /** Engine counters, table fill and loop counters. */
+  stats(): Promise<{ loop: PacketLoopStats; engine: unknown }>;
+  control(msg: unknown): Promise<unknown>;
+  /** Applies a new config: engine changes live (flows and tokens kept), routes follow the VIP and backend sets. */
+  reload(cfg: RunConfig): Promise<void>;
+  stop(): Promise<void>;
+}
+
+function addresses(cfg: RunConfig): { vips: string[]; backends: string[] } {
+  const vips = new Set<string>(), backends = new Set<string>();
+  for (const v of cfg.engine.vips) {
+    const ep = parseEndpoint(v.address)!;
+    vips.add(formatIp(ep.addr.bytes, 0, ep.addr.bytes.length));
+    for (const b of v.backends) backends.add(b.address);
+  }
+  return { vips: [...vips], backends: [...backends] };
+}
+
+/** Checks what `mplb run` needs before touching anything. */
+export function preflight(): void {
+  if (process.platform !== 'linux') throw new BalancerError('ENOTLINUX', 'mplb run needs Linux (TUN devices and policy routing)');
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+    throw new BalancerError('EPERM', 'mplb run needs root (CAP_NET_ADMIN) to create its TUN device and routes: run it with sudo');
+  }
+  if (!existsSync('/dev/net/tun')) throw new BalancerError('ENOTUN', '/dev/net/tun is missing: load the tun module (modprobe tun) or give the container the device');
+}
+
+export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number } = {}): Promise<Balancer> {
+  preflight();
+  const loop = await startPacketLoop({
+    tunName: cfg.device.name,
+    mtu: cfg.device.mtu,
+    // Bursts from split super-packets overflow the default 500-packet queue.
+    txQueueLen: opts.txQueueLen ?? 4000,
+    processorModule: new URL('./engine-processor.js', import.meta.url),
+    processorOptions: { config: cfg.engine },
+  });
+  let routes: RoutesHandle;
+  try {
+    routes = installRoutes({ tunName: loop.tunName, ...addresses(cfg) });
+  } catch (e) {
+    await loop.stop();
+    throw e;
+  }
+  // Routes must not outlive the process, whatever ends it.
+  const undoOnExit = () => routes.undo();
+  process.on('exit', undoOnExit);
+  let stopped = false;
+  const b: Balancer = {
+    tunName: loop.tunName,
+    loop,
+    config: cfg,
+    async stats() { return { loop: loop.stats(), engine: await loop.control({ op: 'stats' }) }; },
+    control(msg) { return loop.control(msg); },
+    async reload(next) {
+      if (next.device.name !== b.config.device.name || next.device.mtu !== b.config.device.mtu) {
+        throw new BalancerError('ERELOAD', 'device.name and device.mtu cannot change on reload: restart mplb');
+      }
+      await loop.control({ op: 'reconfigure', config: next.engine });
+      const before = JSON.stringify(addresses(b.config)), after = JSON.stringify(addresses(next));
+      if (before !== after) {
+        // New routes go in before the old ones leave, so no address is unrouted in between... except that
+        // identical routes cannot coexist; the swap is quick and flows survive in the engine either way.
+        routes.undo();
+        routes = installRoutes({ tunName: loop.tunName, ...addresses(next) });
+      }
+      b.config = next;
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      routes.undo();
+      process.off('exit', undoOnExit);
+      await loop.stop();
+    },
+  };
+  return b;
+}
