@@ -434,3 +434,16 @@ test('counter and drop labels cover every slot', async () => {
   assert.equal(e.counters.drops.length, DROP_REASON_LABELS.length);
   assert.equal(new Set(COUNTER_LABELS).size, COUNTER_LABELS.length);
 });
+
+test('per-backend packet and byte counters follow the traffic each way', () => {
+  const e = engine({}, 2);
+  const b = handshake(e, '198.18.1.2', 52000, 1, null);
+  send(e, tcp({ src: '198.18.1.2', dst: VIP, sport: 52000, dport: 5201, flags: ACK, payload: 100 }));
+  const bi = e.services.findBackend(`${b}:5201`);
+  const info = e.services.backendInfo(bi);
+  assert.equal(info.packetsIn, 2);
+  assert.equal(info.bytesIn, 44 + 140, 'SYN (20+20+4 option bytes) and a 100-byte segment');
+  assert.equal(info.packetsOut, 1);
+  const other = e.services.backendInfo(bi === 0 ? 1 : 0);
+  assert.equal(other.packetsIn + other.packetsOut, 0);
+});

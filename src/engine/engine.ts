@@ -139,7 +139,23 @@ export class Engine {
     this.lastVip = this.services.beVip[b];
     this.lastSteer = Steer.Stateless;
     natToClient(buf, v, this.services, b);
+    return this.countOut(b);
+  }
+
+  /** Counts a packet sent to backend b (per backend: packets and bytes each way, for metrics). */
+  private countIn(b: number): Verdict {
+    this.counters.events[Counter.ToBackend]++;
+    const st = this.services.beStats, i = b << 2;
+    st[i]++;
+    st[i + 1] += this.view.ipLen;
+    return Verdict.ToBackend;
+  }
+
+  private countOut(b: number): Verdict {
     this.counters.events[Counter.ToClient]++;
+    const st = this.services.beStats, i = b << 2;
+    st[i + 2]++;
+    st[i + 3] += this.view.ipLen;
     return Verdict.ToClient;
   }
 
@@ -182,8 +198,7 @@ export class Engine {
     this.lastBackend = b;
     if (flows.state(r) & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, this.services.beAddrBytes, b << 4, this.services.bePort[b]);
     else natToBackend(buf, v, this.services, b);
-    this.counters.events[Counter.ToBackend]++;
-    return Verdict.ToBackend;
+    return this.countIn(b);
   }
 
   /** A non-SYN packet with no flow (table full earlier, or mplb restarted): forward it where its SYN would go. */
@@ -196,8 +211,7 @@ export class Engine {
     this.lastBackend = b;
     this.lastSteer = Steer.Stateless;
     natToBackend(buf, this.view, this.services, b);
-    ev[Counter.ToBackend]++;
-    return Verdict.ToBackend;
+    return this.countIn(b);
   }
 
   private newFlow(buf: Uint8Array, vip: number, hIn: number, now: number): Verdict {
@@ -288,8 +302,7 @@ export class Engine {
     }
     if (state & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, svc.beAddrBytes, b << 4, svc.bePort[b]);
     else natToBackend(buf, v, svc, b);
-    ev[Counter.ToBackend]++;
-    return Verdict.ToBackend;
+    return this.countIn(b);
   }
 
   /** MPTCP options of a client packet on a known flow: keys (third ACK / first data) and MP_FASTCLOSE. */
@@ -362,8 +375,7 @@ export class Engine {
     } else {
       natToClient(buf, v, this.services, b);
     }
-    this.counters.events[Counter.ToClient]++;
-    return Verdict.ToClient;
+    return this.countOut(b);
   }
 
   /** The server's SYN/ACK: learn its key, or see the fallback. */

@@ -11,7 +11,10 @@ import type { PacketView } from './parse.js';
 export const enum PolicyCode { Maglev = 0, Hash5Tuple = 1, HashIpPair = 2 }
 const POLICY_CODES: Record<Policy, PolicyCode> = { 'maglev': PolicyCode.Maglev, 'hash-5tuple': PolicyCode.Hash5Tuple, 'hash-ip-pair': PolicyCode.HashIpPair };
 
-export interface BackendInfo { index: number; vip: number; id: string; address: string; port: number; weight: number; up: boolean; removed: boolean }
+export interface BackendInfo {
+  index: number; vip: number; id: string; address: string; port: number; weight: number; up: boolean; removed: boolean;
+  packetsIn: number; bytesIn: number; packetsOut: number; bytesOut: number;
+}
 export interface VipInfo { index: number; id: string; policy: Policy; backends: number[]; removed: boolean }
 
 function words(bytes: Uint8Array, out: Uint32Array, at: number): void {
@@ -63,6 +66,8 @@ export class Services {
   /** TCP checksum delta (pseudo-header address + port) VIP -> backend, and its reverse. */
   beDeltaTcpIn = new Uint16Array(8);
   beDeltaTcpOut = new Uint16Array(8);
+  /** Per backend: packets to it, bytes to it, packets from it, bytes from it (float64: never wraps). */
+  beStats = new Float64Array(32);
   private beIds: string[] = [];
   // Backend lookup by (address, port) for replies without a flow: entry = backend + 1, or -1 when the
   // same address:port serves several VIPs (the reply's VIP is then unknown).
@@ -179,6 +184,7 @@ export class Services {
     this.beDeltaIpOut = grow(this.beDeltaIpOut, b + 1);
     this.beDeltaTcpIn = grow(this.beDeltaTcpIn, b + 1);
     this.beDeltaTcpOut = grow(this.beDeltaTcpOut, b + 1);
+    if (this.beStats.length < 4 * (b + 1)) { const n = new Float64Array(Math.max(8 * (b + 1), this.beStats.length * 2)); n.set(this.beStats); this.beStats = n; }
     this.beVip[b] = v;
     words(bytes, this.beAddr, 4 * b);
     this.beAddrBytes.fill(0, 16 * b, 16 * b + 16);
@@ -276,6 +282,7 @@ export class Services {
     return {
       index: b, vip: this.beVip[b], id, address: id.slice(0, id.lastIndexOf(':')).replace(/^\[|\]$/g, ''), port: this.bePort[b],
       weight: this.beWeight[b], up: this.beUp[b] === 1, removed: this.beRemoved[b] === 1,
+      packetsIn: this.beStats[4 * b], bytesIn: this.beStats[4 * b + 1], packetsOut: this.beStats[4 * b + 2], bytesOut: this.beStats[4 * b + 3],
     };
   }
   vipInfo(v: number): VipInfo {
