@@ -1,0 +1,189 @@
+// The control-plane facade: one object that the CLI, the admin HTTP API, the health checker and the tests drive.
+// Every change goes through a new validated config applied live (flows and tokens survive), so an API call and a
+// config reload take the same path. It talks to the engine only through an EnginePort (the packet loop's control
+// channel in production, an in-process engine in tests).
+import { formatEndpoint, parseEndpoint } from '../engine/addr.js';
+import { validateEngineConfig, type BackendConfig, type VipConfig } from '../engine/config.js';
+import type { RunConfig } from './run-config.js';
+import { createProcessor, type ControlMessage } from '../dataplane/engine-processor.js';
+
+export interface EnginePort {
+  control(msg: ControlMessage): Promise<unknown>;
+  /** Applies a whole new config (engine live, plus routes where there are any). */
+  reload(cfg: RunConfig): Promise<void>;
+}
+
+/** A refused control request: `status` is the HTTP status the admin API answers with. */
+export class ControlError extends Error {
+  constructor(readonly status: number, message: string) { super(message); this.name = 'ControlError'; }
+}
+
+export interface BackendView {
+  id: string; address: string; port: number; weight: number; configuredWeight: number;
+  draining: boolean; healthy: boolean; removed: boolean;
+  packetsIn: number; bytesIn: number; packetsOut: number; bytesOut: number;
+}
+export interface VipView { address: string; policy: string; backends: BackendView[] }
+
+interface EngineBackend {
+  id: string; address: string; port: number; weight: number; up: boolean; removed: boolean; vipId: string;
+  packetsIn: number; bytesIn: number; packetsOut: number; bytesOut: number;
+}
+
+const endpointId = (address: string, port: number) => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
+
+export class Controller {
+  /** Weights to restore on undrain, by "vip|backend". */
+  private readonly drained = new Map<string, number>();
+  /** Health verdicts by "vip|backend" (absent = healthy). */
+  private readonly unhealthy = new Set<string>();
+
+  constructor(private readonly port: EnginePort, private cfg: RunConfig) {}
+
+  get config(): RunConfig { return this.cfg; }
+
+  stats(): Promise<unknown> { return this.port.control({ op: 'stats' }); }
+
+  async vips(): Promise<VipView[]> {
+    const engineBackends = await this.port.control({ op: 'backends' }) as EngineBackend[];
+    return this.cfg.engine.vips.map((v) => ({
+      address: v.address,
+      policy: v.policy ?? this.cfg.engine.policy,
+      backends: v.backends.map((b) => {
+        const id = endpointId(b.address, b.port!);
+        const e = engineBackends.find((x) => x.id === id && x.vipId === this.vipId(v.address));
+        const key = `${v.address}|${id}`;
+        return {
+          id, address: b.address, port: b.port!, weight: b.weight ?? 1,
+          configuredWeight: this.drained.get(key) ?? b.weight ?? 1,
+          draining: this.drained.has(key) || b.weight === 0,
+          healthy: !this.unhealthy.has(key), removed: false,
+          packetsIn: e?.packetsIn ?? 0, bytesIn: e?.bytesIn ?? 0, packetsOut: e?.packetsOut ?? 0, bytesOut: e?.bytesOut ?? 0,
+        };
+      }),
+    }));
+  }
+
+  connections(offset = 0, limit = 100): Promise<unknown> {
+    if (!Number.isInteger(offset) || offset < 0) throw new ControlError(400, 'offset must be a non-negative integer');
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ControlError(400, 'limit must be an integer 1-1000');
+    return this.port.control({ op: 'connections', offset, limit });
+  }
+
+  async connection(tokenHex: string): Promise<unknown> {
+    if (!/^[0-9a-fA-F]{1,8}$/.test(tokenHex)) throw new ControlError(400, 'token must be 1-8 hex digits');
+    const c = await this.port.control({ op: 'connection', token: parseInt(tokenHex, 16) });
+    if (c === null) throw new ControlError(404, `no connection with token ${tokenHex.toLowerCase()}`);
+    return c;
+  }
+
+  // ---- changes ----
+
+  async setWeight(vip: string, backend: string, weight: number): Promise<void> {
+    if (!Number.isInteger(weight) || weight < 0 || weight > 65535) throw new ControlError(400, 'weight must be an integer 0-65535');
+    this.drained.delete(`${vip}|${backend}`);
+    await this.editBackend(vip, backend, (b) => { b.weight = weight; });
+  }
+
+  /** Weight 0: no new connections; existing ones keep every subflow and their joins still arrive. */
+  async drain(vip: string, backend: string): Promise<void> {
+    const key = `${vip}|${backend}`;
+    await this.editBackend(vip, backend, (b) => {
+      if (!this.drained.has(key)) this.drained.set(key, b.weight ?? 1);
+      b.weight = 0;
+    });
+  }
+
+  async undrain(vip: string, backend: string): Promise<void> {
+    const key = `${vip}|${backend}`;
+    const w = this.drained.get(key);
+    await this.editBackend(vip, backend, (b) => { b.weight = w ?? (b.weight || 1); });
+    this.drained.delete(key);
+  }
+
+  async addVip(v: VipConfig): Promise<void> {
+    if (this.cfg.engine.vips.some((x) => this.vipId(x.address) === this.vipId(v.address))) throw new ControlError(409, `VIP ${v.address} exists`);
+    await this.apply({ ...this.cfg, engine: { ...this.cfg.engine, vips: [...this.cfg.engine.vips, v] } });
+  }
+
+  async removeVip(vip: string): Promise<void> {
+    this.findVip(vip);
+    await this.apply({ ...this.cfg, engine: { ...this.cfg.engine, vips: this.cfg.engine.vips.filter((x) => x.address !== vip) } });
+  }
+
+  async addBackend(vip: string, b: BackendConfig): Promise<void> {
+    const v = this.findVip(vip);
+    await this.apply(this.withVip(v.address, { ...v, backends: [...v.backends, b] }));
+  }
+
+  async removeBackend(vip: string, backend: string): Promise<void> {
+    const v = this.findVip(vip);
+    const backends = v.backends.filter((b) => endpointId(b.address, b.port!) !== backend);
+    if (backends.length === v.backends.length) throw new ControlError(404, `no backend ${backend} in VIP ${vip}`);
+    await this.apply(this.withVip(v.address, { ...v, backends }));
+  }
+
+  /** A reloaded config file replaces everything; drain marks of backends that remain are kept. */
+  async reload(next: RunConfig): Promise<void> { await this.apply(next); }
+
+  /** Health checker verdicts: an unhealthy backend leaves the selection table; its flows and joins stay. */
+  async setHealthy(vip: string, backend: string, healthy: boolean): Promise<void> {
+    const key = `${vip}|${backend}`;
+    if (healthy === !this.unhealthy.has(key)) return;
+    if (healthy) this.unhealthy.delete(key); else this.unhealthy.add(key);
+    await this.port.control({ op: 'setUp', backend, vip: this.vipId(vip), up: healthy });
+  }
+
+  // ---- helpers ----
+
+  private vipId(address: string): string {
+    // Engine VIP ids are canonical "addr:port" text; the config may spell them differently.
+    const ep = parseEndpoint(address);
+    if (!ep || ep.port === undefined) throw new ControlError(400, `not a VIP address: ${JSON.stringify(address)}`);
+    return formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port);
+  }
+
+  private findVip(vip: string): VipConfig {
+    const v = this.cfg.engine.vips.find((x) => x.address === vip || this.vipId(x.address) === this.vipId(vip));
+    if (!v) throw new ControlError(404, `no VIP ${vip}`);
+    return v;
+  }
+
+  private withVip(address: string, v: VipConfig): RunConfig {
+    return { ...this.cfg, engine: { ...this.cfg.engine, vips: this.cfg.engine.vips.map((x) => (x.address === address ? v : x)) } };
+  }
+
+  private async editBackend(vip: string, backend: string, edit: (b: BackendConfig) => void): Promise<void> {
+    const v = this.findVip(vip);
+    const i = v.backends.findIndex((b) => endpointId(b.address, b.port!) === backend);
+    if (i < 0) throw new ControlError(404, `no backend ${backend} in VIP ${vip}`);
+    const b = { ...v.backends[i] };
+    edit(b);
+    const backends = v.backends.slice();
+    backends[i] = b;
+    await this.apply(this.withVip(v.address, { ...v, backends }));
+  }
+
+  private async apply(next: RunConfig): Promise<void> {
+    let engine;
+    try { engine = validateEngineConfig(next.engine, 'engine'); } catch (e) { throw new ControlError(400, (e as Error).message); }
+    const cfg = { ...next, engine };
+    await this.port.reload(cfg);
+    this.cfg = cfg;
+    // Health verdicts survive a reload: re-apply them to the (possibly rebuilt) tables.
+    for (const key of this.unhealthy) {
+      const [vip, backend] = key.split('|');
+      await this.port.control({ op: 'setUp', backend, vip: this.vipId(vip), up: false }).catch(() => undefined);
+    }
+  }
+}
+
+/** An EnginePort over an in-process engine (tests, replay-like tools): no TUN, no routes. */
+export function inProcessPort(cfg: RunConfig): EnginePort & { processor: ReturnType<typeof createProcessor> } {
+  const processor = createProcessor({ config: cfg.engine });
+  return {
+    processor,
+    control: async (msg) => processor.control!(msg),
+    reload: async (next) => { await processor.control!({ op: 'reconfigure', config: next.engine }); },
+  };
+}
