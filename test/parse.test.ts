@@ -193,3 +193,30 @@ test('property: the engine never throws on random or mutated packets, and every 
   assert.equal(c.packets_in, c.to_backend + c.to_client + c.replied + c.dropped);
   assert.ok(e.flows.used <= 64 && e.conns.used <= 32);
 });
+
+test('partial checksums (virtio NEEDS_CSUM): NAT patches only the pseudo-header sum, and the device completion is valid', () => {
+  const e = new Engine(validateEngineConfig({ vips: [{ address: '198.18.100.1:80', backends: [{ address: '198.18.10.2', port: 8080 }] }], tables: { maxFlows: 16, maxConnections: 16 } }));
+  // Turn a packet's full checksum into what a GSO sender leaves: the folded pseudo-header sum, uncomplemented.
+  const toPartial = (p: Uint8Array) => {
+    const t = 20, len = p.length - t;
+    const ps = fold(sumWords(p, 12, 8, 0) + 6 + len);
+    p[t + 16] = ps >> 8; p[t + 17] = ps & 0xff;
+  };
+  // What the device does: checksum the segment starting from the field's value.
+  const complete = (p: Uint8Array) => {
+    const t = 20;
+    const c = ~fold(sumWords(p, t, p.length - t, 0)) & 0xffff;
+    p[t + 16] = c >> 8; p[t + 17] = c & 0xff;
+  };
+  const syn = tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport: 1234, dport: 80, flags: SYN, options: [capSyn(1)], payload: 333 });
+  toPartial(syn);
+  assert.equal(e.process(syn, 0, syn.length, 0, true), Verdict.ToBackend);
+  assert.equal(checksum(syn, 0, 20), 0, 'the IPv4 header checksum is always full');
+  complete(syn);
+  assert.ok(checksumsOk(syn));
+  const back = tcp({ src: '198.18.10.2', dst: '198.18.1.2', sport: 8080, dport: 1234, flags: SYN | ACK, options: [capSynAck(1, 5n)], payload: 1000 });
+  toPartial(back);
+  assert.equal(e.process(back, 0, back.length, 1, true), Verdict.ToClient);
+  complete(back);
+  assert.ok(checksumsOk(back));
+});

@@ -97,9 +97,10 @@ export class Engine {
   /**
    * Decides and rewrites one IP packet at buf[off, off+len) received at time nowMs. Hot path.
    * On ToBackend/ToClient the packet was rewritten in place (same length); on Reply it was replaced by
-   * an answer of `outLen` bytes at `off`.
+   * an answer of `outLen` bytes at `off` with a full checksum. `partialCsum`: the TCP checksum field holds the
+   * uncomplemented pseudo-header sum (virtio_net_hdr NEEDS_CSUM).
    */
-  process(buf: Uint8Array, off: number, len: number, nowMs: number): Verdict {
+  process(buf: Uint8Array, off: number, len: number, nowMs: number, partialCsum = false): Verdict {
     const ev = this.counters.events;
     ev[Counter.PacketsIn]++;
     ev[Counter.BytesIn] += len;
@@ -112,6 +113,7 @@ export class Engine {
     this.lastJoin = false;
     this.lastKeysConn = -1;
     const v = this.view;
+    v.partialCsum = partialCsum;
     const st = parsePacket(buf, off, len, v);
     if (st !== ParseStatus.Ok) return this.drop(st as number as DropReason);
     const a = this.a;

@@ -43,6 +43,11 @@ export class PacketView {
   optOff = 0;
   optEnd = 0;
   payloadLen = 0;
+  /**
+   * The TCP checksum field holds the uncomplemented pseudo-header sum (virtio_net_hdr NEEDS_CSUM, GSO packets
+   * from a TUN with offloads): the device completes it, so edits patch only the pseudo-header part. Set by the caller.
+   */
+  partialCsum = false;
 }
 
 /** Parses the IP packet at buf[off, off+len). Fills `v` (partially on failure). */

@@ -1,6 +1,6 @@
 // Stage 3 of the packet path: in-place edits. NAT in both directions with incremental checksums (RFC 1624),
 // MP_CAPABLE stripping for token collisions, and RST answers. Hot path: no allocation.
-import { applyDelta, checksum, replaceDelta, transportChecksum } from './checksum.js';
+import { applyDelta, applyDeltaPartial, checksum, replaceDelta, transportChecksum } from './checksum.js';
 import { TCP_ACK, TCP_RST, type PacketView } from './parse.js';
 import type { Services } from './services.js';
 
@@ -16,7 +16,9 @@ export function natToBackend(buf: Uint8Array, v: PacketView, s: Services, b: num
   buf[v.l4Off + 2] = port >>> 8;
   buf[v.l4Off + 3] = port & 0xff;
   if (v.family === 4) applyDelta(buf, v.ipOff + 10, s.beDeltaIpIn[b]);
-  applyDelta(buf, v.l4Off + 16, s.beDeltaTcpIn[b]);
+  // A partial checksum covers only the pseudo-header (addresses); the port is summed later by the device.
+  if (v.partialCsum) applyDeltaPartial(buf, v.l4Off + 16, s.beDeltaIpIn[b]);
+  else applyDelta(buf, v.l4Off + 16, s.beDeltaTcpIn[b]);
 }
 
 /** Outbound NAT: source backend b's address:port -> its VIP's address:port. */
@@ -27,7 +29,8 @@ export function natToClient(buf: Uint8Array, v: PacketView, s: Services, b: numb
   buf[v.l4Off] = port >>> 8;
   buf[v.l4Off + 1] = port & 0xff;
   if (v.family === 4) applyDelta(buf, v.ipOff + 10, s.beDeltaIpOut[b]);
-  applyDelta(buf, v.l4Off + 16, s.beDeltaTcpOut[b]);
+  if (v.partialCsum) applyDeltaPartial(buf, v.l4Off + 16, s.beDeltaIpOut[b]);
+  else applyDelta(buf, v.l4Off + 16, s.beDeltaTcpOut[b]);
 }
 
 /**
@@ -47,7 +50,8 @@ export function natEndpoint(
   buf[portOff] = newPort >>> 8;
   buf[portOff + 1] = newPort & 0xff;
   if (v.family === 4) applyDelta(buf, v.ipOff + 10, ipDelta);
-  applyDelta(buf, v.l4Off + 16, tcpDelta);
+  if (v.partialCsum) applyDeltaPartial(buf, v.l4Off + 16, ipDelta);
+  else applyDelta(buf, v.l4Off + 16, tcpDelta);
 }
 
 const stripScratch = new Uint8Array(64);
@@ -64,7 +68,8 @@ export function stripTcpOption(buf: Uint8Array, v: PacketView, optOff: number, o
   const n = end - start;
   for (let i = 0; i < n; i++) stripScratch[i] = buf[start + i];
   buf.fill(1, optOff, optOff + optLen);
-  applyDelta(buf, v.l4Off + 16, replaceDelta(stripScratch, 0, buf, start, n));
+  // A partial checksum does not cover the TCP header yet: nothing to patch.
+  if (!v.partialCsum) applyDelta(buf, v.l4Off + 16, replaceDelta(stripScratch, 0, buf, start, n));
 }
 
 /**
