@@ -194,13 +194,25 @@ export class Engine {
     if ((tf & TCP_ACK) !== 0 && (tf & TCP_SYN) === 0) st |= FlowState.Established;
     flows.setState(r, st);
     flows.setLastSeen(r, now);
-    if (flows.mpVer(r) !== 0 && v.optEnd > v.optOff && this.cfg.mptcpAware) this.scanInbound(buf, r, now);
+    if (this.needsScan(r, st, tf) && v.optEnd > v.optOff) this.scanInbound(buf, r, now);
     const b = flows.backend(r);
     this.lastFlow = r;
     this.lastBackend = b;
     if (flows.state(r) & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, this.services.beAddrBytes, b << 4, this.services.bePort[b]);
     else natToBackend(buf, v, this.services, b);
     return this.countIn(b);
+  }
+
+  /**
+   * Whether an MPTCP flow's packet needs its options read. Keys are read until learned. After that only
+   * MP_FASTCLOSE matters: v1 hosts send it with a RST on every subflow (RFC 8684 section 3.5, Linux does); v0
+   * flows are scanned on every packet. An MP_FASTCLOSE on a plain v1 ACK is not acted on: the peer's RSTs then
+   * close the subflows and the token lingers as after any close.
+   */
+  private needsScan(r: number, st: number, tcpFlags: number): boolean {
+    const ver = this.flows.mpVer(r);
+    if (ver === 0 || !this.cfg.mptcpAware) return false;
+    return (st & (FlowState.KeysDone | FlowState.ClientSeen)) !== (FlowState.KeysDone | FlowState.ClientSeen) || (tcpFlags & TCP_RST) !== 0 || ver === 1;
   }
 
   /** A non-SYN packet with no flow (table full earlier, or mplb restarted): forward it where its SYN would go. */
@@ -310,6 +322,8 @@ export class Engine {
   /** MPTCP options of a client packet on a known flow: keys (third ACK / first data) and MP_FASTCLOSE. */
   private scanInbound(buf: Uint8Array, r: number, now: number): void {
     const v = this.view, opt = this.opt, flows = this.flows;
+    // The client's key comes in its first packet after the SYN (third ACK, or v1 first data): look once.
+    flows.orState(r, FlowState.ClientSeen);
     let pos = v.optOff;
     for (;;) {
       const o = nextTcpOption(buf, pos, v.optEnd);
@@ -367,7 +381,7 @@ export class Engine {
     this.lastVip = flows.vip(r);
     if (flows.mpVer(r) !== 0 && this.cfg.mptcpAware) {
       if ((tf & TCP_SYN) !== 0 && (st & FlowState.KeysDone) === 0) this.scanSynAck(buf, r, now);
-      else if (v.optEnd > v.optOff) this.scanOutbound(buf, r, now);
+      else if (v.optEnd > v.optOff && this.needsScan(r, st, tf)) this.scanOutbound(buf, r, now);
     }
     const b = flows.backend(r);
     this.lastBackend = b;

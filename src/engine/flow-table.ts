@@ -21,6 +21,8 @@ export const enum FlowState {
   Fallback = 1 << 10,
   /** A join steered to a connection on another VIP: NAT deltas are computed per packet. */
   CrossVip = 1 << 11,
+  /** The client's first packet after its SYN was scanned for its key. */
+  ClientSeen = 1 << 12,
   Closing = FinClient | FinServer,
 }
 
@@ -33,8 +35,13 @@ export function tupleHash(
   b0: number, b1: number, b2: number, b3: number, bPort: number, seed: number,
 ): number {
   let h = seed | 0;
-  h = mixIn(h, a0); h = mixIn(h, a1); h = mixIn(h, a2); h = mixIn(h, a3);
-  h = mixIn(h, b0); h = mixIn(h, b1); h = mixIn(h, b2); h = mixIn(h, b3);
+  // IPv4 keys have zero high words: three rounds instead of nine (still a function of the whole key).
+  if ((a1 | a2 | a3 | b1 | b2 | b3) === 0) {
+    h = mixIn(h, a0); h = mixIn(h, b0);
+  } else {
+    h = mixIn(h, a0); h = mixIn(h, a1); h = mixIn(h, a2); h = mixIn(h, a3);
+    h = mixIn(h, b0); h = mixIn(h, b1); h = mixIn(h, b2); h = mixIn(h, b3);
+  }
   h = mixIn(h, (aPort << 16) | bPort);
   h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16;
   return h >>> 0;
