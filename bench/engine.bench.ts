@@ -216,6 +216,15 @@ function flood(total: number): { genuineShare: number; maxFlows: number; maxConn
   return { genuineShare: ok / genuine, maxFlows, maxConns, evicted: c.flows_evicted_embryonic, ignored: c.keys_for_unopened_flow, capFlows, capConns };
 }
 
+/** For profiling and A/B runs: established 64-byte packets/s at n connections, best of `runs`. */
+export function establishedBest(n: number, runs: number, seconds: number): number {
+  const e = makeEngine(n);
+  openConnections(e, n);
+  let best = 0;
+  for (let i = 0; i < runs; i++) best = Math.max(best, establishedPps(e, n, 64, seconds, 1).median);
+  return best;
+}
+
 export async function runEngineBench(o: { quick: boolean }): Promise<BenchResult[]> {
   const secs = o.quick ? 0.3 : 2, runs = o.quick ? 1 : 5;
   const big = o.quick ? 100_000 : 1_000_000;
