@@ -1,0 +1,112 @@
+// End-to-end: `mplb demo --quick` (as root, in namespaces the demo makes and removes) reproduces the poster's
+// result in miniature: the unaware balancer loses the second path, mplb keeps it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { cmdDemo } from '../../src/cli/demo-command.js';
+import { demoPreflightProblem } from '../../src/demo/preflight.js';
+import { listNetns } from '../../src/testbed/netns.js';
+
+const CI = process.env.CI === 'true';
+const MODES = ['noBalancer', 'unaware', 'aware'] as const;
+
+interface ModeDoc { goodputMbps: number[]; completionSeconds: Array<number | null>; subflowsEstablished: number; joinsReset: number }
+interface DemoDoc { rateMbps: number; seconds: number; modes: Record<(typeof MODES)[number], ModeDoc> }
+
+/** Minimal well-formedness check: one root, balanced and properly nested tags, no stray '<' or '&'. */
+function checkXml(text: string): string | undefined {
+  const stack: string[] = [];
+  let roots = 0;
+  const re = /<(\/?)([A-Za-z][\w:-]*)((?:\s+[\w:-]+="[^"<]*")*)\s*(\/?)>|<\?xml[^>]*\?>|<!--[\s\S]*?-->/g;
+  let last = 0;
+  for (let m = re.exec(text); m; m = re.exec(text)) {
+    const between = text.slice(last, m.index);
+    if (/[<>]/.test(between)) return `stray markup before offset ${m.index}: ${JSON.stringify(between.slice(0, 40))}`;
+    if (/&(?!(amp|lt|gt|quot|apos|#\d+);)/.test(between)) return `unescaped & before offset ${m.index}`;
+    last = re.lastIndex;
+    if (!m[2]) continue;
+    const names = [...(m[3] ?? '').matchAll(/([\w:-]+)=/g)].map((a) => a[1]);
+    if (new Set(names).size !== names.length) return `<${m[2]}> repeats an attribute (${names.join(' ')})`;
+    if (m[1]) {
+      if (stack.pop() !== m[2]) return `</${m[2]}> does not close the open element`;
+    } else if (!m[4]) {
+      if (stack.length === 0) roots++;
+      stack.push(m[2]);
+    } else if (stack.length === 0) roots++;
+  }
+  if (text.slice(last).trim()) return 'text after the root element';
+  if (stack.length) return `unclosed <${stack.join('><')}>`;
+  if (roots !== 1) return `${roots} root elements`;
+  return undefined;
+}
+
+const problem = demoPreflightProblem();
+
+test('mplb demo --quick: aware keeps both paths, unaware loses one', { timeout: 150000 }, async (t) => {
+  if (problem) {
+    if (CI) assert.fail(`the demo cannot run here: ${problem}. CI must run this test as root on Linux with iproute2.`);
+    t.skip(problem);
+    return;
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mplb-demo-test-'));
+  const runIds: string[] = [];
+  try {
+    let doc: DemoDoc | undefined;
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      const jsonFile = path.join(dir, 'demo.json');
+      const started = Date.now();
+      // Quick mode: 1 run, 3 s, 20 Mbit/s links, sizes 1M,2M,4M.
+      const code = await cmdDemo(['--quick', '--out', path.join(dir, 'out'), '--json', jsonFile]);
+      assert.equal(code, 0, 'mplb demo --quick exited with an error');
+      doc = JSON.parse(fs.readFileSync(jsonFile, 'utf8')) as DemoDoc;
+      const full = JSON.parse(fs.readFileSync(path.join(dir, 'out', 'results.json'), 'utf8')) as { joins: Record<string, { serverDssNotMatching: number }>; setup: { testbedRunId: string } };
+      runIds.push(full.setup.testbedRunId);
+      t.diagnostic(`attempt ${attempt} took ${((Date.now() - started) / 1000).toFixed(1)} s: ${JSON.stringify(doc.modes)}`);
+      const aware = doc.modes.aware;
+      // A server-side DSS mismatch (seen rarely with no balancer at all) can cost the aware run its second
+      // subflow: retried once, and said so, never passed silently.
+      const dss = full.joins.aware.serverDssNotMatching + full.joins.noBalancer.serverDssNotMatching;
+      if (attempt === 1 && dss > 0 && (aware.subflowsEstablished !== 2 || doc.modes.noBalancer.subflowsEstablished !== 2)) {
+        t.diagnostic(`RETRY: servers counted MPTcpExtDSSNotMatching (${dss}), a known rare server-side reset, not a balancer fault`);
+        continue;
+      }
+      break;
+    }
+    const d = doc!;
+    // Shape: exactly the documented fields.
+    assert.equal(d.rateMbps, 20);
+    assert.equal(d.seconds, 3);
+    assert.deepEqual(Object.keys(d.modes).sort(), [...MODES].sort());
+    for (const m of MODES) {
+      const x = d.modes[m];
+      assert.deepEqual(Object.keys(x).sort(), ['completionSeconds', 'goodputMbps', 'joinsReset', 'subflowsEstablished']);
+      assert.equal(x.goodputMbps.length, 1, `${m}: one goodput per run`);
+      assert.equal(x.completionSeconds.length, 1, `${m}: one completion time per run`);
+      assert.ok(x.goodputMbps.every((g) => typeof g === 'number' && g > 0), `${m}: goodput ${x.goodputMbps}`);
+      assert.ok(x.completionSeconds.every((c) => typeof c === 'number' && c > 0), `${m}: completion ${x.completionSeconds}`);
+      assert.equal(typeof x.subflowsEstablished, 'number');
+      assert.equal(typeof x.joinsReset, 'number');
+    }
+    const [nb, un, aw] = MODES.map((m) => d.modes[m].goodputMbps[0]);
+    // Looser than the full demo's targets (>= 1.8 and >= 0.9): one 3 s run on a shared 2-core machine is noisy.
+    assert.ok(aw / un >= 1.5, `aware/unaware = ${(aw / un).toFixed(2)} (${aw.toFixed(1)} / ${un.toFixed(1)} Mbit/s), expected >= 1.5`);
+    assert.ok(aw >= 0.8 * nb, `aware ${aw.toFixed(1)} Mbit/s < 80% of noBalancer ${nb.toFixed(1)} Mbit/s`);
+    assert.equal(d.modes.aware.subflowsEstablished, 2, 'aware: the join must be established');
+    assert.equal(d.modes.noBalancer.subflowsEstablished, 2, 'noBalancer: the join must be established');
+    assert.ok(d.modes.unaware.joinsReset > 0, 'unaware: the server that got the join must reset it');
+    assert.equal(d.modes.aware.joinsReset, 0, 'aware: no join may be reset');
+
+    for (const f of ['goodput-over-time.svg', 'completion-time.svg']) {
+      const svg = fs.readFileSync(path.join(dir, 'out', f), 'utf8');
+      assert.equal(checkXml(svg), undefined, `${f} is not well-formed: ${checkXml(svg)}`);
+      assert.match(svg, /<polyline /, `${f} has no data line`);
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  // Only this demo's testbeds: other tests may run testbeds of their own at the same time.
+  const left = listNetns().filter((n) => runIds.some((id) => n.startsWith(`mplb-${id}-`)));
+  assert.deepEqual(left, [], 'the demo left namespaces behind');
+});
