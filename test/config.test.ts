@@ -50,7 +50,7 @@ test('bad configs are refused with the field path and the reason', () => {
   refuses({ ...ok, timeouts: { tokenLingerMs: 1.5 } }, 'timeouts.tokenLingerMs', /integer/);
   refuses({ ...ok, device: { name: 'a-name-longer-than-15' } }, 'device.name', /1-15/);
   refuses({ ...ok, device: { mtu: 100 } }, 'device.mtu', /576-65535/);
-  refuses({ ...ok, admin: {} }, 'admin', /unknown field/);
+  refuses({ ...ok, bogus: {} }, 'bogus', /unknown field/);
   assert.throws(() => validateEngineConfig([]), /must be a mapping/);
 });
 

@@ -124,8 +124,8 @@ export function validateEngineConfig(input: unknown, path = ''): EngineConfig {
   const to = input.timeouts ?? {};
   if (!isObj(to)) throw new ConfigError(p('timeouts'), 'must be a mapping');
   checkKeys(to, ['synMs', 'establishedMs', 'finMs', 'rstMs', 'tokenLingerMs'], p('timeouts'));
-  // Ages are compared as u32 millisecond differences, so every timeout stays well below 2^31 ms.
-  const maxMs = 7 * 24 * 3600 * 1000;
+  // Ages are compared modulo 2^30 ms (small integers on the hot path), so every timeout stays below 2^29 ms.
+  const maxMs = 6 * 24 * 3600 * 1000;
   const timeouts = {
     synMs: intIn(to.synMs, p('timeouts.synMs'), 1, maxMs, d.timeouts.synMs),
     establishedMs: intIn(to.establishedMs, p('timeouts.establishedMs'), 1, maxMs, d.timeouts.establishedMs),

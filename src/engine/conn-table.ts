@@ -85,7 +85,7 @@ export class ConnTable {
     this.flags[c] = version >= 1 ? ConnFlag.V1 : 0;
     this.subflows[c] = 0;
     this.firstFlow[c] = -1;
-    this.lastSeen[c] = nowMs >>> 0;
+    this.lastSeen[c] = nowMs; // already a 30-bit tick
     this.keys.fill(0, c * 4, c * 4 + 4);
     this.live[c] = 1;
     return c;

@@ -48,6 +48,13 @@ export interface ConnectionInfo {
   lingering: boolean;
 }
 
+/**
+ * Times are kept as milliseconds modulo 2^30 (ages compared modulo 2^30, so timeouts stay below 2^29 ms, 6.2 days):
+ * 30-bit values are V8 small integers, so passing them around allocates nothing.
+ */
+const TICK_MASK = 0x3fffffff;
+function msTick(nowMs: number): number { return (nowMs >>> 0) & TICK_MASK; }
+
 const hex8 = (n: number) => (n >>> 0).toString(16).padStart(8, '0');
 
 export class Engine {
@@ -60,6 +67,8 @@ export class Engine {
   private readonly opt = new MptcpOption();
   /** Packet address words: source in 0..3, destination in 4..7 (IPv4 uses word 0 and 4). */
   private readonly a = new Uint32Array(8);
+  /** The flow-hash seed as a small integer (see tupleHash). */
+  private readonly seed: number;
   private flowHand = 0;
   private connHand = 0;
 
@@ -84,6 +93,7 @@ export class Engine {
     this.services.applyConfig(cfg);
     this.flows = new FlowTable(cfg.tables.maxFlows);
     this.conns = new ConnTable(cfg.tables.maxConnections, cfg.hashSeed);
+    this.seed = cfg.hashSeed & TICK_MASK;
   }
 
   get config(): EngineConfig { return this.cfg; }
@@ -119,10 +129,10 @@ export class Engine {
     const a = this.a;
     loadWords(buf, v.srcAddrOff, v.addrLen, a, 0);
     loadWords(buf, v.dstAddrOff, v.addrLen, a, 4);
-    const now = nowMs >>> 0;
+    const now = msTick(nowMs);
     const vip = this.services.findVip(a, v.family, v.dstPort);
     if (vip >= 0) return this.inbound(buf, vip, now);
-    const h = tupleHash(a[0], a[1], a[2], a[3], v.srcPort, a[4], a[5], a[6], a[7], v.dstPort, this.cfg.hashSeed);
+    const h = tupleHash(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
     const r = this.flows.lookupOut(h, a, v.srcPort, v.dstPort, this.services.beAddr, this.services.bePort);
     if (r >= 0) return this.outbound(buf, r, now);
     return this.statelessReply(buf);
@@ -173,7 +183,7 @@ export class Engine {
   private inbound(buf: Uint8Array, vip: number, now: number): Verdict {
     const v = this.view, a = this.a, flows = this.flows;
     this.lastVip = vip;
-    const hIn = tupleHash(a[0], a[1], a[2], a[3], v.srcPort, a[4], a[5], a[6], a[7], v.dstPort, this.cfg.hashSeed);
+    const hIn = tupleHash(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
     let r = flows.lookupIn(hIn, a, v.srcPort, vip);
     const tf = v.tcpFlags;
     const isSyn = (tf & (TCP_SYN | TCP_ACK)) === TCP_SYN;
@@ -290,8 +300,7 @@ export class Engine {
     }
     if (b < 0) return this.drop(DropReason.NoBackend);
     const bo = b << 2;
-    const hOut = tupleHash(svc.beAddr[bo], svc.beAddr[bo + 1], svc.beAddr[bo + 2], svc.beAddr[bo + 3], svc.bePort[b],
-      a[0], a[1], a[2], a[3], v.srcPort, this.cfg.hashSeed);
+    const hOut = tupleHash(svc.beAddr, bo, svc.bePort[b], a, 0, v.srcPort, this.seed);
     let state = FlowState.SynSeen;
     if (v.family === 6) state |= FlowState.V6;
     if (joinToken >= 0) state |= FlowState.Join | FlowState.KeysDone;
@@ -546,11 +555,11 @@ export class Engine {
     const limit = st & FlowState.Rst ? t.rstMs
       : (st & FlowState.Closing) === FlowState.Closing ? t.finMs
         : st & FlowState.Established ? t.establishedMs : t.synMs;
-    return ((now - this.flows.lastSeen(r)) >>> 0) > limit;
+    return ((now - this.flows.lastSeen(r)) & TICK_MASK) > limit;
   }
 
   private connExpired(c: number, now: number): boolean {
-    return ((now - this.conns.lastSeen[c]) >>> 0) > this.cfg.timeouts.tokenLingerMs;
+    return ((now - this.conns.lastSeen[c]) & TICK_MASK) > this.cfg.timeouts.tokenLingerMs;
   }
 
   /** When the flow table is full: reclaim an expired flow, else evict an embryonic one (never an established flow). */
@@ -590,7 +599,7 @@ export class Engine {
    * `budget` records of each table, so its cost is bounded whatever the table sizes.
    */
   tick(nowMs: number, budget = Math.max(4096, this.flows.capacity >>> 5)): void {
-    const now = nowMs >>> 0;
+    const now = msTick(nowMs);
     const flows = this.flows, fcap = flows.capacity;
     const ev = this.counters.events;
     for (let i = 0; i < budget && flows.used > 0; i++) {
@@ -625,7 +634,7 @@ export class Engine {
     loadWords(buf, v.srcAddrOff, v.addrLen, a, 4);
     const vip = this.services.findVip(a, v.family, v.srcPort);
     if (vip < 0) return -1;
-    const h = tupleHash(a[0], a[1], a[2], a[3], v.dstPort, a[4], a[5], a[6], a[7], v.srcPort, this.cfg.hashSeed);
+    const h = tupleHash(a, 0, v.dstPort, a, 4, v.srcPort, this.seed);
     const r = this.flows.lookupIn(h, a, v.dstPort, vip);
     return r < 0 ? -1 : this.flows.backend(r);
   }

@@ -36,8 +36,6 @@ export class PacketView {
   l4Len = 0;
   srcPort = 0;
   dstPort = 0;
-  seq = 0;
-  ack = 0;
   tcpFlags = 0;
   tcpHdrLen = 0;
   optOff = 0;
@@ -117,14 +115,24 @@ export function parsePacket(buf: Uint8Array, off: number, len: number, v: Packet
   if (doff < 20 || doff > v.l4Len) return ParseStatus.BadTcpHeader;
   v.srcPort = (buf[t] << 8) | buf[t + 1];
   v.dstPort = (buf[t + 2] << 8) | buf[t + 3];
-  v.seq = ((buf[t + 4] << 24) | (buf[t + 5] << 16) | (buf[t + 6] << 8) | buf[t + 7]) >>> 0;
-  v.ack = ((buf[t + 8] << 24) | (buf[t + 9] << 16) | (buf[t + 10] << 8) | buf[t + 11]) >>> 0;
   v.tcpFlags = buf[t + 13];
   v.tcpHdrLen = doff;
   v.optOff = t + 20;
   v.optEnd = t + doff;
   v.payloadLen = v.l4Len - doff;
   return ParseStatus.Ok;
+}
+
+/** TCP sequence number of a parsed packet. Read on demand: a u32 kept in an object field would box a heap number. */
+export function tcpSeq(buf: Uint8Array, v: PacketView): number {
+  const t = v.l4Off;
+  return ((buf[t + 4] << 24) | (buf[t + 5] << 16) | (buf[t + 6] << 8) | buf[t + 7]) >>> 0;
+}
+
+/** TCP acknowledgment number of a parsed packet. */
+export function tcpAck(buf: Uint8Array, v: PacketView): number {
+  const t = v.l4Off;
+  return ((buf[t + 8] << 24) | (buf[t + 9] << 16) | (buf[t + 10] << 8) | buf[t + 11]) >>> 0;
 }
 
 /**

@@ -1,7 +1,7 @@
 // Stage 3 of the packet path: in-place edits. NAT in both directions with incremental checksums (RFC 1624),
 // MP_CAPABLE stripping for token collisions, and RST answers. Hot path: no allocation.
 import { applyDelta, applyDeltaPartial, checksum, replaceDelta, transportChecksum } from './checksum.js';
-import { TCP_ACK, TCP_RST, type PacketView } from './parse.js';
+import { TCP_ACK, TCP_RST, tcpSeq, type PacketView } from './parse.js';
 import type { Services } from './services.js';
 
 /** Copies n bytes without creating a subarray view (no allocation on the hot path). */
@@ -79,7 +79,7 @@ export function stripTcpOption(buf: Uint8Array, v: PacketView, optOff: number, o
  * the sequence number and segment length of the incoming segment."
  */
 export function writeResetForSyn(buf: Uint8Array, v: PacketView): number {
-  const ackNum = (v.seq + 1 + v.payloadLen) >>> 0;
+  const ackNum = (tcpSeq(buf, v) + 1 + v.payloadLen) >>> 0;
   const sport = v.dstPort, dport = v.srcPort;
   const n = v.addrLen;
   // Swap addresses through a scratch copy (the regions do not overlap, but both are rewritten).

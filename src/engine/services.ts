@@ -112,7 +112,7 @@ export class Services {
     const slots = new Int32Array(size);
     for (let b = 0; b < this.backendCount; b++) {
       const a = 4 * b;
-      let s = this.vipHash(this.beAddr[a], this.beAddr[a + 1], this.beAddr[a + 2], this.beAddr[a + 3], this.bePort[b]) & (size - 1);
+      let s = this.endpointHash(this.beAddr, a, this.bePort[b]) & (size - 1);
       for (;;) {
         const e = slots[s];
         if (e === 0) { slots[s] = b + 1; break; }
@@ -137,7 +137,7 @@ export class Services {
   findBackendByEndpoint(a: Uint32Array, port: number): number {
     const slots = this.beSlots;
     const mask = slots.length - 1;
-    let s = this.vipHash(a[0], a[1], a[2], a[3], port) & mask;
+    let s = this.endpointHash(a, 0, port) & mask;
     for (;;) {
       const e = slots[s];
       if (e === 0) return -1;
@@ -223,22 +223,23 @@ export class Services {
     // Removed VIPs stay findable so their established flows continue; they take no new flows.
     for (let v = 0; v < this.vipCount; v++) {
       const a = 4 * v;
-      let s = this.vipHash(this.vipAddr[a], this.vipAddr[a + 1], this.vipAddr[a + 2], this.vipAddr[a + 3], this.vipPort[v]) & (size - 1);
+      let s = this.endpointHash(this.vipAddr, a, this.vipPort[v]) & (size - 1);
       while (slots[s] !== 0) s = (s + 1) & (size - 1);
       slots[s] = v + 1;
     }
     this.vipSlots = slots;
   }
 
-  private vipHash(w0: number, w1: number, w2: number, w3: number, port: number): number {
-    return mix32((w0 ^ Math.imul(w1, 0x9e3779b1) ^ Math.imul(w2, 0x85ebca6b) ^ Math.imul(w3, 0xc2b2ae35) ^ port) >>> 0);
+  /** Hash of an address (4 words at w[o]) and port; reads the words itself and returns 30 bits (no heap numbers). */
+  private endpointHash(w: Uint32Array, o: number, port: number): number {
+    return mix32((w[o] ^ Math.imul(w[o + 1], 0x9e3779b1) ^ Math.imul(w[o + 2], 0x85ebca6b) ^ Math.imul(w[o + 3], 0xc2b2ae35) ^ port) >>> 0) & 0x3fffffff;
   }
 
   /** VIP index for destination words a[4..7] and port, or -1. Hot path. */
   findVip(a: Uint32Array, family: number, port: number): number {
     const slots = this.vipSlots;
     const mask = slots.length - 1;
-    let s = this.vipHash(a[4], a[5], a[6], a[7], port) & mask;
+    let s = this.endpointHash(a, 4, port) & mask;
     for (;;) {
       const e = slots[s];
       if (e === 0) return -1;
