@@ -4,7 +4,9 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { POLICIES, UNKNOWN_TOKEN_ANSWERS, type Policy, type UnknownTokenAnswer } from '../engine/config.js';
 import { formatReplay, replayCaptures } from '../replay/replay.js';
-import { loadRunConfig } from '../control/run-config.js';
+import { loadRunConfig, resolveAdminToken } from '../control/run-config.js';
+import type { AdminServer } from '../control/admin-server.js';
+import type { Logger } from '../control/logger.js';
 import { createInterface } from 'node:readline';
 
 const USAGE = `mplb: a Multipath-TCP-aware layer-4 load balancer
@@ -12,10 +14,16 @@ const USAGE = `mplb: a Multipath-TCP-aware layer-4 load balancer
 usage:
   mplb replay FILE... [--backends N] [--policy maglev|hash-5tuple|hash-ip-pair] [--unaware]
                       [--unknown-token hash|drop|reset] [--vip ADDR:PORT]... [--json] [--pcap-out FILE]
-  mplb run --config FILE [--control-stdin]
-      run the balancer (root, Linux): a TUN device and routes in the current network namespace.
+  mplb run --config FILE [--control-stdin] [--keep-guard]
+      run the balancer (root, Linux): a TUN device and routes in the current network namespace, the admin
+      API, /metrics and dashboard on http://127.0.0.1:9740/ (admin.*), health checks (health.*), JSON logs on
+      stderr (log.level or MPLB_LOG_LEVEL). Changes through the API need MPLB_ADMIN_TOKEN or admin.token.
       SIGHUP reloads the config; SIGINT/SIGTERM remove the device and routes and exit.
       --control-stdin: answer 'stats', 'connections', 'quit' lines on stdin with JSON lines on stdout.
+      --keep-guard: on exit leave blackhole routes for the VIPs and backend replies, so that a restarted mplb
+      finds its clients' connections alive (the next start takes them over; stop once without it to remove them).
+  mplb demo [--runs N] [--seconds S] [--rate MBIT] [--servers N] [--sizes 5M,10M,...] [--out DIR] [--json FILE] [--quick]
+      the poster's experiment on a namespace testbed (root, Linux): no balancer, an MPTCP-unaware balancer and mplb
   mplb help
 `;
 
@@ -59,34 +67,75 @@ function cmdReplay(argv: string[]): number {
 }
 
 async function cmdRun(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, 'control-stdin': { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, 'control-stdin': { type: 'boolean', default: false }, 'keep-guard': { type: 'boolean', default: false } } });
   if (!values.config) throw new UsageError('run needs --config FILE');
   const cfg = loadRunConfig(values.config);
+  // Checked before anything is set up, so a bad token stops mplb with nothing to undo.
+  const token = cfg.admin.enabled ? resolveAdminToken(cfg.admin) : undefined;
+  // The data path comes up first (a restart's gap is what flows feel); the control plane's modules load meanwhile.
+  // Loaded here, not at the top, so that `replay` and `help` do not pay for them.
+  const control = Promise.all([
+    import('../control/controller.js'), import('../control/health.js'), import('../control/logger.js'), import('../control/admin-server.js'),
+  ]);
+  control.catch(() => undefined);
   const { startBalancer } = await import('../dataplane/balancer.js');
   const b = await startBalancer(cfg);
+  let mods: Awaited<typeof control>;
+  try { mods = await control; } catch (e) { await b.stop(); throw e; }
+  const [{ Controller }, { HealthChecker }, { createLogger, logLevel }, { reloadConfig, startAdminServer }] = mods;
+  let log: Logger;
+  try { log = createLogger({ level: logLevel(cfg.log) }); } catch (e) { await b.stop(); throw e; }
+  // Every change (admin API, health verdicts, SIGHUP) goes through one Controller so they compose.
+  const ctl = new Controller(b, cfg);
+  // pino children keep their own level: all three are set on reload.
+  const healthLog = log.child({ component: 'health' }), adminLog = log.child({ component: 'admin' });
+  const health = new HealthChecker({ controller: ctl, logger: healthLog });
+  let admin: AdminServer | undefined;
   const say = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
+  const reload = async () => {
+    const next = loadRunConfig(values.config!);
+    const newToken = resolveAdminToken(next.admin);
+    const { keptDrained, restartNeeded } = await reloadConfig(ctl, next);
+    const level = logLevel(next.log);
+    for (const l of [log, healthLog, adminLog]) l.level = level;
+    admin?.setToken(newToken);
+    admin?.setAuthReads(next.admin.authReads);
+    if (restartNeeded.length > 0) log.warn({ fields: restartNeeded }, 'these settings changed in the file but take effect on restart only; their running values are kept');
+    log.info({ vips: next.engine.vips.length, keptDrained }, 'config reloaded');
+  };
+  try {
+    if (cfg.admin.enabled) {
+      admin = await startAdminServer({
+        controller: ctl, address: cfg.admin.address, port: cfg.admin.port, token, authReads: cfg.admin.authReads,
+        health, loopStats: () => b.loop.stats(), reload, logger: adminLog,
+      });
+    }
+  } catch (e) {
+    await b.stop();
+    throw e;
+  }
+  health.start();
   const vipText = cfg.engine.vips.map((v) => `${v.address} -> ${v.backends.map((x) => `${x.address}:${x.port}`).join(', ')}`).join('; ');
-  process.stderr.write(`mplb: running on ${b.tunName} (policy ${cfg.engine.policy}, MPTCP ${cfg.engine.mptcpAware ? 'aware' : 'unaware'}): ${vipText}\n`);
+  log.info({ tun: b.tunName, policy: cfg.engine.policy, mptcpAware: cfg.engine.mptcpAware, vips: vipText, admin: admin?.url ?? 'off', health: cfg.health.enabled ? `${cfg.health.check} every ${cfg.health.intervalMs} ms` : 'off' }, 'mplb running');
   let stopping = false;
   const stop = async (code: number) => {
     if (stopping) return;
     stopping = true;
-    await b.stop();
+    log.info('stopping');
+    // Not waiting for a probe in flight: the data path (TUN, routes) goes first.
+    void health.stop();
+    await admin?.close();
+    await b.stop({ keepGuard: values['keep-guard'] });
     if (values['control-stdin']) say({ event: 'stopped' });
     process.exit(code);
   };
   process.on('SIGINT', () => void stop(0));
   process.on('SIGTERM', () => void stop(0));
   process.on('SIGHUP', () => {
-    try {
-      const next = loadRunConfig(values.config!);
-      void b.reload(next).then(() => process.stderr.write('mplb: config reloaded\n'), (e: Error) => process.stderr.write(`mplb: reload failed, old config kept: ${e.message}\n`));
-    } catch (e) {
-      process.stderr.write(`mplb: reload refused, old config kept: ${(e as Error).message}\n`);
-    }
+    reload().catch((e: Error) => log.error({ err: e.message }, 'reload refused, old config kept'));
   });
   if (values['control-stdin']) {
-    say({ event: 'ready', pid: process.pid, tun: b.tunName });
+    say({ event: 'ready', pid: process.pid, tun: b.tunName, admin: admin?.url });
     const rl = createInterface({ input: process.stdin });
     rl.on('line', (line) => {
       const [cmd, arg] = line.trim().split(/\s+/);
@@ -107,6 +156,7 @@ export async function main(argv: string[]): Promise<number> {
   switch (cmd) {
     case 'replay': return cmdReplay(rest);
     case 'run': return cmdRun(rest);
+    case 'demo': return (await import('./demo-command.js')).cmdDemo(rest);
     case undefined: case 'help': case '--help': case '-h':
       process.stdout.write(USAGE);
       return cmd === undefined ? 2 : 0;

@@ -1,7 +1,9 @@
-// The `mplb run` config file (YAML): the engine's settings plus the device. Refused with the field path and reason.
+// The `mplb run` config file (YAML): the engine's settings plus the device, the admin server, health checks and
+// logging. Refused with the field path and reason.
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { ConfigError, validateEngineConfig, type EngineConfig } from '../engine/config.js';
+import { formatEndpoint, parseEndpoint, parseIp } from '../engine/addr.js';
 
 export interface DeviceConfig {
   /** TUN interface name (max 15 characters). Default "mplb0". */
@@ -10,17 +12,162 @@ export interface DeviceConfig {
   mtu: number;
 }
 
-export interface RunConfig { device: DeviceConfig; engine: EngineConfig }
+export interface AdminConfig {
+  /** Serve the admin API, /metrics and the dashboard. Default true. */
+  enabled: boolean;
+  /** Listen address. Default "127.0.0.1" (loopback only). */
+  address: string;
+  /** Listen port; 0 picks a free one. Default 9740. */
+  port: number;
+  /** Bearer token that changes need (16+ characters). MPLB_ADMIN_TOKEN overrides it. Default: none (changes refused). */
+  token?: string;
+  /** File whose first line is the token (e.g. a systemd credential); used when `token` and the environment are unset. */
+  tokenFile?: string;
+  /** Reads (GET, /metrics, the dashboard's data) need the token too. Default false. */
+  authReads: boolean;
+}
+
+export const HEALTH_CHECKS = ['tcp', 'mptcp'] as const;
+export type HealthCheckKind = (typeof HEALTH_CHECKS)[number];
+
+export interface HealthOverride {
+  /** Check this VIP's backends at all. Default: `health.enabled`. */
+  enabled?: boolean;
+  /** Default: `health.check`. */
+  check?: HealthCheckKind;
+  /** Default: `health.port`, else the backend's port. */
+  port?: number;
+}
+
+export interface HealthConfig {
+  /** Active health checks. Default false (probes are connections the backends see; opt in). */
+  enabled: boolean;
+  /** Time between the starts of two check rounds. Default 2000 ms. */
+  intervalMs: number;
+  /** A probe not connected within this is a failure. Default 1000 ms; at most intervalMs. */
+  timeoutMs: number;
+  /** Consecutive successes that bring a down backend back. Default 2. */
+  rise: number;
+  /** Consecutive failures that take an up backend out. Default 3. */
+  fall: number;
+  /** "tcp" (connect) or "mptcp" (MPTCP connect that must not fall back to TCP). Default "tcp". */
+  check: HealthCheckKind;
+  /** Probe port for every backend. Default: the backend's own port. */
+  port?: number;
+  /** Per-VIP overrides, keyed by the VIP's "addr:port". Default none. */
+  vips: Record<string, HealthOverride>;
+}
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface LogConfig {
+  /** pino level; MPLB_LOG_LEVEL overrides it. Default "info" (nothing is logged per packet at any level). */
+  level: LogLevel;
+}
+
+export interface RunConfig { device: DeviceConfig; engine: EngineConfig; admin: AdminConfig; health: HealthConfig; log: LogConfig }
 
 export const DEVICE_DEFAULTS: DeviceConfig = { name: 'mplb0', mtu: 1500 };
+export const ADMIN_DEFAULTS: AdminConfig = { enabled: true, address: '127.0.0.1', port: 9740, authReads: false };
+export const HEALTH_DEFAULTS: HealthConfig = { enabled: false, intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, check: 'tcp', vips: {} };
+export const LOG_DEFAULTS: LogConfig = { level: 'info' };
+/** Shortest admin token accepted: long enough that guessing over HTTP is hopeless. */
+export const MIN_TOKEN_LENGTH = 16;
 
 const ENGINE_KEYS = ['vips', 'policy', 'mptcpAware', 'unknownTokenAnswer', 'tables', 'timeouts', 'hashSeed'];
+const OWN_KEYS = ['device', 'admin', 'health', 'log'];
+
+function mapping(v: unknown, path: string, allowed: readonly string[]): Record<string, unknown> {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) throw new ConfigError(path, 'must be a mapping');
+  const m = v as Record<string, unknown>;
+  for (const k of Object.keys(m)) if (!allowed.includes(k)) throw new ConfigError(`${path}.${k}`, `unknown field (allowed: ${allowed.join(', ')})`);
+  return m;
+}
+
+function int(v: unknown, path: string, min: number, max: number, def: number): number {
+  if (v === undefined) return def;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new ConfigError(path, `must be an integer ${min}-${max}, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function bool(v: unknown, path: string, def: boolean): boolean {
+  if (v === undefined) return def;
+  if (typeof v !== 'boolean') throw new ConfigError(path, `must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function pick<T extends string>(v: unknown, path: string, allowed: readonly T[], def: T): T {
+  if (v === undefined) return def;
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw new ConfigError(path, `must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
+  return v as T;
+}
+
+/** Canonical "addr:port" text of a VIP (config spellings of one address may differ), or undefined. */
+export function canonicalEndpoint(text: string): string | undefined {
+  const ep = parseEndpoint(text);
+  if (!ep || ep.port === undefined) return undefined;
+  return formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port);
+}
+
+export function validateAdminConfig(v: unknown, path = 'admin'): AdminConfig {
+  const m = mapping(v, path, ['enabled', 'address', 'port', 'token', 'tokenFile', 'authReads']);
+  const d = ADMIN_DEFAULTS;
+  const address = m.address ?? d.address;
+  if (typeof address !== 'string' || !parseIp(address)) throw new ConfigError(`${path}.address`, `must be an IP address (e.g. 127.0.0.1), got ${JSON.stringify(address)}`);
+  const out: AdminConfig = { enabled: bool(m.enabled, `${path}.enabled`, d.enabled), address, port: int(m.port, `${path}.port`, 0, 65535, d.port), authReads: bool(m.authReads, `${path}.authReads`, d.authReads) };
+  if (m.token !== undefined) {
+    if (typeof m.token !== 'string' || m.token.length < MIN_TOKEN_LENGTH || /\s/.test(m.token)) throw new ConfigError(`${path}.token`, `must be a string of at least ${MIN_TOKEN_LENGTH} characters without spaces`);
+    out.token = m.token;
+  }
+  if (m.tokenFile !== undefined) {
+    if (typeof m.tokenFile !== 'string' || m.tokenFile === '') throw new ConfigError(`${path}.tokenFile`, 'must be a file path');
+    out.tokenFile = m.tokenFile;
+  }
+  return out;
+}
+
+export function validateHealthConfig(v: unknown, engine: EngineConfig, path = 'health'): HealthConfig {
+  const m = mapping(v, path, ['enabled', 'intervalMs', 'timeoutMs', 'rise', 'fall', 'check', 'port', 'vips']);
+  const d = HEALTH_DEFAULTS;
+  const intervalMs = int(m.intervalMs, `${path}.intervalMs`, 100, 3_600_000, d.intervalMs);
+  const timeoutMs = int(m.timeoutMs, `${path}.timeoutMs`, 10, 3_600_000, Math.min(d.timeoutMs, intervalMs));
+  // A probe still open when the next round starts would overlap it.
+  if (timeoutMs > intervalMs) throw new ConfigError(`${path}.timeoutMs`, `must not exceed intervalMs (${intervalMs}), got ${timeoutMs}`);
+  const out: HealthConfig = {
+    enabled: bool(m.enabled, `${path}.enabled`, d.enabled), intervalMs, timeoutMs,
+    rise: int(m.rise, `${path}.rise`, 1, 100, d.rise), fall: int(m.fall, `${path}.fall`, 1, 100, d.fall),
+    check: pick(m.check, `${path}.check`, HEALTH_CHECKS, d.check), vips: {},
+  };
+  if (m.port !== undefined) out.port = int(m.port, `${path}.port`, 1, 65535, 0);
+  const known = new Map(engine.vips.map((x) => [canonicalEndpoint(x.address), x.address]));
+  if (m.vips !== undefined && (typeof m.vips !== 'object' || m.vips === null || Array.isArray(m.vips))) throw new ConfigError(`${path}.vips`, 'must be a mapping of "addr:port" to overrides');
+  for (const [key, raw] of Object.entries((m.vips ?? {}) as Record<string, unknown>)) {
+    const p = `${path}.vips["${key}"]`;
+    const vip = known.get(canonicalEndpoint(key));
+    // A typo here would silently check the wrong thing: the key must name a configured VIP.
+    if (vip === undefined) throw new ConfigError(p, `names no VIP in vips (have: ${[...known.values()].join(', ') || 'none'})`);
+    const o = mapping(raw, p, ['enabled', 'check', 'port']);
+    const ov: HealthOverride = {};
+    if (o.enabled !== undefined) ov.enabled = bool(o.enabled, `${p}.enabled`, true);
+    if (o.check !== undefined) ov.check = pick(o.check, `${p}.check`, HEALTH_CHECKS, out.check);
+    if (o.port !== undefined) ov.port = int(o.port, `${p}.port`, 1, 65535, 0);
+    out.vips[vip] = ov;
+  }
+  return out;
+}
+
+export function validateLogConfig(v: unknown, path = 'log'): LogConfig {
+  const m = mapping(v, path, ['level']);
+  return { level: pick(m.level, `${path}.level`, LOG_LEVELS, LOG_DEFAULTS.level) };
+}
 
 export function validateRunConfig(doc: unknown): RunConfig {
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new ConfigError('(root)', 'must be a mapping with at least "vips"');
   const d = doc as Record<string, unknown>;
   for (const k of Object.keys(d)) {
-    if (k !== 'device' && !ENGINE_KEYS.includes(k)) throw new ConfigError(k, `unknown field (allowed: device, ${ENGINE_KEYS.join(', ')})`);
+    if (!OWN_KEYS.includes(k) && !ENGINE_KEYS.includes(k)) throw new ConfigError(k, `unknown field (allowed: ${[...OWN_KEYS, ...ENGINE_KEYS].join(', ')})`);
   }
   const dev = (d.device ?? {}) as Record<string, unknown>;
   if (typeof dev !== 'object' || Array.isArray(dev)) throw new ConfigError('device', 'must be a mapping');
@@ -29,8 +176,9 @@ export function validateRunConfig(doc: unknown): RunConfig {
   if (typeof name !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new ConfigError('device.name', `must be an interface name of 1-15 letters, digits, '_', '.', '-', got ${JSON.stringify(name)}`);
   const mtu = dev.mtu ?? DEVICE_DEFAULTS.mtu;
   if (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 576 || mtu > 65535) throw new ConfigError('device.mtu', `must be an integer 576-65535, got ${JSON.stringify(mtu)}`);
-  const engineDoc = Object.fromEntries(Object.entries(d).filter(([k]) => k !== 'device'));
-  return { device: { name, mtu }, engine: validateEngineConfig(engineDoc) };
+  const engineDoc = Object.fromEntries(Object.entries(d).filter(([k]) => !OWN_KEYS.includes(k)));
+  const engine = validateEngineConfig(engineDoc);
+  return { device: { name, mtu }, engine, admin: validateAdminConfig(d.admin), health: validateHealthConfig(d.health, engine), log: validateLogConfig(d.log) };
 }
 
 /** Reads and validates a YAML config file; YAML syntax errors name the line and column. */
@@ -43,4 +191,20 @@ export function loadRunConfig(file: string): RunConfig {
     throw e;
   }
   return validateRunConfig(doc);
+}
+
+/** The admin token: MPLB_ADMIN_TOKEN, else admin.token, else the first line of admin.tokenFile, else none. */
+export function resolveAdminToken(admin: AdminConfig, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const check = (t: string, from: string): string => {
+    if (t.length < MIN_TOKEN_LENGTH || /\s/.test(t)) throw new ConfigError(from, `the admin token must be at least ${MIN_TOKEN_LENGTH} characters without spaces`);
+    return t;
+  };
+  if (env.MPLB_ADMIN_TOKEN) return check(env.MPLB_ADMIN_TOKEN, 'MPLB_ADMIN_TOKEN');
+  if (admin.token) return admin.token;
+  if (admin.tokenFile) {
+    let text: string;
+    try { text = readFileSync(admin.tokenFile, 'utf8'); } catch (e) { throw new ConfigError('admin.tokenFile', `cannot read ${admin.tokenFile}: ${(e as Error).message}`); }
+    return check(text.split('\n')[0].trim(), 'admin.tokenFile');
+  }
+  return undefined;
 }

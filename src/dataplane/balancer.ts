@@ -20,7 +20,8 @@ export interface Balancer {
   control(msg: unknown): Promise<unknown>;
   /** Applies a new config: engine changes live (flows and tokens kept), routes follow the VIP and backend sets. */
   reload(cfg: RunConfig): Promise<void>;
-  stop(): Promise<void>;
+  /** `keepGuard`: leave blackhole guards so a restarted mplb finds its clients' connections alive (routes.ts). */
+  stop(opts?: { keepGuard?: boolean }): Promise<void>;
 }
 
 function addresses(cfg: RunConfig): { vips: string[]; backends: string[] } {
@@ -42,8 +43,38 @@ export function preflight(): void {
   if (!existsSync('/dev/net/tun')) throw new BalancerError('ENOTUN', '/dev/net/tun is missing: load the tun module (modprobe tun) or give the container the device');
 }
 
-export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number } = {}): Promise<Balancer> {
+/** How the packet loop meets the TUN (see docs/datapath.md). */
+export interface DatapathOptions {
+  /** 'offload': IFF_VNET_HDR with TSO/checksum offloads (GSO super-packets); 'plain': one IP packet per read. */
+  mode?: 'offload' | 'plain';
+  /** TUN queues (IFF_MULTI_QUEUE when > 1), all served by the one engine worker. Default 1. */
+  queues?: number;
+  /** Busy-poll this long (µs) after traffic before sleeping in poll(). */
+  spinUs?: number;
+  /** TUN_F_* bits for the offload mode (default CSUM | TSO4 | TSO6). */
+  offloads?: number;
+}
+
+export const DATAPATH_DEFAULTS: Required<Omit<DatapathOptions, 'offloads'>> = { mode: 'plain', queues: 1, spinUs: 0 };
+
+/**
+ * Data path options from the environment, for benchmarks and tests that start `mplb run` as a child:
+ * MPLB_DATAPATH=offload|plain, MPLB_QUEUES=N, MPLB_SPIN_US=N. Unset or invalid values leave the defaults.
+ */
+export function datapathFromEnv(env: NodeJS.ProcessEnv = process.env): DatapathOptions {
+  const o: DatapathOptions = {};
+  if (env.MPLB_DATAPATH === 'offload' || env.MPLB_DATAPATH === 'plain') o.mode = env.MPLB_DATAPATH;
+  const int = (s: string | undefined, lo: number, hi: number) => (s !== undefined && /^\d+$/.test(s) && Number(s) >= lo && Number(s) <= hi ? Number(s) : undefined);
+  const q = int(env.MPLB_QUEUES, 1, 16);
+  if (q !== undefined) o.queues = q;
+  const spin = int(env.MPLB_SPIN_US, 0, 10000);
+  if (spin !== undefined) o.spinUs = spin;
+  return o;
+}
+
+export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number; datapath?: DatapathOptions } = {}): Promise<Balancer> {
   preflight();
+  const dp = { ...DATAPATH_DEFAULTS, ...datapathFromEnv(), ...(opts.datapath ?? {}) };
   const loop = await startPacketLoop({
     tunName: cfg.device.name,
     mtu: cfg.device.mtu,
@@ -51,6 +82,12 @@ export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number 
     txQueueLen: opts.txQueueLen ?? 4000,
     processorModule: new URL('./engine-processor.js', import.meta.url),
     processorOptions: { config: cfg.engine },
+    vnetHdr: dp.mode === 'offload',
+    offloads: dp.offloads,
+    queues: dp.queues,
+    // One engine, one worker: the engine's flow and token tables are not shared between threads (docs/datapath.md).
+    workers: 1,
+    spinUs: dp.spinUs,
   });
   let routes: RoutesHandle;
   try {
@@ -83,10 +120,10 @@ export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number 
       }
       b.config = next;
     },
-    async stop() {
+    async stop(o = {}) {
       if (stopped) return;
       stopped = true;
-      routes.undo();
+      routes.undo(o);
       process.off('exit', undoOnExit);
       await loop.stop();
     },

@@ -29,6 +29,11 @@ export function createProcessor(options: unknown): PacketProcessor & { engine: E
       // Every verdict but drop writes a packet back into the TUN; the kernel routes it on.
       return engine.process(buf, 0, len, nowMs) === Verdict.Drop ? 0 : engine.outLen;
     },
+    processAt(buf: Uint8Array, off: number, len: number, nowMs: number, partialCsum: boolean): number {
+      // NAT verdicts keep the length (the virtio header stays valid); a Reply is a new packet with full checksums.
+      const v = engine.process(buf, off, len, nowMs, partialCsum);
+      return v === Verdict.Drop ? 0 : v === Verdict.Reply ? -engine.outLen : engine.outLen;
+    },
     tick(nowMs: number): void { engine.tick(nowMs); },
     control(raw: unknown): unknown {
       const msg = raw as ControlMessage;

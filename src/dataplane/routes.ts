@@ -24,8 +24,13 @@ export interface RoutesOptions {
 export interface RoutesHandle {
   /** The commands that were run, in order (for logs). */
   readonly applied: readonly string[];
-  /** Removes exactly what was added, newest first; synchronous and idempotent (safe in 'exit' handlers). */
-  undo(): void;
+  /**
+   * Removes exactly what was added, newest first; synchronous and idempotent (safe in 'exit' handlers).
+   * `keepGuard`: leave the blackhole guards and the backend rules, so that while mplb is down packets to the VIPs
+   * and un-NATed replies from backends are dropped (not leaked to clients, whose RSTs would kill the connections);
+   * the next installRoutes takes them over.
+   */
+  undo(opts?: { keepGuard?: boolean }): void;
   readonly undone: boolean;
 }
 
@@ -79,6 +84,9 @@ function writeSysctl(p: string, v: string): void {
   }
 }
 
+/** Metric of the blackhole guards: above the TUN routes (metric 0), which win while the TUN exists. */
+const GUARD_METRIC = '4096';
+
 export function installRoutes(opts: RoutesOptions): RoutesHandle {
   const table = String(opts.table ?? 2710);
   const prio = opts.rulePriority ?? 10000;
@@ -90,24 +98,28 @@ export function installRoutes(opts: RoutesOptions): RoutesHandle {
   for (const a of [...opts.vips, ...opts.backends]) families.add(net.isIP(a) === 6 ? 6 : 4);
 
   const applied: string[] = [];
-  const undoSteps: Array<() => void> = [];
+  // Each step is tagged: guard steps survive undo({ keepGuard: true }).
+  const undoSteps: Array<{ guard: boolean; run: () => void }> = [];
   let undone = false;
-  const undo = () => {
+  const undo = (o: { keepGuard?: boolean } = {}) => {
     if (undone) return;
     undone = true;
     while (undoSteps.length > 0) {
       const step = undoSteps.pop()!;
+      if (o.keepGuard && step.guard) continue;
       try {
-        step();
+        step.run();
       } catch {
         // keep going: remove as much as possible
       }
     }
   };
-  const ip = (args: string[], inverse: string[]) => {
+  const ip = (args: string[], inverse: string[], guard = false) => {
+    // Guards and rules may be left from a previous run (keepGuard, or a crash): replace them, never duplicate.
+    if (guard) tryIp(inverse);
     runIp(args);
     applied.push(`ip ${args.join(' ')}`);
-    undoSteps.push(() => tryIp(inverse));
+    undoSteps.push({ guard, run: () => tryIp(inverse) });
   };
   const sysctl = (p: string, v: string) => {
     const old = readSysctl(p);
@@ -115,10 +127,10 @@ export function installRoutes(opts: RoutesOptions): RoutesHandle {
     if (old === v) return;
     writeSysctl(p, v);
     applied.push(`${p}=${v}`);
-    undoSteps.push(() => {
+    undoSteps.push({ guard: true, run: () => {
       // Restore only if nobody changed it since.
       if (readSysctl(p) === v) writeSysctl(p, old);
-    });
+    } });
   };
 
   try {
@@ -131,16 +143,19 @@ export function installRoutes(opts: RoutesOptions): RoutesHandle {
       }
       if (families.has(6)) sysctl('/proc/sys/net/ipv6/conf/all/forwarding', '1');
     }
+    // Guards first: blackhole routes with a high metric under the TUN routes. The kernel removes the TUN routes
+    // with the device; the guards then drop traffic instead of routing it around the balancer.
+    for (const fam of families) {
+      const f = fam === 6 ? '-6' : '-4';
+      ip([f, 'route', 'add', 'blackhole', 'default', 'table', table, 'metric', GUARD_METRIC],
+        [f, 'route', 'del', 'blackhole', 'default', 'table', table, 'metric', GUARD_METRIC], true);
+      const r1 = ['rule', 'add', 'priority', String(prio), 'iif', tun, 'lookup', 'main'];
+      ip([f, ...r1], [f, 'rule', 'del', ...r1.slice(2)], true);
+    }
     for (const vip of opts.vips) {
       const f = net.isIP(vip) === 6 ? '-6' : '-4';
       const dst = `${vip}/${f === '-6' ? 128 : 32}`;
-      ip([f, 'route', 'add', dst, 'dev', tun], [f, 'route', 'del', dst, 'dev', tun]);
-    }
-    for (const fam of families) {
-      const f = fam === 6 ? '-6' : '-4';
-      ip([f, 'route', 'add', 'default', 'dev', tun, 'table', table], [f, 'route', 'del', 'default', 'dev', tun, 'table', table]);
-      const r1 = ['rule', 'add', 'priority', String(prio), 'iif', tun, 'lookup', 'main'];
-      ip([f, ...r1], [f, 'rule', 'del', ...r1.slice(2)]);
+      ip([f, 'route', 'add', 'blackhole', dst, 'metric', GUARD_METRIC], [f, 'route', 'del', 'blackhole', dst, 'metric', GUARD_METRIC], true);
     }
     for (const b of opts.backends) {
       const f = net.isIP(b) === 6 ? '-6' : '-4';
@@ -148,8 +163,18 @@ export function installRoutes(opts: RoutesOptions): RoutesHandle {
       const ifaces = opts.backendInterfaces && opts.backendInterfaces.length > 0 ? opts.backendInterfaces : [undefined];
       for (const dev of ifaces) {
         const sel = ['priority', String(prio + 1), 'from', from, ...(dev ? ['iif', dev] : []), 'lookup', table];
-        ip([f, 'rule', 'add', ...sel], [f, 'rule', 'del', ...sel]);
+        ip([f, 'rule', 'add', ...sel], [f, 'rule', 'del', ...sel], true);
       }
+    }
+    // The TUN routes last, so undo removes them first: the VIPs stop entering a TUN that is about to go away.
+    for (const fam of families) {
+      const f = fam === 6 ? '-6' : '-4';
+      ip([f, 'route', 'add', 'default', 'dev', tun, 'table', table], [f, 'route', 'del', 'default', 'dev', tun, 'table', table]);
+    }
+    for (const vip of opts.vips) {
+      const f = net.isIP(vip) === 6 ? '-6' : '-4';
+      const dst = `${vip}/${f === '-6' ? 128 : 32}`;
+      ip([f, 'route', 'add', dst, 'dev', tun], [f, 'route', 'del', dst, 'dev', tun]);
     }
   } catch (e) {
     undo();

@@ -14,6 +14,10 @@ export interface BalancerProcessOptions {
   port?: number;
   tunName?: string;
   startTimeoutMs?: number;
+  /** Extra `mplb run` arguments, e.g. ['--keep-guard']. */
+  args?: string[];
+  /** Extra environment for the child (e.g. MPLB_DATAPATH). */
+  env?: Record<string, string>;
 }
 
 export interface BalancerProcess {
@@ -40,7 +44,7 @@ export async function startBalancerProcess(tb: TestbedHandle, opts: BalancerProc
   const dir = mkdtempSync(join(tmpdir(), 'mplb-run-'));
   const configFile = join(dir, 'mplb.yaml');
   writeFileSync(configFile, stringify(config));
-  const child: ChildProcess = spawn('ip', ['netns', 'exec', tb.namespaces.balancer, process.execPath, MAIN, 'run', '--config', configFile, '--control-stdin'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child: ChildProcess = spawn('ip', ['netns', 'exec', tb.namespaces.balancer, process.execPath, MAIN, 'run', '--config', configFile, '--control-stdin', ...(opts.args ?? [])], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...(opts.env ?? {}) } });
   let err = '';
   let buf = '';
   const waiters: Array<(o: Record<string, unknown>) => boolean> = [];

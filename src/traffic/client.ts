@@ -172,7 +172,8 @@ export async function runTrafficClient(opts: TrafficClientOptions): Promise<Clie
   const timer = setInterval(sampleOnce, intervalMs);
   const killer = setTimeout(() => {
     for (const c of conns) {
-      c.r.error ??= `timed out after ${timeoutMs} ms`;
+      // Connections that already got the server's trailer finished: only the others timed out.
+      if (!c.r.server) c.r.error ??= `timed out after ${timeoutMs} ms`;
       c.s.destroy();
     }
   }, timeoutMs);

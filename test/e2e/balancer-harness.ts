@@ -1,0 +1,259 @@
+// Helpers for test/e2e/balancer.test.ts: traffic servers and clients inside a testbed's namespaces,
+// kernel counters, engine counters and socket listings. Every child started here is tracked by PID.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { execFileSync } from 'node:child_process';
+import { isRoot, haveIp, nstatIn } from '../../src/testbed/netns.js';
+import type { TestbedHandle } from '../../src/testbed/testbed.js';
+import type { BalancerProcess } from '../../src/testbed/balancer-process.js';
+import type { ClientReport } from '../../src/traffic/client.js';
+import type { ServerReport, ServedConnection } from '../../src/traffic/server.js';
+
+export const MPTCP_PORT = 5201;
+export const TCP_PORT = 5202;
+const cliJs = fileURLToPath(new URL('../../src/traffic/cli.js', import.meta.url));
+
+/** Why the testbed cannot run here, or undefined. */
+export function preflightReason(): string | undefined {
+  if (process.platform !== 'linux') return 'needs Linux';
+  if (!isRoot()) return 'needs root (network namespaces, veth, tc, TUN)';
+  if (!haveIp()) return 'needs the "ip" command (iproute2)';
+  if (!fs.existsSync('/dev/net/tun')) return 'needs /dev/net/tun';
+  if (!fs.existsSync('/proc/sys/net/mptcp/enabled')) return 'needs a kernel with MPTCP (CONFIG_MPTCP)';
+  return undefined;
+}
+
+/** Children of this process; killed by PID if a hook could not stop them. */
+export const children = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of children) if (c.pid && c.exitCode === null && c.signalCode === null) {
+    try { c.kill('SIGKILL'); } catch { /* gone */ }
+  }
+});
+
+function track(c: ChildProcess): ChildProcess {
+  children.add(c);
+  c.once('exit', () => children.delete(c));
+  return c;
+}
+
+export interface TrafficServerProc {
+  ns: string;
+  addr: string;
+  child: ChildProcess;
+  pid: number;
+  reportFile: string;
+  /** Asks for a fresh report (SIGUSR1) and reads it. */
+  report(): Promise<ServerReport>;
+  stop(): Promise<void>;
+}
+
+/** `cli.js server` (MPTCP on 5201, plain TCP on 5202) in ns; resolves once it listens. */
+export async function startTrafficServer(ns: string, addr: string, dir: string): Promise<TrafficServerProc> {
+  const reportFile = path.join(dir, `${ns}.json`);
+  // `ip netns exec` execs node, so the child's PID is the server's (SIGSTOP/SIGUSR1 reach it directly).
+  const child = track(spawn('ip', ['netns', 'exec', ns, process.execPath, cliJs, 'server', '--port', String(MPTCP_PORT), '--tcp-port', String(TCP_PORT), '--report', reportFile], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const rl = readline.createInterface({ input: child.stdout! });
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`traffic server in ${ns} not listening within 10 s: ${stderr}`)), 10000);
+    child.once('exit', (code) => { clearTimeout(t); reject(new Error(`traffic server in ${ns} exited (${code}): ${stderr}`)); });
+    rl.once('line', (l) => {
+      clearTimeout(t);
+      try {
+        const o = JSON.parse(l) as { event?: string };
+        if (o.event === 'listening') resolve(); else reject(new Error(`traffic server in ${ns}: ${l}`));
+      } catch { reject(new Error(`traffic server in ${ns}: ${l}`)); }
+    });
+  });
+  rl.on('line', () => undefined);
+  const read = (): ServerReport | undefined => {
+    try { return JSON.parse(fs.readFileSync(reportFile, 'utf8')) as ServerReport; } catch { return undefined; }
+  };
+  return {
+    ns,
+    addr,
+    child,
+    pid: child.pid!,
+    reportFile,
+    async report() {
+      const before = read()?.generatedAt;
+      process.kill(child.pid!, 'SIGUSR1');
+      const deadline = Date.now() + 3000;
+      for (;;) {
+        await sleep(50);
+        const r = read();
+        if (r && r.generatedAt !== before) return r;
+        if (Date.now() > deadline) throw new Error(`traffic server in ${ns} wrote no fresh report within 3 s: ${stderr}`);
+      }
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise<void>((r) => child.once('exit', () => r()));
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 3000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+/** Connections a server served after `sinceId` (ids grow per server process). */
+export function newConnections(r: ServerReport, sinceId: number): ServedConnection[] {
+  return r.connections.filter((c) => c.id > sinceId);
+}
+
+export function maxId(r: ServerReport): number {
+  return r.connections.reduce((m, c) => Math.max(m, c.id), 0);
+}
+
+/** `cli.js client ... --json` in the client namespace; killed after hardMs. Exit code 1 still gives a report. */
+export function runClient(tb: TestbedHandle, args: string[], hardMs: number): Promise<ClientReport> {
+  const child = track(spawn('ip', ['netns', 'exec', tb.namespaces.client, process.execPath, cliJs, 'client', '--host', tb.vips[0], '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const killer = setTimeout(() => child.kill('SIGKILL'), hardMs);
+  return new Promise((resolve, reject) => {
+    child.once('exit', (code, sig) => {
+      clearTimeout(killer);
+      try {
+        resolve(JSON.parse(out.trim().split('\n').pop() ?? '') as ClientReport);
+      } catch {
+        reject(new Error(`client produced no report (exit ${code ?? sig}): ${err.trim()}`));
+      }
+    });
+  });
+}
+
+export const SERVER_NSTAT = ['MPTcpExtMPCapableSYNRX', 'MPTcpExtMPJoinSynRx', 'MPTcpExtMPJoinAckRx', 'MPTcpExtMPJoinNoTokenFound', 'MPTcpExtDSSNotMatching', 'MPTcpExtMPTCPRetrans', 'TcpOutRsts', 'TcpAttemptFails', 'TcpExtTCPAbortOnData'];
+export const CLIENT_NSTAT = ['MPTcpExtMPJoinSynTx', 'MPTcpExtMPJoinSynAckRx', 'MPTcpExtMPCapableSYNTX', 'MPTcpExtMPCapableSYNACKRX', 'TcpAttemptFails', 'TcpEstabResets', 'TcpOutRsts', 'MPTcpExtMPRstRx'];
+
+/** Absolute kernel counters per namespace (nstatIn sets NSTAT_HISTORY=/dev/null per call). */
+export function nstatMany(nss: string[], names?: string[]): Record<string, Record<string, number>> {
+  return Object.fromEntries(nss.map((ns) => [ns, nstatIn(ns, names)]));
+}
+
+/** Per-namespace and summed deltas between two nstatMany snapshots. */
+export function nstatDelta(a: Record<string, Record<string, number>>, b: Record<string, Record<string, number>>, names: string[]): { per: Record<string, Record<string, number>>; sum: Record<string, number> } {
+  const per: Record<string, Record<string, number>> = {};
+  const sum: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
+  for (const ns of Object.keys(b)) {
+    per[ns] = {};
+    for (const n of names) {
+      const d = (b[ns][n] ?? 0) - (a[ns]?.[n] ?? 0);
+      per[ns][n] = d;
+      sum[n] += d;
+    }
+  }
+  return { per, sum };
+}
+
+export interface EngineStats {
+  loop: Record<string, number>;
+  engine: { counters: Record<string, number>; drops: Record<string, number>; flows: number; connections: number };
+}
+
+export async function engineStats(lb: BalancerProcess): Promise<EngineStats> {
+  return (await lb.request('stats')) as EngineStats;
+}
+
+/** b - a for every key of b. */
+export function diff(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.keys(b).map((k) => [k, b[k] - (a[k] ?? 0)]));
+}
+
+/** Only the non-zero entries (for short messages). */
+export function nonZero(o: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== 0));
+}
+
+export interface EngineConnection { token: string; backend: string; vip: string; subflows: string[]; ambiguous: boolean; lingering: boolean }
+
+/** Every connection the engine knows (pages of 1000). */
+export async function engineConnections(lb: BalancerProcess): Promise<EngineConnection[]> {
+  const all: EngineConnection[] = [];
+  for (let off = 0; off < 100000;) {
+    const page = (await lb.request(`connections ${off}`)) as { total: number; connections: EngineConnection[] };
+    all.push(...page.connections);
+    off += page.connections.length;
+    if (page.connections.length === 0 || off >= page.total) break;
+  }
+  return all;
+}
+
+/** Peer ports of established TCP sockets (subflows included) on local port `port` inside ns, keyed "addr:port". */
+export function establishedPeers(ns: string, port: number): string[] {
+  const out = execFileSync('ip', ['netns', 'exec', ns, 'ss', '-tnH', 'state', 'established', 'sport', '=', `:${port}`], { encoding: 'utf8', timeout: 10000 });
+  const peers: string[] = [];
+  for (const line of out.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    // Recv-Q Send-Q Local Peer (state column omitted by the filter)
+    if (f.length >= 4) peers.push(f[3]);
+  }
+  return peers;
+}
+
+export function haveNft(): boolean {
+  try { execFileSync('nft', ['--version'], { stdio: 'ignore', timeout: 10000 }); return true; } catch { return false; }
+}
+
+export function tmpDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'mplb-e2e-lb-'));
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export interface ForwardProbe {
+  /** Counter values, or undefined when nft is not available. */
+  read(): Record<string, number> | undefined;
+  remove(): void;
+}
+
+/**
+ * Counting-only nftables rules in the balancer namespace (forward hook, policy accept): backend-sourced
+ * packets leaving towards the client (un-NATed replies) and client RSTs addressed straight to a backend.
+ * dropLeak: also drop those un-NATed replies (they can only exist while mplb is not in the path).
+ */
+export function forwardProbe(tb: TestbedHandle, dir: string, dropLeak = false): ForwardProbe {
+  const ns = tb.namespaces.balancer;
+  const be = `{ ${tb.servers.map((s) => s.addr).join(', ')} }`;
+  const cl = `{ ${tb.balancer.clientLinks.map((l) => `"${l.dev}"`).join(', ')} }`;
+  const file = path.join(dir, 'probe.nft');
+  fs.writeFileSync(file, `table inet mplbprobe {
+  chain fw {
+    type filter hook forward priority -300; policy accept;
+    ip saddr ${be} oifname ${cl} counter ${dropLeak ? 'drop ' : ''}comment "backend_src_to_client"
+    iifname ${cl} ip daddr ${be} tcp flags & rst != 0 counter comment "client_rst_to_backend"
+  }
+}
+`);
+  try {
+    execFileSync('ip', ['netns', 'exec', ns, 'nft', '-f', file], { stdio: 'ignore', timeout: 10000 });
+  } catch {
+    return { read: () => undefined, remove: () => undefined };
+  }
+  return {
+    read() {
+      try {
+        const out = execFileSync('ip', ['netns', 'exec', ns, 'nft', 'list', 'table', 'inet', 'mplbprobe'], { encoding: 'utf8', timeout: 10000 });
+        const res: Record<string, number> = {};
+        for (const m of out.matchAll(/counter packets (\d+) bytes \d+.*comment "(\w+)"/g)) res[m[2]] = Number(m[1]);
+        return res;
+      } catch {
+        return undefined;
+      }
+    },
+    remove() {
+      try { execFileSync('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'inet', 'mplbprobe'], { stdio: 'ignore', timeout: 10000 }); } catch { /* namespace gone */ }
+    },
+  };
+}
