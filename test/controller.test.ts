@@ -80,3 +80,18 @@ test('health verdicts take a backend out of selection and survive a reload', asy
   for (let i = 0; i < 40; i++) seen.add(connect(p, 8000 + i, 4000n + BigInt(i)));
   assert.equal(seen.size, 2);
 });
+
+test('a reload keeps control-plane drains, and undrain then restores the weight from the new file', async () => {
+  const { ctl } = setup();
+  await ctl.drain('198.18.100.1:80', '198.18.11.2:80');
+  const next = validateRunConfig({ vips: [{ address: VIP, backends: [{ address: '198.18.10.2' }, { address: '198.18.11.2', weight: 5 }] }], tables: { maxFlows: 256, maxConnections: 256 } });
+  await ctl.reload(next);
+  let b = (await ctl.vips())[0].backends[1];
+  assert.equal(b.weight, 0, 'still drained after the reload');
+  assert.equal(b.configuredWeight, 5);
+  // Another spelling of the same VIP and backend reaches the same drain mark.
+  await ctl.undrain('198.18.100.1:80', '198.18.11.2:80');
+  b = (await ctl.vips())[0].backends[1];
+  assert.equal(b.weight, 5);
+  assert.equal(b.draining, false);
+});

@@ -62,28 +62,14 @@ export async function reloadConfig(ctl: Controller, next: RunConfig): Promise<{ 
     ...(next.engine.hashSeed === cur.engine.hashSeed ? [] : ['hashSeed']),
     ...(['enabled', 'address', 'port'] as const).filter((k) => next.admin[k] !== cur.admin[k]).map((k) => `admin.${k}`),
   ];
-  const drained = new Set<string>();
-  for (const v of await ctl.vips()) {
-    // draining with a remembered weight > 0 = drained by a call, not by weight 0 in the file.
-    for (const b of v.backends) if (b.draining && b.configuredWeight > 0) drained.add(`${canonicalEndpoint(v.address)}|${canonicalEndpoint(b.id)}`);
-  }
-  const keptDrained: string[] = [];
-  const vips = next.engine.vips.map((v) => ({
-    ...v,
-    backends: v.backends.map((b) => {
-      const id = endpointId(b.address, b.port ?? Number(canonicalEndpoint(v.address)?.split(':').pop()));
-      if (!drained.has(`${canonicalEndpoint(v.address)}|${canonicalEndpoint(id)}`)) return b;
-      keptDrained.push(`${v.address} ${id}`);
-      return { ...b, weight: 0 };
-    }),
-  }));
   await ctl.reload({
     ...next,
     device: cur.device,
     admin: { ...next.admin, enabled: cur.admin.enabled, address: cur.admin.address, port: cur.admin.port },
-    engine: { ...next.engine, tables: cur.engine.tables, hashSeed: cur.engine.hashSeed, vips },
+    engine: { ...next.engine, tables: cur.engine.tables, hashSeed: cur.engine.hashSeed },
   });
-  return { keptDrained, restartNeeded };
+  // Backends drained through the API stay drained (Controller.reload keeps them).
+  return { keptDrained: ctl.drainedBackends().map((k) => k.replace('|', ' ')), restartNeeded };
 }
 
 // ---- HTTP plumbing ----

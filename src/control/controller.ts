@@ -52,7 +52,7 @@ export class Controller {
       backends: v.backends.map((b) => {
         const id = endpointId(b.address, b.port!);
         const e = engineBackends.find((x) => x.id === id && x.vipId === this.vipId(v.address));
-        const key = `${v.address}|${id}`;
+        const key = this.key(v.address, id);
         return {
           id, address: b.address, port: b.port!, weight: b.weight ?? 1,
           configuredWeight: this.drained.get(key) ?? b.weight ?? 1,
@@ -81,13 +81,13 @@ export class Controller {
 
   async setWeight(vip: string, backend: string, weight: number): Promise<void> {
     if (!Number.isInteger(weight) || weight < 0 || weight > 65535) throw new ControlError(400, 'weight must be an integer 0-65535');
-    this.drained.delete(`${vip}|${backend}`);
+    this.drained.delete(this.key(vip, backend));
     await this.editBackend(vip, backend, (b) => { b.weight = weight; });
   }
 
   /** Weight 0: no new connections; existing ones keep every subflow and their joins still arrive. */
   async drain(vip: string, backend: string): Promise<void> {
-    const key = `${vip}|${backend}`;
+    const key = this.key(vip, backend);
     await this.editBackend(vip, backend, (b) => {
       if (!this.drained.has(key)) this.drained.set(key, b.weight ?? 1);
       b.weight = 0;
@@ -95,7 +95,7 @@ export class Controller {
   }
 
   async undrain(vip: string, backend: string): Promise<void> {
-    const key = `${vip}|${backend}`;
+    const key = this.key(vip, backend);
     const w = this.drained.get(key);
     await this.editBackend(vip, backend, (b) => { b.weight = w ?? (b.weight || 1); });
     this.drained.delete(key);
@@ -107,8 +107,8 @@ export class Controller {
   }
 
   async removeVip(vip: string): Promise<void> {
-    this.findVip(vip);
-    await this.apply({ ...this.cfg, engine: { ...this.cfg.engine, vips: this.cfg.engine.vips.filter((x) => x.address !== vip) } });
+    const v = this.findVip(vip);
+    await this.apply({ ...this.cfg, engine: { ...this.cfg.engine, vips: this.cfg.engine.vips.filter((x) => x !== v) } });
   }
 
   async addBackend(vip: string, b: BackendConfig): Promise<void> {
@@ -118,20 +118,42 @@ export class Controller {
 
   async removeBackend(vip: string, backend: string): Promise<void> {
     const v = this.findVip(vip);
-    const backends = v.backends.filter((b) => endpointId(b.address, b.port!) !== backend);
+    const want = this.backendId(backend);
+    const backends = v.backends.filter((b) => endpointId(b.address, b.port!) !== want);
     if (backends.length === v.backends.length) throw new ControlError(404, `no backend ${backend} in VIP ${vip}`);
     await this.apply(this.withVip(v.address, { ...v, backends }));
   }
 
-  /** A reloaded config file replaces everything; drain marks of backends that remain are kept. */
-  async reload(next: RunConfig): Promise<void> { await this.apply(next); }
+  /**
+   * A reloaded config file replaces everything, except that backends drained through the control plane stay
+   * drained: the file's weight becomes the one undrain restores.
+   */
+  async reload(next: RunConfig): Promise<void> {
+    const kept = new Map<string, number>();
+    const vips = next.engine.vips.map((v) => ({
+      ...v,
+      backends: v.backends.map((b) => {
+        const port = b.port ?? parseEndpoint(v.address)?.port ?? 0;
+        const key = this.key(v.address, endpointId(b.address, port));
+        if (!this.drained.has(key)) return b;
+        kept.set(key, b.weight ?? 1);
+        return { ...b, weight: 0 };
+      }),
+    }));
+    await this.apply({ ...next, engine: { ...next.engine, vips } });
+    this.drained.clear();
+    for (const [k, w] of kept) this.drained.set(k, w);
+  }
+
+  /** Backends drained through the control plane ("vip|backend" in canonical spelling). */
+  drainedBackends(): string[] { return [...this.drained.keys()]; }
 
   /** Health checker verdicts: an unhealthy backend leaves the selection table; its flows and joins stay. */
   async setHealthy(vip: string, backend: string, healthy: boolean): Promise<void> {
-    const key = `${vip}|${backend}`;
+    const key = this.key(vip, backend);
     if (healthy === !this.unhealthy.has(key)) return;
     if (healthy) this.unhealthy.delete(key); else this.unhealthy.add(key);
-    await this.port.control({ op: 'setUp', backend, vip: this.vipId(vip), up: healthy });
+    await this.port.control({ op: 'setUp', backend: this.backendId(backend), vip: this.vipId(vip), up: healthy });
   }
 
   // ---- helpers ----
@@ -142,6 +164,15 @@ export class Controller {
     if (!ep || ep.port === undefined) throw new ControlError(400, `not a VIP address: ${JSON.stringify(address)}`);
     return formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port);
   }
+
+  private backendId(backend: string): string {
+    const ep = parseEndpoint(backend);
+    if (!ep || ep.port === undefined) throw new ControlError(400, `not a backend address:port: ${JSON.stringify(backend)}`);
+    return formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port);
+  }
+
+  /** Key of a (VIP, backend) pair in canonical spelling, whatever spelling the caller used. */
+  private key(vip: string, backend: string): string { return `${this.vipId(vip)}|${this.backendId(backend)}`; }
 
   private findVip(vip: string): VipConfig {
     const v = this.cfg.engine.vips.find((x) => x.address === vip || this.vipId(x.address) === this.vipId(vip));
@@ -155,7 +186,8 @@ export class Controller {
 
   private async editBackend(vip: string, backend: string, edit: (b: BackendConfig) => void): Promise<void> {
     const v = this.findVip(vip);
-    const i = v.backends.findIndex((b) => endpointId(b.address, b.port!) === backend);
+    const want = this.backendId(backend);
+    const i = v.backends.findIndex((b) => this.backendId(endpointId(b.address, b.port!)) === want);
     if (i < 0) throw new ControlError(404, `no backend ${backend} in VIP ${vip}`);
     const b = { ...v.backends[i] };
     edit(b);
@@ -173,7 +205,7 @@ export class Controller {
     // Health verdicts survive a reload: re-apply them to the (possibly rebuilt) tables.
     for (const key of this.unhealthy) {
       const [vip, backend] = key.split('|');
-      await this.port.control({ op: 'setUp', backend, vip: this.vipId(vip), up: false }).catch(() => undefined);
+      await this.port.control({ op: 'setUp', backend, vip, up: false }).catch(() => undefined);
     }
   }
 }
