@@ -24,6 +24,8 @@ usage:
       finds its clients' connections alive (the next start takes them over; stop once without it to remove them).
   mplb demo [--runs N] [--seconds S] [--rate MBIT] [--servers N] [--sizes 5M,10M,...] [--out DIR] [--json FILE] [--quick]
       the poster's experiment on a namespace testbed (root, Linux): no balancer, an MPTCP-unaware balancer and mplb
+  mplb testbed up [--servers N] [--rate MBIT] [--mode balancer|noBalancer] | down RUNID...|--all | status
+      network namespaces with real Linux MPTCP hosts (root): a client with two rate-limited links, a balancer, servers
   mplb help
 `;
 
@@ -151,12 +153,45 @@ async function cmdRun(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** `mplb testbed up|down|status`: the namespace testbed by hand (the demo and the tests make their own). */
+async function cmdTestbed(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  const tb = await import('../testbed/testbed.js');
+  const { values, positionals } = parseArgs({
+    args: rest, allowPositionals: true,
+    options: { servers: { type: 'string', default: '2' }, rate: { type: 'string', default: '50' }, mode: { type: 'string', default: 'balancer' }, all: { type: 'boolean', default: false } },
+  });
+  if (sub === 'up') {
+    const servers = Number(values.servers), rate = Number(values.rate);
+    if (!Number.isInteger(servers) || servers < 1 || servers > 16) throw new UsageError('--servers must be an integer 1-16');
+    if (!Number.isFinite(rate) || rate < 0) throw new UsageError('--rate must be Mbit/s (0 = no limit)');
+    if (values.mode !== 'balancer' && values.mode !== 'noBalancer') throw new UsageError('--mode must be balancer or noBalancer');
+    const h = tb.testbedUp({ servers, rateMbit: rate, mode: values.mode, persist: true });
+    process.stdout.write(`${JSON.stringify({ runId: h.runId, namespaces: h.namespaces, vips: h.vips, client: h.client.addrs, servers: h.servers.map((s) => s.addr) }, null, 2)}\n`);
+    process.stderr.write(`testbed ${h.runId} is up; run mplb in it with: ip netns exec ${h.namespaces.balancer} mplb run --config FILE\n` +
+      `remove it with: mplb testbed down ${h.runId}\n`);
+    return 0;
+  }
+  if (sub === 'down') {
+    if (positionals.length === 0 && !values.all) throw new UsageError('testbed down needs a run id (see testbed status) or --all');
+    const removed = values.all ? tb.testbedDown() : positionals.flatMap((id) => tb.testbedDown(id));
+    process.stdout.write(`removed: ${removed.join(' ') || 'nothing'}\n`);
+    return 0;
+  }
+  if (sub === 'status') {
+    process.stdout.write(`${JSON.stringify(tb.testbedStatus(), null, 2)}\n`);
+    return 0;
+  }
+  throw new UsageError('testbed needs up, down or status');
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'replay': return cmdReplay(rest);
     case 'run': return cmdRun(rest);
     case 'demo': return (await import('./demo-command.js')).cmdDemo(rest);
+    case 'testbed': return cmdTestbed(rest);
     case undefined: case 'help': case '--help': case '-h':
       process.stdout.write(USAGE);
       return cmd === undefined ? 2 : 0;
