@@ -243,15 +243,8 @@ export class Engine {
     const svc = this.services, conns = this.conns;
     // Find MP_CAPABLE or MP_JOIN in the SYN.
     let capVer = -1, joinToken = -1;
-    let pos = v.optOff;
-    for (;;) {
-      const o = nextTcpOption(buf, pos, v.optEnd);
-      if (o < 0) { if (o === -2) ev[Counter.TcpOptionsMalformed]++; break; }
-      const olen = buf[o + 1];
-      pos = o + olen;
-      if (buf[o] !== TCPOPT_MPTCP) continue;
-      const s = decodeMptcpOption(buf, o, olen, opt);
-      if (s !== OptionStatus.Ok) { this.countOptionStatus(s); continue; }
+    for (let o = this.nextMptcp(buf, v.optOff); o >= 0; o = this.nextMptcp(buf, o + buf[o + 1])) {
+      if (!this.decode(buf, o)) continue;
       if (opt.subtype === MptcpSubtype.MpCapable && capVer < 0) capVer = opt.version;
       else if (opt.subtype === MptcpSubtype.MpJoin && opt.joinForm === JoinForm.Syn && joinToken < 0) joinToken = opt.token;
     }
@@ -333,18 +326,11 @@ export class Engine {
     const v = this.view, opt = this.opt, flows = this.flows;
     // The client's key comes in its first packet after the SYN (third ACK, or v1 first data): look once.
     flows.orState(r, FlowState.ClientSeen);
-    let pos = v.optOff;
-    for (;;) {
-      const o = nextTcpOption(buf, pos, v.optEnd);
-      if (o < 0) { if (o === -2) this.counters.events[Counter.TcpOptionsMalformed]++; return; }
-      const olen = buf[o + 1];
-      pos = o + olen;
-      if (buf[o] !== TCPOPT_MPTCP) continue;
+    for (let o = this.nextMptcp(buf, v.optOff); o >= 0; o = this.nextMptcp(buf, o + buf[o + 1])) {
       // Only the subtypes acted on here are decoded; the rest pass through untouched.
-      const sub = olen >= 3 ? buf[o + 2] >>> 4 : -1;
+      const sub = buf[o + 1] >= 3 ? buf[o + 2] >>> 4 : -1;
       if (sub !== MptcpSubtype.MpCapable && sub !== MptcpSubtype.MpFastclose) continue;
-      const s = decodeMptcpOption(buf, o, olen, opt);
-      if (s !== OptionStatus.Ok) { this.countOptionStatus(s); continue; }
+      if (!this.decode(buf, o)) continue;
       if (sub === MptcpSubtype.MpFastclose) { this.fastclose(r, now); continue; }
       if (!opt.hasReceiverKey || (opt.version !== 0 && opt.version !== 1)) continue;
       // Third ACK or v1 first data: sender = client key, receiver = server key.
@@ -360,19 +346,29 @@ export class Engine {
   }
 
   private findMpCapableKeys(buf: Uint8Array): boolean {
-    const v = this.view;
-    let pos = v.optOff;
+    for (let o = this.nextMptcp(buf, this.view.optOff); o >= 0; o = this.nextMptcp(buf, o + buf[o + 1])) {
+      if (buf[o + 1] >= 20 && buf[o + 2] >>> 4 === MptcpSubtype.MpCapable) return true;
+    }
+    return false;
+  }
+
+  /** Offset of the next MPTCP option at or after pos, or -1 at the end of the options (a malformed list is counted). */
+  private nextMptcp(buf: Uint8Array, pos: number): number {
+    const end = this.view.optEnd;
     for (;;) {
-      const o = nextTcpOption(buf, pos, v.optEnd);
-      if (o < 0) return false;
-      const olen = buf[o + 1];
-      pos = o + olen;
-      if (buf[o] === TCPOPT_MPTCP && olen >= 20 && buf[o + 2] >>> 4 === MptcpSubtype.MpCapable) return true;
+      const o = nextTcpOption(buf, pos, end);
+      if (o < 0) { if (o === -2) this.counters.events[Counter.TcpOptionsMalformed]++; return -1; }
+      if (buf[o] === TCPOPT_MPTCP) return o;
+      pos = o + buf[o + 1];
     }
   }
 
-  private countOptionStatus(s: OptionStatus): void {
+  /** Decodes the MPTCP option at o into `opt`; false, and counted, when it is malformed or of an unknown subtype. */
+  private decode(buf: Uint8Array, o: number): boolean {
+    const s = decodeMptcpOption(buf, o, buf[o + 1], this.opt);
+    if (s === OptionStatus.Ok) return true;
     this.counters.events[s === OptionStatus.UnknownSubtype ? Counter.MptcpOptionUnknownSubtype : Counter.MptcpOptionMalformed]++;
+    return false;
   }
 
   // ---- backend -> client ----
@@ -406,19 +402,12 @@ export class Engine {
   /** The server's SYN/ACK: learn its key, or see the fallback. */
   private scanSynAck(buf: Uint8Array, r: number, now: number): void {
     const v = this.view, opt = this.opt, flows = this.flows;
-    let pos = v.optOff;
-    for (;;) {
-      const o = nextTcpOption(buf, pos, v.optEnd);
-      if (o < 0) { if (o === -2) this.counters.events[Counter.TcpOptionsMalformed]++; break; }
-      const olen = buf[o + 1];
-      pos = o + olen;
-      if (buf[o] !== TCPOPT_MPTCP) continue;
-      const s = decodeMptcpOption(buf, o, olen, opt);
-      if (s !== OptionStatus.Ok) { this.countOptionStatus(s); continue; }
+    for (let o = this.nextMptcp(buf, v.optOff); o >= 0; o = this.nextMptcp(buf, o + buf[o + 1])) {
+      if (!this.decode(buf, o)) continue;
       if (opt.subtype !== MptcpSubtype.MpCapable || !opt.hasSenderKey) continue;
       if (opt.version !== 0 && opt.version !== 1) break;
       // SYN/ACK: the only key is the sender's, i.e. the server's.
-      if (!this.learnKeys(buf, r, opt.version, opt.senderKeyOff, -1, KeySource.SynAck, now)) stripTcpOption(buf, v, o, olen);
+      if (!this.learnKeys(buf, r, opt.version, opt.senderKeyOff, -1, KeySource.SynAck, now)) stripTcpOption(buf, v, o, buf[o + 1]);
       return;
     }
     // RFC 8684 section 3.1: "If the SYN/ACK ... does not include an MP_CAPABLE option, the initiator MUST fall back".
@@ -427,17 +416,8 @@ export class Engine {
   }
 
   private scanOutbound(buf: Uint8Array, r: number, now: number): void {
-    const v = this.view, opt = this.opt;
-    let pos = v.optOff;
-    for (;;) {
-      const o = nextTcpOption(buf, pos, v.optEnd);
-      if (o < 0) return;
-      const olen = buf[o + 1];
-      pos = o + olen;
-      if (buf[o] !== TCPOPT_MPTCP || olen < 3 || buf[o + 2] >>> 4 !== MptcpSubtype.MpFastclose) continue;
-      const s = decodeMptcpOption(buf, o, olen, opt);
-      if (s === OptionStatus.Ok) this.fastclose(r, now);
-      else this.countOptionStatus(s);
+    for (let o = this.nextMptcp(buf, this.view.optOff); o >= 0; o = this.nextMptcp(buf, o + buf[o + 1])) {
+      if (buf[o + 1] >= 3 && buf[o + 2] >>> 4 === MptcpSubtype.MpFastclose && this.decode(buf, o)) this.fastclose(r, now);
     }
   }
 
