@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { PacketView, parsePacket, ParseStatus, nextTcpOption, MAX_IPV6_EXT_HEADERS } from '../src/engine/parse.js';
-import { applyDelta, checksum, replaceDelta, transportChecksum, applyDeltaPartial, sumWords, fold } from '../src/engine/checksum.js';
+import { applyDelta, checksum, replaceDelta, applyDeltaPartial, sumWords, fold } from '../src/engine/checksum.js';
 import { Engine, Verdict } from '../src/engine/engine.js';
 import { validateEngineConfig } from '../src/engine/config.js';
 import { ACK, SYN, capSyn, capSynAck, checksumsOk, joinSyn, tcp } from './helpers/packets.js';

@@ -6,7 +6,7 @@ import { formatEndpoint, formatIp } from './addr.js';
 import type { EngineConfig } from './config.js';
 import { ConnFlag, ConnTable } from './conn-table.js';
 import { Counter, Counters, DropReason } from './counters.js';
-import { DIR_IN, FlowState, FlowTable, tupleHash } from './flow-table.js';
+import { FlowState, FlowTable, tupleHash } from './flow-table.js';
 import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from './mptcp-options.js';
 import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from './parse.js';
 import { natEndpoint, natToBackend, natToClient, stripTcpOption, writeResetForSyn } from './rewrite.js';
