@@ -156,13 +156,13 @@ test('offload step: a reply (RST for an unknown join) goes out with a zeroed hea
   assert.ok(checksumsOk(rst), 'the reply carries full checksums');
   assert.deepEqual([...rst.subarray(16, 20)], [198, 18, 1, 2], 'back to the client');
 
-  const before = (proc.control!({ op: "stats" }) as { packets_in?: number; counters?: { packets_in: number } });
+  const before = (proc.control!({ op: 'stats' }) as { packets_in?: number; counters?: { packets_in: number } });
   const bad = frame(encodeVnetHdr({ flags: 0x40 }), join);
   assert.equal(vnetStep(bad, 12, 12 + join.length, 2, at, step), VnetOutcome.Malformed);
   assert.equal(step.status, VnetStatus.BadFlags);
   assert.equal(vnetStep(bad, 12, 12, 2, at, step), VnetOutcome.Malformed, 'a header and no packet');
   assert.equal(vnetStep(bad, 12, 5, 2, at, step), VnetOutcome.Malformed, 'a short read');
-  const after = (proc.control!({ op: "stats" }) as typeof before);
+  const after = (proc.control!({ op: 'stats' }) as typeof before);
   assert.deepEqual(after, before, 'the engine saw none of them');
 });
 

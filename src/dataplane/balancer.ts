@@ -1,8 +1,10 @@
 // `mplb run`: the engine behind a TUN in the current network namespace, with the routes that put it in the path.
 // The packet loop runs in a worker thread; this (main) thread keeps the control plane.
 import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import type { RunConfig } from '../control/run-config.js';
 import { formatIp, parseEndpoint } from '../engine/addr.js';
+import { TunError } from '../io/tun.js';
 import { startPacketLoop, type PacketLoop, type PacketLoopStats } from './packet-loop.js';
 import { installRoutes, type RoutesHandle } from './routes.js';
 
@@ -45,9 +47,9 @@ export function preflight(): void {
 
 /** How the packet loop meets the TUN (see docs/datapath.md). */
 export interface DatapathOptions {
-  /** 'offload': IFF_VNET_HDR with TSO/checksum offloads (GSO super-packets); 'plain': one IP packet per read. */
+  /** 'offload' (default): IFF_VNET_HDR with TSO/checksum offloads (GSO super-packets); 'plain': one IP packet per read. */
   mode?: 'offload' | 'plain';
-  /** TUN queues (IFF_MULTI_QUEUE when > 1), all served by the one engine worker. Default 1. */
+  /** TUN queues (IFF_MULTI_QUEUE when > 1), all served by the one engine worker. Default: the number of cores. */
   queues?: number;
   /** Busy-poll this long (µs) after traffic before sleeping in poll(). */
   spinUs?: number;
@@ -55,7 +57,15 @@ export interface DatapathOptions {
   offloads?: number;
 }
 
-export const DATAPATH_DEFAULTS: Required<Omit<DatapathOptions, 'offloads'>> = { mode: 'plain', queues: 1, spinUs: 0 };
+/**
+ * Offloads on, one TUN queue per core (at most 16), no busy-polling: measured in docs/datapath.md. Queues beyond one
+ * are all served by the single engine worker (the engine's tables are not shared between threads).
+ */
+export const DATAPATH_DEFAULTS: Required<Omit<DatapathOptions, 'offloads'>> = {
+  mode: 'offload',
+  queues: Math.max(1, Math.min(16, availableParallelism())),
+  spinUs: 0,
+};
 
 /**
  * Data path options from the environment, for benchmarks and tests that start `mplb run` as a child:
@@ -75,20 +85,29 @@ export function datapathFromEnv(env: NodeJS.ProcessEnv = process.env): DatapathO
 export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number; datapath?: DatapathOptions } = {}): Promise<Balancer> {
   preflight();
   const dp = { ...DATAPATH_DEFAULTS, ...datapathFromEnv(), ...(opts.datapath ?? {}) };
-  const loop = await startPacketLoop({
+  const start = (d: typeof dp) => startPacketLoop({
     tunName: cfg.device.name,
     mtu: cfg.device.mtu,
     // Bursts from split super-packets overflow the default 500-packet queue.
     txQueueLen: opts.txQueueLen ?? 4000,
     processorModule: new URL('./engine-processor.js', import.meta.url),
     processorOptions: { config: cfg.engine },
-    vnetHdr: dp.mode === 'offload',
-    offloads: dp.offloads,
-    queues: dp.queues,
+    vnetHdr: d.mode === 'offload',
+    offloads: d.offloads,
+    queues: d.queues,
     // One engine, one worker: the engine's flow and token tables are not shared between threads (docs/datapath.md).
     workers: 1,
-    spinUs: dp.spinUs,
+    spinUs: d.spinUs,
   });
+  let loop: PacketLoop;
+  try {
+    loop = await start(dp);
+  } catch (e) {
+    // A kernel or container without multi-queue/virtio-header TUN support: run the plain path rather than not at all.
+    if (!(e instanceof TunError) || e.code !== 'TUN_IOCTL_FAILED' || (dp.mode === 'plain' && dp.queues === 1)) throw e;
+    process.stderr.write(`mplb: the ${dp.mode} data path with ${dp.queues} queue(s) could not start (${e.message}); using the plain single-queue path\n`);
+    loop = await start({ ...dp, mode: 'plain', queues: 1 });
+  }
   let routes: RoutesHandle;
   try {
     routes = installRoutes({ tunName: loop.tunName, ...addresses(cfg) });
