@@ -447,3 +447,20 @@ test('per-backend packet and byte counters follow the traffic each way', () => {
   const other = e.services.backendInfo(bi === 0 ? 1 : 0);
   assert.equal(other.packetsIn + other.packetsOut, 0);
 });
+
+test('a connection that never got past its handshake does not linger: answered SYN floods cannot hold tokens', () => {
+  const e = engine({ timeouts: { synMs: 1000 } });
+  for (let i = 0; i < 50; i++) handshake(e, `198.19.7.${i}`, 1000 + i, 1, BigInt(0x1000 + i));
+  assert.equal(e.conns.used, 50, 'the SYN/ACKs taught 50 tokens');
+  e.tick(T0 + 2000);
+  assert.equal(e.flows.used, 0);
+  assert.equal(e.conns.used, 0, 'freed with their embryonic flows, no 60 s linger');
+  // An established connection still lingers.
+  handshake(e, '198.18.1.2', 2000, 1, 0x77n, { now: T0 + 3000 });
+  send(e, tcp({ src: '198.18.1.2', dst: VIP, sport: 2000, dport: 5201, flags: ACK }), T0 + 3000);
+  send(e, tcp({ src: '198.18.1.2', dst: VIP, sport: 2000, dport: 5201, flags: RST }), T0 + 3000);
+  e.tick(T0 + 6000);
+  assert.equal(e.flows.used, 0);
+  assert.equal(e.conns.used, 1);
+  assert.ok(e.connectionInfo(e.findConnection(keyToken(1, 0, 0x77))).lingering);
+});

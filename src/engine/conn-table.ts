@@ -12,6 +12,8 @@ export const enum ConnFlag {
   /** No subflow left: the token lingers until lastSeen + tokenLingerMs. */
   Lingering = 1 << 3,
   HasClientKey = 1 << 4,
+  /** One of its subflows got past the handshake (only such connections linger). */
+  Established = 1 << 5,
 }
 
 export class ConnTable {

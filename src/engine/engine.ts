@@ -505,9 +505,12 @@ export class Engine {
         break;
       }
       if (conns.subflows[c] > 0) conns.subflows[c]--;
+      if (flows.state(r) & FlowState.Established) conns.flags[c] |= ConnFlag.Established;
       if (conns.firstFlow[c] < 0) {
-        // The token outlives the last subflow (Linux keeps the connection for net.mptcp.close_timeout).
-        if (conns.flags[c] & ConnFlag.Indexed && this.cfg.timeouts.tokenLingerMs > 0) {
+        // The token outlives the last subflow (Linux keeps the connection for net.mptcp.close_timeout), but only
+        // for a connection that got past its handshake: one that never did can have no joins, and lingering it
+        // would let a SYN flood that servers answer fill the table for a minute.
+        if ((conns.flags[c] & (ConnFlag.Indexed | ConnFlag.Established)) === (ConnFlag.Indexed | ConnFlag.Established) && this.cfg.timeouts.tokenLingerMs > 0) {
           conns.flags[c] |= ConnFlag.Lingering;
           conns.lastSeen[c] = now;
         } else {

@@ -42,6 +42,9 @@ export async function startBalancerProcess(tb: TestbedHandle, opts: BalancerProc
     ...(opts.engine ?? {}),
   };
   const dir = mkdtempSync(join(tmpdir(), 'mplb-run-'));
+  // The config directory goes with this process even if it is interrupted before stop().
+  const cleanup = () => rmSync(dir, { recursive: true, force: true });
+  process.once('exit', cleanup);
   const configFile = join(dir, 'mplb.yaml');
   writeFileSync(configFile, stringify(config));
   const child: ChildProcess = spawn('ip', ['netns', 'exec', tb.namespaces.balancer, process.execPath, MAIN, 'run', '--config', configFile, '--control-stdin', ...(opts.args ?? [])], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...(opts.env ?? {}) } });
