@@ -114,7 +114,7 @@ const NOTES = `## How each figure is measured
 - **e2e.***: one testbed (client with two links, balancer namespace, two servers; real Linux MPTCP; rate limits off),
   the peers set up and torn down in turn with the order rotating every run and the balancer namespace checked
   against a snapshot after each teardown: plain routing (VIP on server 1), nftables DNAT with a jhash over source
-  address and port, HAProxy in TCP mode under mptcpize (balance source), and mplb (`mplb run`, default data path:
+  address and port, HAProxy in TCP mode under mptcpize (balance source), and mplb (\`mplb run\`, default data path:
   virtio-net header with offloads, two TUN queues, one engine worker). Goodput with mplb's own MPTCP traffic
   programs (iperf3's control and data connections get split by per-subflow hashing); RTT by a 32-byte ping-pong over
   one MPTCP connection; small packets by 64-byte no-delay writes on 8 connections, counted on the balancer's client
