@@ -16,7 +16,7 @@ async function gcsDuring(f: () => void): Promise<number> {
   return n;
 }
 
-test('the established-flow path allocates nothing: 300 thousand packets both ways cause no garbage collection', async () => {
+test('the established-flow path allocates nothing: 4 million packets both ways cause at most one garbage collection', async () => {
   const e = new Engine(validateEngineConfig({
     vips: [{ address: '198.18.100.1:80', backends: [{ address: '198.18.10.2' }, { address: '198.18.11.2' }] }],
     tables: { maxFlows: 1024, maxConnections: 1024 },
@@ -38,8 +38,10 @@ test('the established-flow path allocates nothing: 300 thousand packets both way
       if (e.process(reply, 0, reply.length, 10 + i) !== Verdict.ToClient) throw new Error('outbound');
     }
   };
-  run(20_000); // warm up: let the JIT compile the path first
-  const gcs = await gcsDuring(() => run(150_000));
-  assert.equal(gcs, 0, `${gcs} garbage collections during 300k established packets`);
-  assert.equal(e.counters.snapshot().counters.to_backend, 2 + 170_000, "SYN, third ACK and the data packets");
+  run(100_000); // warm up: let the JIT compile the path first
+  // Even 8 bytes per packet would be 32 MB here, several young-generation collections; one collection is
+  // tolerated for the runtime's own work (a late JIT tier-up, a GC cycle begun before the loop).
+  const gcs = await gcsDuring(() => run(2_000_000));
+  assert.ok(gcs <= 1, `${gcs} garbage collections during 4M established packets`);
+  assert.equal(e.counters.snapshot().counters.to_backend, 2 + 2_100_000, 'SYN, third ACK and the data packets');
 });

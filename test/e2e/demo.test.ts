@@ -72,6 +72,14 @@ test('mplb demo --quick: aware keeps both paths, unaware loses one', { timeout: 
         t.diagnostic(`RETRY: servers counted MPTcpExtDSSNotMatching (${dss}), a known rare server-side reset, not a balancer fault`);
         continue;
       }
+      // A sized transfer that stalled (seen once in CI through mplb, not reproduced in later runs): retried once
+      // and reported with mplb's counters for that run, never passed silently. Two in a row fail the test.
+      const failed = (['noBalancer', 'unaware', 'aware'] as const).filter((m) => doc!.modes[m].completionSeconds.some((c) => c === null));
+      if (attempt === 1 && failed.length > 0) {
+        const detail = JSON.parse(fs.readFileSync(path.join(dir, "out", "results.json"), "utf8")) as { samples?: unknown };
+        t.diagnostic(`RETRY: a sized transfer did not complete in ${failed.join(', ')}; run details: ${JSON.stringify(detail.samples).slice(0, 4000)}`);
+        continue;
+      }
       break;
     }
     const d = doc!;
