@@ -377,7 +377,11 @@ if (reason) {
 
     test('restart with un-NATed replies blocked in the balancer namespace: the engine alone keeps open subflows going', { timeout: 45000 }, async (t) => {
       // Separates the engine's stateless path from the routes mplb removes on SIGTERM (see the test above).
-      if (!haveNft()) { t.skip('needs nft to block un-NATed replies in the balancer namespace'); return; }
+      if (!haveNft()) {
+        if (CI) assert.fail('needs nft (Debian package nftables) to block un-NATed replies in the balancer namespace');
+        t.skip('needs nft to block un-NATed replies in the balancer namespace');
+        return;
+      }
       const failures = await restartScenario(t, true);
       assert.deepEqual(failures, [], `restart (leak blocked): ${failures.join('; ')}`);
     });
