@@ -1,7 +1,6 @@
 // `mplb run`: the engine behind a TUN in the current network namespace, with the routes that put it in the path.
 // The packet loop runs in a worker thread; this (main) thread keeps the control plane.
 import { existsSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
 import type { RunConfig } from '../control/run-config.js';
 import { formatIp, parseEndpoint } from '../engine/addr.js';
 import { TunError } from '../io/tun.js';
@@ -58,12 +57,16 @@ export interface DatapathOptions {
 }
 
 /**
- * Offloads on, one TUN queue per core (at most 16), no busy-polling: measured in docs/datapath.md. Queues beyond one
- * are all served by the single engine worker (the engine's tables are not shared between threads).
+ * Offloads on, one TUN queue, no busy-polling: measured in docs/datapath.md. Extra queues (MPLB_QUEUES) are all served
+ * by the single engine worker (the engine's tables are not shared between threads) and reorder packets (below).
  */
 export const DATAPATH_DEFAULTS: Required<Omit<DatapathOptions, 'offloads'>> = {
   mode: 'offload',
-  queues: Math.max(1, Math.min(16, availableParallelism())),
+  // One queue: with several, the kernel moves a flow between queues as its two directions are written back on
+  // different ones (tun's flow table keys on the symmetric hash), so one worker reading the queues in turn reorders
+  // packets of one direction; receivers then drop them by PAWS (seen: 1059 PAWSEstab drops and a stalled transfer in
+  // one 30-connection batch). Set MPLB_QUEUES for benchmarks.
+  queues: 1,
   spinUs: 0,
 };
 

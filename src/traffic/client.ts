@@ -132,6 +132,10 @@ export async function runTrafficClient(opts: TrafficClientOptions): Promise<Clie
       });
       s.on('data', (d: Buffer) => {
         trailer += d.toString('utf8');
+        // The trailer comes while the connection is still up: one more subflow sample, so that a transfer shorter
+        // than the sampling interval still reports its subflows.
+        const info = mptcp ? getMptcpInfo(s) : undefined;
+        if (info && info.subflowsTotal > r.subflowsTotalMax) r.subflowsTotalMax = info.subflowsTotal;
       });
       s.on('end', () => {
         const line = trailer.split('\n')[0];

@@ -16,7 +16,9 @@ import {
 
 const CI = process.env.CI === 'true';
 const N_SERVERS = 3;
-const QUEUES = 2;
+// The default: one queue. Several queues reorder a flow's packets (docs/datapath.md), which receivers then drop by
+// PAWS; set this to 2 to exercise the multi-queue path (its per-queue checks below run only then).
+const QUEUES = 1;
 const reason = preflightReason();
 const runIds: string[] = [];
 const beAddr = (id: string) => id.replace(/:\d+$/, '');
@@ -143,10 +145,12 @@ if (reason) {
         }
         assert.fail(problems.join('; '));
       }
-      const perQueue = perQueueSentBytes(tb.namespaces.balancer, 'mplb0');
-      t.diagnostic(`bytes the kernel queued per TUN queue: ${JSON.stringify(perQueue)}`);
-      assert.equal(perQueue.length, QUEUES, `expected ${QUEUES} queue qdiscs under mq, saw ${JSON.stringify(perQueue)}`);
-      assert.ok(perQueue.every((b) => b > 0), `every queue carried packets: ${JSON.stringify(perQueue)}`);
+      if (QUEUES > 1) {
+        const perQueue = perQueueSentBytes(tb.namespaces.balancer, 'mplb0');
+        t.diagnostic(`bytes the kernel queued per TUN queue: ${JSON.stringify(perQueue)}`);
+        assert.equal(perQueue.length, QUEUES, `expected ${QUEUES} queue qdiscs under mq, saw ${JSON.stringify(perQueue)}`);
+        assert.ok(perQueue.every((b) => b > 0), `every queue carried packets: ${JSON.stringify(perQueue)}`);
+      }
       const s = await engineStats(lb!);
       assert.equal(s.loop.writeErrors, 0);
       assert.equal(s.loop.vnetMalformed, 0);
