@@ -123,8 +123,8 @@ const NOTES = `## How each figure is measured
 
 ## Targets missed, and why
 
-- **Established packets/s in the engine** (about half of the 10 M target at 10 thousand connections, about a third
-  of 5 M at 1 million): the per-packet work is already allocation-free and branch-light; a third of it is the flow
+- **Established packets/s in the engine** (60-90% of the 10 M target at 10 thousand connections depending on how
+  busy the shared machine is: 6.1 M in the run above, 8.8 M in a quieter one; about a third of 5 M at 1 million): the per-packet work is already allocation-free and branch-light; a third of it is the flow
   lookup, whose index and records sit in L3 rather than L2 at 20 thousand flows, and at 1 million connections the
   two unavoidable cache misses (index slot, record) dominate. Plain JavaScript has no prefetch; the next steps are a
   record layout that puts the inbound key in the index slot itself (one miss instead of two) and IPv4-only records
@@ -136,7 +136,9 @@ const NOTES = `## How each figure is measured
   N = 100 needs a table of 655373 slots (1.09x measured). At 10 backends it is 1.02x.
 - **Bulk goodput with 8 connections against nftables DNAT**: every packet crosses user space twice (TUN read and
   write) on a 2-core machine that also runs the client and the servers; the offload path moves 64 KiB super-packets
-  but one Node worker is the ceiling (docs/datapath.md: per-queue engines would split a NAT flow's two directions).
+  but one Node worker on one TUN queue is the ceiling (docs/datapath.md: per-queue engines would split a NAT flow's
+  two directions, and several queues served by one worker reorder packets; with two queues this figure was 4.7 Gbit/s,
+  30% of nftables, at the price of PAWS drops and occasional stalls).
   With one connection nftables often loses the second subflow (per-subflow hashing), which is why its median can
   fall below mplb's.
 `;
