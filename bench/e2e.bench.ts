@@ -11,6 +11,7 @@ import type { BenchResult } from './engine.bench.js';
 import { testbedDown, testbedUp, type TestbedHandle } from '../src/testbed/testbed.js';
 import { startBalancerProcess, type BalancerProcess } from '../src/testbed/balancer-process.js';
 import { ipn, isRoot, listNetns, nstatIn, tryRun } from '../src/testbed/netns.js';
+import { fmt, verdict } from './report.js';
 
 const VIP = '198.19.0.10';
 const SINK = 5201, ECHO = 5202;
@@ -571,27 +572,6 @@ function summarize(res: Record<PeerName, PeerRun[]>, peers: PeerName[], absent: 
 }
 
 // ---------------------------------------------------------------------------------------------- standalone
-
-function fmt(n: number): string {
-  if (!Number.isFinite(n)) return String(n);
-  if (Math.abs(n) >= 1e6) return `${(n / 1e6).toFixed(2)} M`;
-  if (Math.abs(n) >= 1e4) return `${(n / 1e3).toFixed(1)} k`;
-  return String(Math.round(n * 1000) / 1000);
-}
-
-function verdict(r: BenchResult): string {
-  const rel = /^>=\s*([\d.]+)% of (\w+)/.exec(r.target);
-  if (rel) {
-    const ref = r.peers[rel[2]];
-    if (!ref) return '-';
-    const ratio = r.value / ref;
-    return ratio * 100 >= Number(rel[1]) ? `met (${(ratio * 100).toFixed(0)}%)` : `missed (${(ratio * 100).toFixed(0)}% of ${rel[2]})`;
-  }
-  const m = /^(>=|<=)\s*([\d.]+)$/.exec(r.target);
-  if (!m) return '-';
-  const t = Number(m[2]);
-  return (m[1] === '>=' ? r.value >= t : r.value <= t) ? 'met' : 'missed';
-}
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const rs = await runE2eBench({ quick: process.argv.includes('--quick') });
