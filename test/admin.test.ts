@@ -13,7 +13,7 @@ import { resolveAdminToken, startAdminServer, reloadConfig, type AdminServer } f
 import { HealthChecker, type Scheduler } from '../src/control/health.js';
 import { ConfigError } from '../src/engine/config.js';
 import type { PacketLoopStats } from '../src/dataplane/packet-loop.js';
-import { keyToken } from '../src/engine/tokens.js';
+import { keyToken } from '../src/wire/tokens.js';
 import { ACK, SYN, capSyn, capSynAck, joinSyn, tcp, endpoints } from './helpers/packets.js';
 
 const VIP = '198.18.100.1:80';

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Controller, ControlError, inProcessPort } from '../src/control/controller.js';
 import { validateRunConfig } from '../src/control/run-config.js';
-import { keyToken } from '../src/engine/tokens.js';
+import { keyToken } from '../src/wire/tokens.js';
 import { ACK, SYN, capSyn, capSynAck, joinSyn, tcp, endpoints } from './helpers/packets.js';
 
 const VIP = '198.18.100.1:80';

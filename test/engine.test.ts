@@ -2,10 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Engine, Verdict } from '../src/engine/engine.js';
 import { validateEngineConfig } from '../src/engine/config.js';
-import { keyToken } from '../src/engine/tokens.js';
+import { keyToken } from '../src/wire/tokens.js';
 import { DropReason } from '../src/engine/counters.js';
-import { MptcpOption, decodeMptcpOption, MptcpSubtype } from '../src/engine/mptcp-options.js';
-import { nextTcpOption, tcpAck, tcpSeq } from '../src/engine/parse.js';
+import { MptcpOption, decodeMptcpOption, MptcpSubtype } from '../src/wire/mptcp-options.js';
+import { nextTcpOption, tcpAck, tcpSeq } from '../src/wire/parse.js';
 import { ACK, FIN, RST, SYN, capAck, capData, capSyn, capSynAck, checksumsOk, endpoints, fastclose, joinSyn, tcp, view, dss } from './helpers/packets.js';
 
 const VIP = '198.18.100.1';

@@ -18,7 +18,7 @@ import {
   mptcpOptionLength,
   dssBaseLength,
   type MptcpOptionSpec,
-} from '../src/engine/mptcp-options.js';
+} from '../src/wire/mptcp-options.js';
 
 const PAD_BEFORE = 7;
 const PAD_AFTER = 5;

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { PacketView, parsePacket, ParseStatus, nextTcpOption, MAX_IPV6_EXT_HEADERS } from '../src/engine/parse.js';
-import { applyDelta, checksum, replaceDelta, applyDeltaPartial, sumWords, fold } from '../src/engine/checksum.js';
+import { PacketView, parsePacket, ParseStatus, nextTcpOption, MAX_IPV6_EXT_HEADERS } from '../src/wire/parse.js';
+import { applyDelta, checksum, replaceDelta, applyDeltaPartial, sumWords, fold } from '../src/wire/checksum.js';
 import { Engine, Verdict } from '../src/engine/engine.js';
 import { validateEngineConfig } from '../src/engine/config.js';
 import { ACK, SYN, capSyn, capSynAck, checksumsOk, joinSyn, tcp } from './helpers/packets.js';

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { CaptureFormatError, PcapWriter, readCapture, type CaptureRecord } from '../src/io/pcap.js';
-import { LinkType, ipOffset, linkTypeName } from '../src/io/link-layer.js';
+import { LinkType, ipOffset, linkTypeName } from '../src/wire/link-layer.js';
 
 // From dist/test/ (where this runs): ../../ is the repo root, ../../../shared is beside the clone.
 const SHARED = new URL('../../../shared/pcaps/', import.meta.url);

@@ -5,8 +5,8 @@ import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { replayCaptures, type ReplayOptions } from '../src/replay/replay.js';
 import { PcapWriter, readCapture } from '../src/io/pcap.js';
-import { ipOffset } from '../src/io/link-layer.js';
-import { keyToken } from '../src/engine/tokens.js';
+import { ipOffset } from '../src/wire/link-layer.js';
+import { keyToken } from '../src/wire/tokens.js';
 import { ACK, SYN, capAck, capSyn, capSynAck, joinSyn, tcp } from './helpers/packets.js';
 
 const PCAPS = fileURLToPath(new URL('../../../shared/pcaps/', import.meta.url));

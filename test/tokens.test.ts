@@ -14,8 +14,8 @@ import {
   keyToHex,
   toHex8,
   findKeysWithSameToken,
-} from '../src/engine/tokens.js';
-import { MptcpOption, OptionStatus, JoinForm, decodeMptcpOption } from '../src/engine/mptcp-options.js';
+} from '../src/wire/tokens.js';
+import { MptcpOption, OptionStatus, JoinForm, decodeMptcpOption } from '../src/wire/mptcp-options.js';
 
 function hexToBytes(hex: string): Uint8Array {
   const s = hex.replace(/\s+/g, '');

@@ -6,9 +6,9 @@ import fc from 'fast-check';
 import {
   encodeVnetHdr, parseVnetHdr, vnetStep, writeZeroVnetHdr, VnetHdr, VnetOutcome, VnetStatus, VnetStep,
   VNET_GSO_ECN, VNET_GSO_TCPV4, VNET_GSO_TCPV6, VNET_GSO_UDP_L4, VNET_HDR_F_DATA_VALID, VNET_HDR_F_NEEDS_CSUM,
-} from '../src/dataplane/vnet-hdr.js';
+} from '../src/wire/vnet-hdr.js';
 import { createProcessor } from '../src/dataplane/engine-processor.js';
-import { fold, sumWords, checksum } from '../src/engine/checksum.js';
+import { fold, sumWords, checksum } from '../src/wire/checksum.js';
 import { ACK, SYN, capSyn, checksumsOk, joinSyn, tcp } from './helpers/packets.js';
 
 const hex = (s: string) => Uint8Array.from(Buffer.from(s.replace(/\s+/g, ''), 'hex'));

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { AddressInfo } from 'node:net';
 import { ControlError, type Controller, type VipView } from './controller.js';
-import { formatIp, parseEndpoint, parseIp } from '../engine/addr.js';
+import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
 import { ConfigError, type BackendConfig, type EngineConfig, type VipConfig } from '../engine/config.js';
 import { canonicalEndpoint, type RunConfig } from './run-config.js';
 import type { HealthChecker } from './health.js';

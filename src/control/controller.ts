@@ -2,7 +2,7 @@
 // Every change goes through a new validated config applied live (flows and tokens survive), so an API call and a
 // config reload take the same path. It talks to the engine only through an EnginePort (the packet loop's control
 // channel in production, an in-process engine in tests).
-import { formatEndpoint, parseEndpoint } from '../engine/addr.js';
+import { formatEndpoint, parseEndpoint } from '../wire/addr.js';
 import { validateEngineConfig, type BackendConfig, type VipConfig } from '../engine/config.js';
 import type { RunConfig } from './run-config.js';
 import { createProcessor, type ControlMessage } from '../dataplane/engine-processor.js';

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { ConfigError, validateEngineConfig, type EngineConfig } from '../engine/config.js';
-import { formatEndpoint, parseEndpoint, parseIp } from '../engine/addr.js';
+import { formatEndpoint, parseEndpoint, parseIp } from '../wire/addr.js';
 
 export interface DeviceConfig {
   /** TUN interface name (max 15 characters). Default "mplb0". */

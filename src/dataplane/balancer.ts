@@ -2,7 +2,7 @@
 // The packet loop runs in a worker thread; this (main) thread keeps the control plane.
 import { existsSync } from 'node:fs';
 import type { RunConfig } from '../control/run-config.js';
-import { formatIp, parseEndpoint } from '../engine/addr.js';
+import { formatIp, parseEndpoint } from '../wire/addr.js';
 import { TunError } from '../io/tun.js';
 import { startPacketLoop, type PacketLoop, type PacketLoopStats } from './packet-loop.js';
 import { installRoutes, type RoutesHandle } from './routes.js';

@@ -4,7 +4,7 @@ import { Worker } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import path from 'node:path';
 import { openTun, createEventFd, signalEventFd, closeFd, TunDevice, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 } from '../io/tun.js';
-import { validVnetHdrBytes } from './vnet-hdr.js';
+import { validVnetHdrBytes } from '../wire/vnet-hdr.js';
 
 /** What a processor module's `createProcessor(options)` returns. */
 export interface PacketProcessor {

@@ -5,7 +5,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { TunDevice, pollReadable, drainEventFd } from '../io/tun.js';
 import { Counter, Flag, type PacketProcessor, type WorkerInit, type WorkerMessage, type CreateProcessor } from './packet-loop.js';
-import { vnetStep, VnetOutcome, VnetStep, type ProcessAt } from './vnet-hdr.js';
+import { vnetStep, VnetOutcome, VnetStep, type ProcessAt } from '../wire/vnet-hdr.js';
 
 const init = workerData as WorkerInit;
 const port = parentPort!;

@@ -1,8 +1,8 @@
 // Crafted IPv4 SYNs (MP_CAPABLE or MP_JOIN) to ask the engine where a subflow would go.
 // A trimmed copy of test/helpers/packets.ts: src/ must not import test/.
-import { parseIp } from '../engine/addr.js';
-import { checksum, transportChecksum } from '../engine/checksum.js';
-import { encodeMptcpOption, JoinForm, MptcpSubtype, type MptcpOptionSpec } from '../engine/mptcp-options.js';
+import { parseIp } from '../wire/addr.js';
+import { checksum, transportChecksum } from '../wire/checksum.js';
+import { encodeMptcpOption, JoinForm, MptcpSubtype, type MptcpOptionSpec } from '../wire/mptcp-options.js';
 
 const SYN = 0x02;
 

@@ -1,6 +1,6 @@
 // Engine configuration: the one place where every field has its default and its doc line, and validation
 // that refuses a bad config with the field path and the reason (cold path; exceptions are fine here).
-import { parseEndpoint, parseIp } from './addr.js';
+import { parseEndpoint, parseIp } from '../wire/addr.js';
 import { isPrime } from './maglev.js';
 
 export type Policy = 'maglev' | 'hash-5tuple' | 'hash-ip-pair';

@@ -2,16 +2,16 @@
 // parse (parse.ts) -> decide (this file: flow table, token table, selection) -> rewrite (rewrite.ts).
 // Pure: bytes and time in, a verdict and an in-place rewrite out. No I/O, no timers, no allocation per packet
 // for established flows; new flows allocate nothing either except the SHA digest of a learned key.
-import { formatEndpoint, formatIp } from './addr.js';
+import { formatEndpoint, formatIp } from '../wire/addr.js';
 import type { EngineConfig } from './config.js';
 import { ConnFlag, ConnTable } from './conn-table.js';
 import { Counter, Counters, DropReason } from './counters.js';
 import { FlowState, FlowTable, tupleHash } from './flow-table.js';
-import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from './mptcp-options.js';
-import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from './parse.js';
+import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from '../wire/mptcp-options.js';
+import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/parse.js';
 import { natEndpoint, natToBackend, natToClient, stripTcpOption, writeResetForSyn } from './rewrite.js';
 import { Services } from './services.js';
-import { tokenFromKeyBytes } from './tokens.js';
+import { tokenFromKeyBytes } from '../wire/tokens.js';
 
 export const enum Verdict {
   /** Dropped; `lastDrop` says why. */

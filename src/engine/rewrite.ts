@@ -1,7 +1,7 @@
 // Stage 3 of the packet path: in-place edits. NAT in both directions with incremental checksums (RFC 1624),
 // MP_CAPABLE stripping for token collisions, and RST answers. Hot path: no allocation.
-import { applyDelta, applyDeltaPartial, checksum, replaceDelta, transportChecksum } from './checksum.js';
-import { TCP_ACK, TCP_RST, tcpSeq, type PacketView } from './parse.js';
+import { applyDelta, applyDeltaPartial, checksum, replaceDelta, transportChecksum } from '../wire/checksum.js';
+import { TCP_ACK, TCP_RST, tcpSeq, type PacketView } from '../wire/parse.js';
 import type { Services } from './services.js';
 
 /** Copies n bytes without creating a subarray view (no allocation on the hot path). */

@@ -1,12 +1,12 @@
 // The service table: VIPs, their backends, precomputed NAT checksum deltas and each VIP's selection table.
 // Owns backend selection for new flows (Maglev or the poster's MPTCP-unaware hash baselines). Indices are stable
 // for the engine's life: a removed backend keeps its slot (marked removed) so flows that point at it stay valid.
-import { parseEndpoint, parseIp, formatEndpoint } from './addr.js';
-import { replaceDelta, fold } from './checksum.js';
+import { parseEndpoint, parseIp, formatEndpoint } from '../wire/addr.js';
+import { replaceDelta, fold } from '../wire/checksum.js';
 import type { EngineConfig, Policy } from './config.js';
 import { buildMaglevTable } from './maglev.js';
 import { hashAddrPair, hashFiveTuple, mix32 } from './flow-hash.js';
-import type { PacketView } from './parse.js';
+import type { PacketView } from '../wire/parse.js';
 
 export const enum PolicyCode { Maglev = 0, Hash5Tuple = 1, HashIpPair = 2 }
 const POLICY_CODES: Record<Policy, PolicyCode> = { 'maglev': PolicyCode.Maglev, 'hash-5tuple': PolicyCode.Hash5Tuple, 'hash-ip-pair': PolicyCode.HashIpPair };

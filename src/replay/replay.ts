@@ -1,14 +1,14 @@
 // `mplb replay`: the engine on real captures. Packets towards a VIP are fed as the balancer would receive them;
 // server replies in the capture come from the VIP, so they are first re-addressed from the backend the engine
 // chose (as that virtual server would send them) and then fed as backend -> client traffic.
-import { formatEndpoint, parseEndpoint } from '../engine/addr.js';
+import { formatEndpoint, parseEndpoint } from '../wire/addr.js';
 import { validateEngineConfig, type Policy, type UnknownTokenAnswer } from '../engine/config.js';
 import { Engine, Verdict, VERDICT_LABELS } from '../engine/engine.js';
-import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from '../engine/mptcp-options.js';
-import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_SYN } from '../engine/parse.js';
+import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from '../wire/mptcp-options.js';
+import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_SYN } from '../wire/parse.js';
 import { natEndpoint } from '../engine/rewrite.js';
-import { keyToken } from '../engine/tokens.js';
-import { ipOffset } from '../io/link-layer.js';
+import { keyToken } from '../wire/tokens.js';
+import { ipOffset } from '../wire/link-layer.js';
 import { PcapWriter, readCapture, type CaptureRecord } from '../io/pcap.js';
 
 export interface ReplayOptions {

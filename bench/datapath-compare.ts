@@ -22,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 const here = fileURLToPath(import.meta.url);
-const trafficCli = fileURLToPath(new URL('../traffic/cli.js', import.meta.url));
+const trafficCli = fileURLToPath(new URL('../src/traffic/cli.js', import.meta.url));
 const out = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -79,15 +79,15 @@ async function pingpong(host: string, port: number, count: number, size: number)
 // ---------------- lb: packet loop with any shape (workers > 1 included) ----------------
 
 async function lbRunner(values: Record<string, string | boolean | undefined>): Promise<void> {
-  const { startPacketLoop } = await import('./packet-loop.js');
-  const { installRoutes } = await import('./routes.js');
-  const { validateRunConfig } = await import('../control/run-config.js');
+  const { startPacketLoop } = await import('../src/dataplane/packet-loop.js');
+  const { installRoutes } = await import('../src/dataplane/routes.js');
+  const { validateRunConfig } = await import('../src/control/run-config.js');
   const cfg = validateRunConfig(JSON.parse(String(values.config)));
   const loop = await startPacketLoop({
     tunName: cfg.device.name,
     mtu: cfg.device.mtu,
     txQueueLen: 4000,
-    processorModule: new URL('./engine-processor.js', import.meta.url),
+    processorModule: new URL('../src/dataplane/engine-processor.js', import.meta.url),
     processorOptions: { config: cfg.engine },
     vnetHdr: values.vnet === true,
     queues: Number(values.queues ?? 1),
@@ -211,9 +211,9 @@ function cpuSeconds(pid: number): number {
 const median = (xs: number[]) => { const s = xs.filter(Number.isFinite).sort((a, b) => a - b); return s.length ? (s.length % 2 ? s[(s.length - 1) >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : NaN; };
 
 async function orchestrate(values: Record<string, string | boolean | undefined>): Promise<void> {
-  const { testbedUp, testbedDown } = await import('../testbed/testbed.js');
-  const { startBalancerProcess } = await import('../testbed/balancer-process.js');
-  const { nstatIn } = await import('../testbed/netns.js');
+  const { testbedUp, testbedDown } = await import('../src/testbed/testbed.js');
+  const { startBalancerProcess } = await import('../src/testbed/balancer-process.js');
+  const { nstatIn } = await import('../src/testbed/netns.js');
   const joinResets = (nss: string[]) => nss.reduce((a, ns) => a + (nstatIn(ns, ['MPTcpExtMPJoinNoTokenFound']).MPTcpExtMPJoinNoTokenFound ?? 0), 0);
   const modes = String(values.modes ?? 'plain,offload').split(',').map(parseMode);
   const rounds = Number(values.rounds ?? 3);
