@@ -14,11 +14,16 @@ export const enum DropReason {
   NoBackend = 10,
   JoinUnknownToken = 11,
   FlowTableFull = 12,
-  Count = 13,
+  /** The device's per-packet header (virtio_net_hdr) was malformed: the packet never reached the parser. */
+  BadDeviceHeader = 13,
+  /** The engine threw on this packet (a bug, never wire input): counted, logged by the loop, dropped. */
+  EngineError = 14,
+  Count = 15,
 }
 export const DROP_REASON_LABELS: readonly string[] = [
   'none', 'truncated', 'bad_ip_version', 'bad_ip_header', 'bad_ip_length', 'fragment', 'ipv6_ext_header_limit',
   'not_tcp', 'bad_tcp_header', 'no_service', 'no_backend', 'join_unknown_token', 'flow_table_full',
+  'bad_device_header', 'engine_error',
 ];
 
 export const enum Counter {
@@ -74,10 +79,38 @@ export const COUNTER_LABELS: readonly string[] = [
   'mptcp_option_malformed', 'mptcp_option_unknown_subtype', 'tcp_options_malformed', 'fastclose_seen',
 ];
 
-/** Counters as float64 so they never wrap; one array for events, one for drops by reason. */
+/** Bytes of shared memory that back one Counters (events, then drops). */
+export const COUNTERS_BYTES = (Counter.Count + DropReason.Count) * 8;
+
+/**
+ * Counters as float64 so they never wrap; one array for events, one for drops by reason. Backed by a
+ * SharedArrayBuffer when one is given, so another thread reads them without a message round trip (single writer:
+ * the engine; readers may see a packet's counters half-updated, never a torn float64).
+ */
 export class Counters {
-  readonly events = new Float64Array(Counter.Count);
-  readonly drops = new Float64Array(DropReason.Count);
+  readonly events: Float64Array;
+  readonly drops: Float64Array;
+
+  constructor(shared?: SharedArrayBuffer) {
+    const mem = shared ?? new ArrayBuffer(COUNTERS_BYTES);
+    if (mem.byteLength < COUNTERS_BYTES) throw new RangeError(`counters need ${COUNTERS_BYTES} bytes, got ${mem.byteLength}`);
+    this.events = new Float64Array(mem, 0, Counter.Count);
+    this.drops = new Float64Array(mem, Counter.Count * 8, DropReason.Count);
+  }
+
+  /** Counts a packet dropped before the engine saw it (device header, engine error): one drop under one reason. */
+  countDrop(reason: DropReason, bytes: number): void {
+    this.events[Counter.PacketsIn]++;
+    this.events[Counter.BytesIn] += bytes;
+    this.events[Counter.Dropped]++;
+    this.drops[reason]++;
+  }
+
+  /** The engine threw while handling a packet it had already counted in: it becomes a drop (`engine_error`). */
+  countEngineError(): void {
+    this.events[Counter.Dropped]++;
+    this.drops[DropReason.EngineError]++;
+  }
 
   snapshot(): { counters: Record<string, number>; drops: Record<string, number> } {
     const counters: Record<string, number> = {};

@@ -61,7 +61,7 @@ export class Engine {
   readonly services: Services;
   readonly flows: FlowTable;
   readonly conns: ConnTable;
-  readonly counters = new Counters();
+  readonly counters: Counters;
   private cfg: EngineConfig;
   private readonly view = new PacketView();
   private readonly opt = new MptcpOption();
@@ -87,8 +87,10 @@ export class Engine {
   /** Connection whose keys the last packet taught us, or -1. */
   lastKeysConn = -1;
 
-  constructor(cfg: EngineConfig) {
+  /** `sharedCounters`: back the counters with this memory, so another thread can read them (see Counters). */
+  constructor(cfg: EngineConfig, sharedCounters?: SharedArrayBuffer) {
     this.cfg = cfg;
+    this.counters = new Counters(sharedCounters);
     this.services = new Services(cfg.tables.maglevSize, cfg.hashSeed, cfg.policy);
     this.services.applyConfig(cfg);
     this.flows = new FlowTable(cfg.tables.maxFlows);
