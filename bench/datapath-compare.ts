@@ -4,13 +4,12 @@
 //   run [--rounds N] [--modes plain,offload,...] [--seconds S] [--pings N] [--servers N] [--bulk 0] [--out FILE]
 //       builds a testbed (and a noBalancer one for the kernel-routing ceiling), then per round runs every mode in
 //       turn (order reversed every other round): 1 MPTCP connection, 8 MPTCP connections, a TCP ping-pong.
-//       Mode syntax: kernel | nft | plain | offload[:q=N][:spin=US][:w=N]. kernel: VIP on server 1, plain routing
-//       (a second testbed); nft: nftables DNAT VIP -> server 1 in the balancer namespace (conntrack NATs replies). w>1 runs the loop with N workers each with
-//       its own engine (this file's `lb` runner, not `mplb run`): only meaningful with --servers 1.
+//       Mode syntax: kernel | nft | plain | offload[:q=N][:spin=US]. kernel: VIP on server 1, plain routing
+//       (a second testbed); nft: nftables DNAT VIP -> server 1 in the balancer namespace (conntrack NATs replies).
 //   echo-server --port P            TCP echo (in a server namespace)
 //   pingpong --host H --port P [--count N] [--size B]   request/response RTTs, prints JSON
 //   micro                           call overhead: koffi read/write vs fs.readSync/writeSync (no network)
-//   lb --config JSON --workers N --queues N [--spin US] [--vnet]   packet loop + routes (in the balancer namespace)
+//   lb --config JSON --queues N [--spin US] [--vnet]   packet loop + routes (in the balancer namespace)
 // Everything runs inside namespaces the testbed makes (mplb-<runId>-*), torn down on exit or failure.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -76,7 +75,7 @@ async function pingpong(host: string, port: number, count: number, size: number)
   out({ count: r.length, p50Us: quantile(r, 0.5), p90Us: quantile(r, 0.9), p99Us: quantile(r, 0.99), minUs: r[0] });
 }
 
-// ---------------- lb: packet loop with any shape (workers > 1 included) ----------------
+// ---------------- lb: packet loop with any shape ----------------
 
 async function lbRunner(values: Record<string, string | boolean | undefined>): Promise<void> {
   const { startPacketLoop } = await import('../src/dataplane/packet-loop.js');
@@ -87,11 +86,9 @@ async function lbRunner(values: Record<string, string | boolean | undefined>): P
     tunName: cfg.device.name,
     mtu: cfg.device.mtu,
     txQueueLen: 4000,
-    processorModule: new URL('../src/dataplane/engine-processor.js', import.meta.url),
-    processorOptions: { config: cfg.engine },
+    engine: cfg.engine,
     vnetHdr: values.vnet === true,
     queues: Number(values.queues ?? 1),
-    workers: Number(values.workers ?? 1),
     spinUs: Number(values.spin ?? 0),
   });
   const vips = [...new Set(cfg.engine.vips.map((v) => v.address.replace(/:\d+$/, '')))];
@@ -104,7 +101,7 @@ async function lbRunner(values: Record<string, string | boolean | undefined>): P
   process.on('SIGINT', () => void stop());
   const rl = readline.createInterface({ input: process.stdin });
   rl.on('line', (l) => {
-    if (l.trim() === 'stats') void loop.control({ op: 'stats' }).then((engine) => out({ event: 'stats', value: { loop: loop.stats(), engine } }), (e: Error) => out({ event: 'error', message: e.message }));
+    if (l.trim() === 'stats') out({ event: 'stats', value: { loop: loop.stats(), engine: loop.engine.stats() } });
   });
 }
 
@@ -151,7 +148,7 @@ function parseMode(s: string): Mode {
   if (base !== 'plain' && base !== 'offload') throw new Error(`unknown mode ${s}`);
   return {
     name: s,
-    kind: workers > 1 ? 'lb' : 'mplb',
+    kind: 'mplb',
     env: { MPLB_DATAPATH: base, MPLB_QUEUES: String(queues), MPLB_SPIN_US: String(spin) },
     workers, queues, spin, vnet: base === 'offload',
   };
@@ -264,7 +261,7 @@ async function orchestrate(values: Record<string, string | boolean | undefined>)
           }
         } else if (m.kind === 'lb') {
           const cfg = { device: { name: 'mplb0' }, vips, tables: { maxFlows: 65536, maxConnections: 32768 } };
-          const r = await startInNs(tb.namespaces.balancer, [here, 'lb', '--config', JSON.stringify(cfg), '--workers', String(m.workers), '--queues', String(m.queues), '--spin', String(m.spin), ...(m.vnet ? ['--vnet'] : [])]);
+          const r = await startInNs(tb.namespaces.balancer, [here, 'lb', '--config', JSON.stringify(cfg), '--queues', String(m.queues), '--spin', String(m.spin), ...(m.vnet ? ['--vnet'] : [])]);
           stopLb = () => stopChild(r.child);
           lbPid = r.child.pid!;
           lbStats = async () => {
@@ -292,7 +289,7 @@ async function orchestrate(values: Record<string, string | boolean | undefined>)
             eight: { mbps: eight.goodputMbps, ok: eight.ok, subflows: sub(eight), cpuPerSec: (c2 - c1) / Number(seconds) },
             ping: pp,
             joinNoToken,
-            loop: st?.loop ? { packetsIn: st.loop.packetsIn, gso: st.loop.gsoPackets, bytesIn: st.loop.bytesIn, busyMs: Math.round(st.loop.busyMs), batches: st.loop.batches, spinHits: st.loop.spinHits, writeErrors: st.loop.writeErrors, vnetMalformed: st.loop.vnetMalformed, queues: st.loop.queues, workers: st.loop.workers } : undefined,
+            loop: st?.loop ? { packetsIn: st.engine?.counters?.packets_in, gso: st.loop.gsoPackets, bytesIn: st.engine?.counters?.bytes_in, busyMs: Math.round(st.loop.busyMs), batches: st.loop.batches, spinHits: st.loop.spinHits, writeErrors: st.loop.writeErrors, badDeviceHeader: st.engine?.drops?.bad_device_header, queues: st.loop.queues } : undefined,
             engine: st?.engine?.counters ? { joins_steered_by_token: st.engine.counters.joins_steered_by_token, joins_unknown_token: st.engine.counters.joins_unknown_token, midstream_no_flow: st.engine.counters.midstream_no_flow, stateless_reply: st.engine.counters.stateless_reply, dropped: st.engine.counters.dropped } : undefined,
           });
         } finally {

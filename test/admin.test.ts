@@ -26,7 +26,7 @@ const idle: Scheduler = { now: () => 0, setTimeout: () => 0, clearTimeout: () =>
 
 interface Env {
   ctl: Controller;
-  p: ReturnType<typeof inProcessPort>['processor'];
+  p: ReturnType<typeof inProcessPort>['local'];
   admin: AdminServer;
   health: HealthChecker;
   probeOk: Map<string, boolean>;
@@ -45,7 +45,7 @@ async function setup(opts: { token?: string; authReads?: boolean; cfg?: RunConfi
     loopStats: () => ({ packetsIn: 10, packetsOut: 9, dropped: 1, readErrors: 0, writeErrors: 0, processErrors: 0, bytesIn: 1000, bytesOut: 900, batches: 3, ticks: 5, maxLoopLagMs: 12.5, maxBatch: 4, lastErrno: 0, busyMs: 2, maxControlMs: 1.5 }) as unknown as PacketLoopStats,
     reload: async () => { await reloadConfig(ctl, next.cfg ?? validateRunConfig(doc())); },
   });
-  return { ctl, p: port.processor, admin, health, probeOk, next };
+  return { ctl, p: port.local, admin, health, probeOk, next };
 }
 
 interface Res { status: number; headers: Headers; body: any; text: string }
@@ -68,10 +68,10 @@ const bpath = (b: string, rest = '') => `/api/v1/vips/${enc(VIP)}/backends/${enc
 /** An MPTCP v1 connection from sport: SYN, then the server's SYN/ACK with `key`; returns the backend address. */
 function connect(p: Env['p'], sport: number, key: bigint, t = 1): string {
   const syn = tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport, dport: 80, flags: SYN, options: [capSyn(1)] });
-  p.process(syn, syn.length, t);
+  p.process(syn, 0, syn.length, t);
   const be = endpoints(syn).dst.split(':')[0];
   const sa = tcp({ src: be, dst: '198.18.1.2', sport: 80, dport: sport, flags: SYN | ACK, options: [capSynAck(1, key)] });
-  p.process(sa, sa.length, t + 1);
+  p.process(sa, 0, sa.length, t + 1);
   return be;
 }
 const tokenOf = (key: bigint) => keyToken(1, 0, Number(key)).toString(16).padStart(8, '0');
@@ -215,7 +215,7 @@ describe('admin API', () => {
     assert.deepEqual([v.body.weight, v.body.draining], [0, true]);
     for (let i = 0; i < 20; i++) assert.equal(`${connect(env.p, 4000 + i, 5000n + BigInt(i))}:80`, B1, 'no new connection on the drained backend');
     const join = tcp({ src: '198.18.2.2', dst: '198.18.100.1', sport: 999, dport: 80, flags: SYN, options: [joinSyn(keyToken(1, 0, Number(key)))] });
-    env.p.process(join, join.length, 10);
+    env.p.process(join, 0, join.length, 10);
     assert.equal(endpoints(join).dst, B2, 'the join follows its connection to the draining backend');
     const c = await call(env, 'GET', `/api/v1/connections/${tokenOf(key)}`);
     assert.equal(c.body.backend, B2);
@@ -285,7 +285,7 @@ describe('admin API', () => {
 
   test('/metrics: Prometheus text with per-backend counters, drops, joins, health and loop lag', async () => {
     const stray = tcp({ src: '198.18.1.2', dst: '198.18.100.77', sport: 1, dport: 80, flags: SYN });
-    env.p.process(stray, stray.length, 20);
+    env.p.process(stray, 0, stray.length, 20);
     const r = await fetch(`${env.admin.url}/metrics`);
     assert.equal(r.status, 200);
     assert.match(r.headers.get('content-type')!, /^text\/plain; version=0\.0\.4/);
@@ -314,7 +314,7 @@ describe('admin API', () => {
     const rm = await call(env, 'DELETE', bpath(`${be}:80`));
     assert.deepEqual([rm.status, rm.body.removed], [200, `${be}:80`]);
     const more = tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport: 9000, dport: 80, flags: ACK });
-    env.p.process(more, more.length, 30);
+    env.p.process(more, 0, more.length, 30);
     assert.equal(endpoints(more).dst, `${be}:80`, 'its established flow continues to the removed backend');
     const nv = await call(env, 'POST', '/api/v1/vips', { body: { address: '198.18.100.2:443', backends: [{ address: '198.18.12.2' }] } });
     assert.equal(nv.status, 201);
@@ -348,10 +348,10 @@ test('reload (POST /api/v1/reload, as SIGHUP) keeps flows, tokens, drain marks a
     assert.deepEqual(bs.map((b: any) => [b.id, b.weight, b.draining, b.healthy]), [[B1, 1, false, false], [B2, 0, true, true], ['198.18.12.2:80', 1, false, true]]);
     // The established flow and the token survive.
     const more = tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport: 1000 + Number(key), dport: 80, flags: ACK });
-    env.p.process(more, more.length, 50);
+    env.p.process(more, 0, more.length, 50);
     assert.equal(endpoints(more).dst, B1, 'established flow kept its backend');
     const join = tcp({ src: '198.18.2.2', dst: '198.18.100.1', sport: 777, dport: 80, flags: SYN, options: [joinSyn(keyToken(1, 0, Number(key)))] });
-    env.p.process(join, join.length, 51);
+    env.p.process(join, 0, join.length, 51);
     assert.equal(endpoints(join).dst, B1, 'a join still reaches the (unhealthy) backend of its connection');
     // New connections: neither the unhealthy nor the drained backend.
     for (let i = 0; i < 15; i++) assert.equal(connect(env.p, 20000 + i, 30000n + BigInt(i), 60), '198.18.12.2');

@@ -5,8 +5,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, validateEngineConfig, ENGINE_DEFAULTS } from '../src/engine/config.js';
 import { loadRunConfig, validateRunConfig } from '../src/control/run-config.js';
-import { createProcessor } from '../src/dataplane/engine-processor.js';
-import { ACK, SYN, capSyn, capSynAck, tcp } from './helpers/packets.js';
 
 const ok = { vips: [{ address: '198.18.100.1:80', backends: [{ address: '198.18.10.2' }] }] };
 
@@ -70,25 +68,4 @@ test('YAML files: a valid one loads; a syntax error names the file and line', ()
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-});
-
-test('the TUN processor: verdicts map to write-back lengths, control answers stats, weights and connections', async () => {
-  const p = createProcessor({ config: validateEngineConfig({ ...ok, unknownTokenAnswer: 'reset', tables: { maxFlows: 64, maxConnections: 64 } }) });
-  const syn = tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport: 5, dport: 80, flags: SYN, options: [capSyn(1)] });
-  assert.equal(p.process(syn, syn.length, 1), syn.length);
-  const synack = tcp({ src: '198.18.10.2', dst: '198.18.1.2', sport: 80, dport: 5, flags: SYN | ACK, options: [capSynAck(1, 42n)] });
-  assert.equal(p.process(synack, synack.length, 2), synack.length);
-  const stray = tcp({ src: '198.18.1.2', dst: '198.18.200.1', sport: 5, dport: 80, flags: ACK });
-  assert.equal(p.process(stray, stray.length, 3), 0, 'a drop writes nothing back');
-  const stats = await p.control!({ op: 'stats' }) as { flows: number; connections: number; drops: Record<string, number> };
-  assert.equal(stats.flows, 1);
-  assert.equal(stats.connections, 1);
-  assert.equal(stats.drops.no_service, 1);
-  const list = await p.control!({ op: 'connections' }) as { total: number; connections: Array<{ backend: string; subflows: string[] }> };
-  assert.equal(list.total, 1);
-  assert.equal(list.connections[0].backend, '198.18.10.2:80');
-  await p.control!({ op: 'setWeight', backend: '198.18.10.2:80', weight: 0 });
-  const syn2 = tcp({ src: '198.18.1.3', dst: '198.18.100.1', sport: 6, dport: 80, flags: SYN });
-  assert.equal(p.process(syn2, syn2.length, 4), 0, 'no backend takes new connections after the drain');
-  await assert.rejects(async () => p.control!({ op: 'setWeight', backend: '1.2.3.4:80', weight: 1 }), /no backend/);
 });

@@ -9,15 +9,15 @@ const VIP = '198.18.100.1:80';
 function setup() {
   const cfg = validateRunConfig({ vips: [{ address: VIP, backends: [{ address: '198.18.10.2' }, { address: '198.18.11.2', weight: 3 }] }], tables: { maxFlows: 256, maxConnections: 256 } });
   const port = inProcessPort(cfg);
-  return { ctl: new Controller(port, cfg), p: port.processor };
+  return { ctl: new Controller(port, cfg), p: port.local };
 }
 
 function connect(p: ReturnType<typeof setup>['p'], sport: number, key: bigint): string {
   const syn = tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport, dport: 80, flags: SYN, options: [capSyn(1)] });
-  p.process(syn, syn.length, 1);
+  p.process(syn, 0, syn.length, 1);
   const be = endpoints(syn).dst.split(':')[0];
   const sa = tcp({ src: be, dst: '198.18.1.2', sport: 80, dport: sport, flags: SYN | ACK, options: [capSynAck(1, key)] });
-  p.process(sa, sa.length, 2);
+  p.process(sa, 0, sa.length, 2);
   return be;
 }
 
@@ -32,7 +32,7 @@ test('drain keeps joins of existing connections on the draining backend; undrain
   assert.equal(v.configuredWeight, 3);
   for (let i = 0; i < 20; i++) assert.equal(connect(p, 3000 + i, 1000n + BigInt(i)), '198.18.10.2', 'no new connection on the drained backend');
   const join = tcp({ src: '198.18.2.2', dst: '198.18.100.1', sport: 999, dport: 80, flags: SYN, options: [joinSyn(keyToken(1, 0, Number(key)))] });
-  p.process(join, join.length, 3);
+  p.process(join, 0, join.length, 3);
   assert.equal(endpoints(join).dst, '198.18.11.2:80', 'join follows its connection to the draining backend');
   await ctl.undrain(VIP, '198.18.11.2:80');
   v = (await ctl.vips())[0].backends.find((b) => b.address === '198.18.11.2')!;
@@ -61,7 +61,7 @@ test('live changes keep flows and tokens: add and remove backends and VIPs', asy
   const c = await ctl.connection(keyToken(1, 0, 77).toString(16)) as { backend: string; subflows: string[] };
   assert.equal(c.backend, `${be}:80`, 'the token still maps to the removed backend');
   const more = tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport: 5000, dport: 80, flags: ACK });
-  p.process(more, more.length, 5);
+  p.process(more, 0, more.length, 5);
   assert.equal(endpoints(more).dst, `${be}:80`, 'its established flow continues');
   assert.equal((await ctl.vips()).length, 2);
   await ctl.removeVip('198.18.100.2:443');

@@ -70,7 +70,7 @@ function setup(health: Record<string, unknown> = {}) {
   const lines: Array<Record<string, unknown>> = [];
   const sink = new Writable({ write(chunk, _enc, cb) { for (const l of String(chunk).split('\n')) if (l) lines.push(JSON.parse(l)); cb(); } });
   const checker = new HealthChecker({ controller: ctl, scheduler: clock, probe: sp.probe, logger: createLogger({ level: 'info', destination: sink }) });
-  return { ctl, p: port.processor, clock, sp, checker, lines };
+  return { ctl, p: port.local, clock, sp, checker, lines };
 }
 
 /** Backends that 30 new connections land on. */
@@ -78,7 +78,7 @@ function landing(p: ReturnType<typeof setup>['p'], base: number): Set<string> {
   const seen = new Set<string>();
   for (let i = 0; i < 30; i++) {
     const syn = tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport: base + i, dport: 80, flags: SYN, options: [capSyn(1)] });
-    p.process(syn, syn.length, 1);
+    p.process(syn, 0, syn.length, 1);
     seen.add(endpoints(syn).dst);
   }
   return seen;
@@ -258,16 +258,16 @@ test('a health verdict keeps existing flows: only new connections move', async (
   let sport = 3000, be = '';
   for (; sport < 3100; sport++) {
     const syn = tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport, dport: 80, flags: SYN, options: [capSyn(1)] });
-    p.process(syn, syn.length, 1);
+    p.process(syn, 0, syn.length, 1);
     be = endpoints(syn).dst;
     if (be === B2) break;
   }
   const sa = tcp({ src: '198.18.11.2', dst: '198.18.1.2', sport: 80, dport: sport, flags: SYN | ACK, options: [capSynAck(1, 42n)] });
-  p.process(sa, sa.length, 2);
+  p.process(sa, 0, sa.length, 2);
   sp.fixed.set(B2, false);
   await checker.runRound();
   assert.equal(await stateOf(ctl, B2), false);
   const more = tcp({ src: '198.18.1.2', dst: '198.18.100.1', sport, dport: 80, flags: ACK });
-  p.process(more, more.length, 3);
+  p.process(more, 0, more.length, 3);
   assert.equal(endpoints(more).dst, B2, 'the established flow stays on its (now unhealthy) backend');
 });

@@ -81,12 +81,15 @@ async function cmdRun(argv: string[]): Promise<number> {
   ]);
   control.catch(() => undefined);
   const { startBalancer } = await import('../dataplane/balancer.js');
-  const b = await startBalancer(cfg);
+  // Engine exceptions are bugs: logged (rate-limited in the worker) once the logger exists, counted always.
+  let onEngineError = (e: { error: string; head: string; suppressed: number }): void => { process.stderr.write(`mplb: engine error: ${e.error} (packet ${e.head})\n`); };
+  const b = await startBalancer(cfg, { onEngineError: (e) => onEngineError(e) });
   let mods: Awaited<typeof control>;
   try { mods = await control; } catch (e) { await b.stop(); throw e; }
   const [{ Controller }, { HealthChecker }, { createLogger, logLevel }, { reloadConfig, startAdminServer }] = mods;
   let log: Logger;
   try { log = createLogger({ level: logLevel(cfg.log) }); } catch (e) { await b.stop(); throw e; }
+  onEngineError = (e) => log.error({ err: e.error, packetHead: e.head, suppressed: e.suppressed }, 'engine error: packet dropped (engine_error)');
   // Every change (admin API, health verdicts, SIGHUP) goes through one Controller so they compose.
   const ctl = new Controller(b, cfg);
   // pino children keep their own level: all three are set on reload.
@@ -142,8 +145,8 @@ async function cmdRun(argv: string[]): Promise<number> {
     rl.on('line', (line) => {
       const [cmd, arg] = line.trim().split(/\s+/);
       const reply = (p: Promise<unknown>) => p.then((v) => say({ event: cmd, value: v }), (e: Error) => say({ event: 'error', command: cmd, message: e.message }));
-      if (cmd === 'stats') reply(b.stats());
-      else if (cmd === 'connections') reply(b.control({ op: 'connections', limit: 1000, offset: Number(arg ?? 0) }));
+      if (cmd === 'stats') reply(Promise.resolve({ loop: b.loop.stats(), engine: b.engine.stats() }));
+      else if (cmd === 'connections') reply(b.engine.call('connections', { limit: 1000, offset: Number(arg ?? 0) }));
       else if (cmd === 'quit') void stop(0);
       else if (cmd) say({ event: 'error', command: cmd, message: 'unknown command (stats, connections [offset], quit)' });
     });

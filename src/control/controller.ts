@@ -1,14 +1,15 @@
 // The control-plane facade: one object that the CLI, the admin HTTP API, the health checker and the tests drive.
 // Every change goes through a new validated config applied live (flows and tokens survive), so an API call and a
-// config reload take the same path. It talks to the engine only through an EnginePort (the packet loop's control
+// config reload take the same path. It talks to the engine only through an EnginePort (the packet worker's
 // channel in production, an in-process engine in tests).
 import { formatEndpoint, parseEndpoint } from '../wire/addr.js';
 import { validateEngineConfig, type BackendConfig, type VipConfig } from '../engine/config.js';
 import type { RunConfig } from './run-config.js';
-import { createProcessor, type ControlMessage } from '../dataplane/engine-processor.js';
+import { inProcessChannel, type ConnectionsPage, type ConnectionView, type EngineChannel, type EngineStats } from '../dataplane/control-protocol.js';
+import { Engine } from '../engine/engine.js';
 
 export interface EnginePort {
-  control(msg: ControlMessage): Promise<unknown>;
+  readonly engine: EngineChannel;
   /** Applies a whole new config (engine live, plus routes where there are any). */
   reload(cfg: RunConfig): Promise<void>;
 }
@@ -25,11 +26,6 @@ export interface BackendView {
 }
 export interface VipView { address: string; policy: string; backends: BackendView[] }
 
-interface EngineBackend {
-  id: string; address: string; port: number; weight: number; up: boolean; removed: boolean; vipId: string;
-  packetsIn: number; bytesIn: number; packetsOut: number; bytesOut: number;
-}
-
 const endpointId = (address: string, port: number) => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
 
 export class Controller {
@@ -42,10 +38,11 @@ export class Controller {
 
   get config(): RunConfig { return this.cfg; }
 
-  stats(): Promise<unknown> { return this.port.control({ op: 'stats' }); }
+  /** Engine counters and table fill (shared memory: no round trip). */
+  stats(): EngineStats { return this.port.engine.stats(); }
 
   async vips(): Promise<VipView[]> {
-    const engineBackends = await this.port.control({ op: 'backends' }) as EngineBackend[];
+    const engineBackends = await this.port.engine.call('backends', {});
     return this.cfg.engine.vips.map((v) => ({
       address: v.address,
       policy: v.policy ?? this.cfg.engine.policy,
@@ -64,15 +61,15 @@ export class Controller {
     }));
   }
 
-  connections(offset = 0, limit = 100): Promise<unknown> {
+  connections(offset = 0, limit = 100): Promise<ConnectionsPage> {
     if (!Number.isInteger(offset) || offset < 0) throw new ControlError(400, 'offset must be a non-negative integer');
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ControlError(400, 'limit must be an integer 1-1000');
-    return this.port.control({ op: 'connections', offset, limit });
+    return this.port.engine.call('connections', { offset, limit });
   }
 
-  async connection(tokenHex: string): Promise<unknown> {
+  async connection(tokenHex: string): Promise<ConnectionView> {
     if (!/^[0-9a-fA-F]{1,8}$/.test(tokenHex)) throw new ControlError(400, 'token must be 1-8 hex digits');
-    const c = await this.port.control({ op: 'connection', token: parseInt(tokenHex, 16) });
+    const c = await this.port.engine.call('connection', { token: parseInt(tokenHex, 16) });
     if (c === null) throw new ControlError(404, `no connection with token ${tokenHex.toLowerCase()}`);
     return c;
   }
@@ -153,7 +150,7 @@ export class Controller {
     const key = this.key(vip, backend);
     if (healthy === !this.unhealthy.has(key)) return;
     if (healthy) this.unhealthy.delete(key); else this.unhealthy.add(key);
-    await this.port.control({ op: 'setUp', backend: this.backendId(backend), vip: this.vipId(vip), up: healthy });
+    await this.port.engine.call('setUp', { backend: this.backendId(backend), vip: this.vipId(vip), up: healthy });
   }
 
   // ---- helpers ----
@@ -205,17 +202,19 @@ export class Controller {
     // Health verdicts survive a reload: re-apply them to the (possibly rebuilt) tables.
     for (const key of this.unhealthy) {
       const [vip, backend] = key.split('|');
-      await this.port.control({ op: 'setUp', backend, vip, up: false }).catch(() => undefined);
+      await this.port.engine.call('setUp', { backend, vip, up: false }).catch(() => undefined);
     }
   }
 }
 
 /** An EnginePort over an in-process engine (tests, replay-like tools): no TUN, no routes. */
-export function inProcessPort(cfg: RunConfig): EnginePort & { processor: ReturnType<typeof createProcessor> } {
-  const processor = createProcessor({ config: cfg.engine });
+/** `local` is the engine itself, in this thread (tests feed it packets). */
+export function inProcessPort(cfg: RunConfig): EnginePort & { local: Engine } {
+  const engine = new Engine(validateEngineConfig(cfg.engine, 'engine'));
+  const channel = inProcessChannel(engine);
   return {
-    processor,
-    control: async (msg) => processor.control!(msg),
-    reload: async (next) => { await processor.control!({ op: 'reconfigure', config: next.engine }); },
+    local: engine,
+    engine: channel,
+    reload: (next) => channel.call('reconfigure', { config: next.engine }),
   };
 }

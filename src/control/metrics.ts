@@ -4,17 +4,8 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Controller, VipView } from './controller.js';
 import type { HealthChecker } from './health.js';
+import type { EngineStats } from '../dataplane/control-protocol.js';
 import type { PacketLoopStats } from '../dataplane/packet-loop.js';
-
-/** The engine `stats` control answer. */
-export interface EngineStats {
-  counters: Record<string, number>;
-  drops: Record<string, number>;
-  flows: number;
-  connections: number;
-  maxFlows: number;
-  maxConnections: number;
-}
 
 export interface MetricsOptions {
   controller: Controller;
@@ -27,9 +18,10 @@ export interface MetricsOptions {
 
 export interface Snapshot { vips: VipView[]; stats: EngineStats; loop?: PacketLoopStats; timeMs: number }
 
-/** Engine state for one scrape or one dashboard poll: both control messages go out at once (one round trip). */
+/** Engine state for one scrape or one dashboard poll: one round trip (backends); counters from shared memory. */
 export async function snapshot(ctl: Controller, loopStats?: () => PacketLoopStats | undefined): Promise<Snapshot> {
-  const [vips, stats] = await Promise.all([ctl.vips(), ctl.stats() as Promise<EngineStats>]);
+  const vips = await ctl.vips();
+  const stats = ctl.stats();
   return { vips, stats, loop: loopStats?.(), timeMs: Date.now() };
 }
 
@@ -75,8 +67,9 @@ export class Metrics {
     counter('mplb_flows_expired_total', 'Flow entries that timed out.');
     counter('mplb_engine_events_total', 'Every engine event counter, by its label.', ['event']);
     gauge('mplb_packet_loop_lag_max_seconds', 'Longest time one batch kept the packet worker from its event loop, since start (maxLoopLagMs).');
-    counter('mplb_packet_loop_packets_total', 'Packets read from (in) and written to (out) the TUN.', ['direction']);
-    counter('mplb_packet_loop_errors_total', 'TUN read/write and processor errors.', ['kind']);
+    counter('mplb_packet_loop_errors_total', 'TUN read/write errors (engine errors are drops: reason engine_error).', ['kind']);
+    counter('mplb_packet_loop_batches_total', 'Batches the packet worker read (packets are counted by the engine: mplb_packets_total).');
+    counter('mplb_packet_loop_gso_packets_total', 'Reads that were GSO super-packets (up to 64 KiB, one engine decision each).');
     counter('mplb_packet_loop_busy_seconds_total', 'Time the packet worker spent processing batches.');
     gauge('mplb_control_round_trip_max_seconds', 'Longest control message round trip to the packet worker, since start.');
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'mplb_' });
@@ -146,11 +139,10 @@ export class Metrics {
     if (s.loop) {
       const l = s.loop;
       g.mplb_packet_loop_lag_max_seconds.set(l.maxLoopLagMs / 1000);
-      setTotal(c.mplb_packet_loop_packets_total, { direction: 'in' }, l.packetsIn);
-      setTotal(c.mplb_packet_loop_packets_total, { direction: 'out' }, l.packetsOut);
       setTotal(c.mplb_packet_loop_errors_total, { kind: 'read' }, l.readErrors);
       setTotal(c.mplb_packet_loop_errors_total, { kind: 'write' }, l.writeErrors);
-      setTotal(c.mplb_packet_loop_errors_total, { kind: 'process' }, l.processErrors);
+      setTotal(c.mplb_packet_loop_batches_total, {}, l.batches);
+      setTotal(c.mplb_packet_loop_gso_packets_total, {}, l.gsoPackets);
       setTotal(c.mplb_packet_loop_busy_seconds_total, {}, l.busyMs / 1000);
       g.mplb_control_round_trip_max_seconds.set(l.maxControlMs / 1000);
     }

@@ -4,7 +4,8 @@ import { existsSync } from 'node:fs';
 import type { RunConfig } from '../control/run-config.js';
 import { formatIp, parseEndpoint } from '../wire/addr.js';
 import { TunError } from '../io/tun.js';
-import { startPacketLoop, type PacketLoop, type PacketLoopStats } from './packet-loop.js';
+import type { EngineChannel } from './control-protocol.js';
+import { startPacketLoop, type PacketLoop, type PacketLoopOptions } from './packet-loop.js';
 import { installRoutes, type RoutesHandle } from './routes.js';
 
 /** An environment problem that stops `mplb run`, with a stable code and a message that says what to do. */
@@ -16,9 +17,8 @@ export interface Balancer {
   readonly tunName: string;
   readonly loop: PacketLoop;
   config: RunConfig;
-  /** Engine counters, table fill and loop counters. */
-  stats(): Promise<{ loop: PacketLoopStats; engine: unknown }>;
-  control(msg: unknown): Promise<unknown>;
+  /** The engine in the packet worker: typed control calls, counters from shared memory. */
+  readonly engine: EngineChannel;
   /** Applies a new config: engine changes live (flows and tokens kept), routes follow the VIP and backend sets. */
   reload(cfg: RunConfig): Promise<void>;
   /** `keepGuard`: leave blackhole guards so a restarted mplb finds its clients' connections alive (routes.ts). */
@@ -85,7 +85,7 @@ export function datapathFromEnv(env: NodeJS.ProcessEnv = process.env): DatapathO
   return o;
 }
 
-export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number; datapath?: DatapathOptions } = {}): Promise<Balancer> {
+export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number; datapath?: DatapathOptions; onEngineError?: PacketLoopOptions['onEngineError'] } = {}): Promise<Balancer> {
   preflight();
   const dp = { ...DATAPATH_DEFAULTS, ...datapathFromEnv(), ...(opts.datapath ?? {}) };
   const start = (d: typeof dp) => startPacketLoop({
@@ -93,14 +93,12 @@ export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number;
     mtu: cfg.device.mtu,
     // Bursts from split super-packets overflow the default 500-packet queue.
     txQueueLen: opts.txQueueLen ?? 4000,
-    processorModule: new URL('./engine-processor.js', import.meta.url),
-    processorOptions: { config: cfg.engine },
+    engine: cfg.engine,
     vnetHdr: d.mode === 'offload',
     offloads: d.offloads,
     queues: d.queues,
-    // One engine, one worker: the engine's flow and token tables are not shared between threads (docs/datapath.md).
-    workers: 1,
     spinUs: d.spinUs,
+    onEngineError: opts.onEngineError,
   });
   let loop: PacketLoop;
   try {
@@ -126,13 +124,12 @@ export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number;
     tunName: loop.tunName,
     loop,
     config: cfg,
-    async stats() { return { loop: loop.stats(), engine: await loop.control({ op: 'stats' }) }; },
-    control(msg) { return loop.control(msg); },
+    engine: loop.engine,
     async reload(next) {
       if (next.device.name !== b.config.device.name || next.device.mtu !== b.config.device.mtu) {
         throw new BalancerError('ERELOAD', 'device.name and device.mtu cannot change on reload: restart mplb');
       }
-      await loop.control({ op: 'reconfigure', config: next.engine });
+      await loop.engine.call('reconfigure', { config: next.engine });
       const before = JSON.stringify(addresses(b.config)), after = JSON.stringify(addresses(next));
       if (before !== after) {
         // New routes go in before the old ones leave, so no address is unrouted in between... except that

@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 // Runs a packet loop + routes in the current namespace (meant for `ip netns exec <lb-ns> node lb-runner.js`):
-// a stand-in for `mplb run` used by end-to-end tests and benchmarks with any processor module.
+// a stand-in for `mplb run` without its control plane, for end-to-end tests and benchmarks of the loop itself.
 // stdout: JSON lines ({"event":"ready"|"stats"|"stopped"}); stdin: "stats" or "quit" lines.
 import { parseArgs } from 'node:util';
 import readline from 'node:readline';
+import { validateEngineConfig } from '../engine/config.js';
 import { startPacketLoop, type PacketLoop } from '../dataplane/packet-loop.js';
 import { installRoutes, type RoutesHandle } from '../dataplane/routes.js';
 
@@ -12,8 +13,10 @@ const { values } = parseArgs({
     tun: { type: 'string', default: 'mplb0' },
     mtu: { type: 'string', default: '1500' },
     'txqueuelen': { type: 'string' },
-    processor: { type: 'string' },
-    options: { type: 'string', default: '{}' },
+    engine: { type: 'string' },
+    vnet: { type: 'boolean', default: false },
+    queues: { type: 'string', default: '1' },
+    spin: { type: 'string', default: '0' },
     vips: { type: 'string', default: '' },
     backends: { type: 'string', default: '' },
     'probe-ms': { type: 'string', default: '0' },
@@ -30,13 +33,7 @@ let stopping = false;
 process.on('exit', () => routes?.undo());
 
 async function stats(): Promise<unknown> {
-  let processor: unknown;
-  try {
-    processor = await loop?.control({ op: 'stats' }, 1000);
-  } catch (e) {
-    processor = { error: (e as Error).message };
-  }
-  return { loop: loop?.stats(), processor };
+  return { loop: loop?.stats(), engine: loop?.engine.stats() };
 }
 
 async function stop(code: number): Promise<void> {
@@ -51,19 +48,21 @@ async function stop(code: number): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  if (!values.processor) throw new Error('--processor FILE is required');
+  if (!values.engine) throw new Error('--engine JSON (an engine config) is required');
   loop = await startPacketLoop({
     tunName: values.tun,
     mtu: Number(values.mtu),
     txQueueLen: values.txqueuelen !== undefined ? Number(values.txqueuelen) : undefined,
-    processorModule: values.processor,
-    processorOptions: JSON.parse(values.options) as unknown,
+    engine: validateEngineConfig(JSON.parse(values.engine), 'engine'),
+    vnetHdr: values.vnet,
+    queues: Number(values.queues),
+    spinUs: Number(values.spin),
   });
   const list = (s: string) => s.split(',').map((x) => x.trim()).filter(Boolean);
   routes = installRoutes({ tunName: loop.tunName, vips: list(values.vips), backends: list(values.backends) });
   const probeMs = Number(values['probe-ms']);
   // Optional: keep asking the worker something, to measure control latency under load.
-  if (probeMs > 0) probe = setInterval(() => void loop?.control({ op: 'echo' }, 2000).catch(() => undefined), probeMs);
+  if (probeMs > 0) probe = setInterval(() => void loop?.engine.call('backends', {}).catch(() => undefined), probeMs);
   out({ event: 'ready', pid: process.pid, tun: loop.tunName, routes: routes.applied });
   const rl = readline.createInterface({ input: process.stdin });
   rl.on('line', (line) => {

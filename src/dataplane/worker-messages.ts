@@ -1,0 +1,38 @@
+// What the main thread and the packet worker send each other (structured clone), and what they share.
+import type { EngineConfig } from '../engine/config.js';
+import type { ControlOp, ControlReq, ControlRes } from './control-protocol.js';
+
+/** Data handed to the worker at start. */
+export interface WorkerInit {
+  /** The TUN queue fds (owned by the main thread, which closes them after the worker ends). */
+  tunFds: number[];
+  tunName: string;
+  tunFlags: number;
+  vnetHdrBytes: number;
+  /** eventfd that wakes the worker out of poll() (control requests, stop). */
+  wakeFd: number;
+  engine: EngineConfig;
+  /** Shared memory behind the engine's Counters and the loop's counters (LoopCounter). */
+  engineCounters: SharedArrayBuffer;
+  loopCounters: SharedArrayBuffer;
+  flags: SharedArrayBuffer;
+  tickIntervalMs: number;
+  batchMax: number;
+  sliceBudgetMs: number;
+  spinUs: number;
+}
+
+/** Int32 flags shared with the worker. */
+export const enum Flag { stop = 0, resetMax = 1, Count = 2 }
+
+/** Main -> worker. */
+export type MainMessage = { [K in ControlOp]: { type: 'call'; id: number; op: K; req: ControlReq<K> } }[ControlOp];
+
+/** Worker -> main. */
+export type WorkerMessage =
+  | { type: 'ready' }
+  | { type: 'start-failed'; error: string }
+  | { type: 'result'; id: number; ok: true; value: ControlRes<ControlOp> }
+  | { type: 'result'; id: number; ok: false; error: string; refused: boolean }
+  | { type: 'engine-error'; error: string; head: string; suppressed: number }
+  | { type: 'stopped' };
