@@ -439,8 +439,8 @@ export async function runE2eBench(opts: { quick: boolean }): Promise<BenchResult
           tp.push(Date.now());
           pr = { g1, g8, rtt: rt, pps: pp };
           if (name === 'mplb') {
-            const s = (await p.mplb!()!.request('stats')) as { loop: Record<string, number> };
-            mplbLoop.push(s.loop);
+            const s = (await p.mplb!()!.request('stats')) as { loop: Record<string, number>; engine: { counters: Record<string, number> } };
+            mplbLoop.push({ ...s.loop, dropped: s.engine.counters.dropped });
           }
         } finally {
           await p.down();
@@ -564,7 +564,7 @@ function summarize(res: Record<PeerName, PeerRun[]>, peers: PeerName[], absent: 
   }
   if (mplbLoop.length) {
     const sum = (k: string) => mplbLoop.reduce((a, s) => a + (s[k] ?? 0), 0);
-    const extra = ` mplb loop counters over the runs: dropped ${sum('dropped')}, write errors ${sum('writeErrors')}, read errors ${sum('readErrors')}, gso packets ${sum('gsoPackets')}.`;
+    const extra = ` mplb counters over the runs: dropped ${sum('dropped')}, write errors ${sum('writeErrors')}, read errors ${sum('readErrors')}, gso packets ${sum('gsoPackets')}.`;
     const jn = Object.entries(joins).map(([p, c]) => `${p} joins rx ${c.MPTcpExtMPJoinSynRx ?? 0}${c.lbJoinSynRx ? ` (+${c.lbJoinSynRx} at the balancer)` : ''}, no-token ${c.MPTcpExtMPJoinNoTokenFound ?? 0}, DSS-not-matching ${c.MPTcpExtDSSNotMatching ?? 0}`).join('; ');
     for (const r of out) if (r.id.startsWith('e2e.goodput')) r.note += `${extra} Server counters (all runs): ${jn}.`;
   }

@@ -40,7 +40,8 @@ function accountingProblems(a: EngineStats, b: EngineStats): string[] {
   const d = diff(a.engine.counters, b.engine.counters);
   const p: string[] = [];
   if (d.packets_in !== d.to_backend + d.to_client + d.replied + d.dropped) p.push(`packets_in ${d.packets_in} != to_backend + to_client + replied + dropped (${JSON.stringify(nonZero(d))})`);
-  for (const k of ['readErrors', 'writeErrors', 'processErrors']) if (b.loop[k] !== a.loop[k]) p.push(`packet loop ${k} went from ${a.loop[k]} to ${b.loop[k]}`);
+  for (const k of ['readErrors', 'writeErrors']) if (b.loop[k] !== a.loop[k]) p.push(`packet loop ${k} went from ${a.loop[k]} to ${b.loop[k]}`);
+  if (b.engine.drops.engine_error !== a.engine.drops.engine_error) p.push(`engine errors: ${b.engine.drops.engine_error - a.engine.drops.engine_error}`);
   return p;
 }
 
