@@ -21,7 +21,7 @@ export interface PacketLoopOptions {
   /** Use this already-open device instead of creating one (the loop makes it non-blocking and closes it on stop). */
   tun?: TunDevice;
   tickIntervalMs?: number;
-  /** Most packets per batch (default 64). */
+  /** Most packets per batch (default 16: a batch holds its first packet back for the reads of the others). */
   batchMax?: number;
   /** Longest time (ms) spent reading a queue before returning to the event loop (default 5). */
   sliceBudgetMs?: number;
@@ -142,7 +142,7 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     loopCounters: loopSab,
     flags: flagsSab,
     tickIntervalMs: opts.tickIntervalMs ?? 100,
-    batchMax: opts.batchMax ?? 64,
+    batchMax: opts.batchMax ?? 16,
     sliceBudgetMs: opts.sliceBudgetMs ?? 5,
     spinUs: opts.spinUs ?? 0,
   };
