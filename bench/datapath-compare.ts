@@ -93,7 +93,7 @@ async function lbRunner(values: Record<string, string | boolean | undefined>): P
   });
   const vips = [...new Set(cfg.engine.vips.map((v) => v.address.replace(/:\d+$/, '')))];
   const backends = [...new Set(cfg.engine.vips.flatMap((v) => v.backends.map((b) => b.address)))];
-  const routes = installRoutes({ tunName: loop.tunName, vips, backends });
+  const routes = await installRoutes({ tunName: loop.tunName, vips, backends });
   process.on('exit', () => routes.undo());
   out({ event: 'ready', pid: process.pid });
   const stop = async () => { routes.undo(); await loop.stop(); process.exit(0); };

@@ -21,6 +21,8 @@ test('defaults are filled in and documented values hold', () => {
   const c = validateRunConfig(ok);
   assert.equal(c.device.name, 'mplb0');
   assert.equal(c.device.mtu, 1500);
+  assert.equal(c.device.table, 2710);
+  assert.equal(c.device.rulePriority, 10000);
   assert.equal(c.engine.policy, 'maglev');
   assert.equal(c.engine.mptcpAware, true);
   assert.equal(c.engine.unknownTokenAnswer, 'hash');
@@ -48,6 +50,13 @@ test('bad configs are refused with the field path and the reason', () => {
   refuses({ ...ok, timeouts: { tokenLingerMs: 1.5 } }, 'timeouts.tokenLingerMs', /integer/);
   refuses({ ...ok, device: { name: 'a-name-longer-than-15' } }, 'device.name', /1-15/);
   refuses({ ...ok, device: { mtu: 100 } }, 'device.mtu', /576-65535/);
+  refuses({ ...ok, device: { table: 254 } }, 'device.table', /253-255/);
+  refuses({ ...ok, device: { table: 0 } }, 'device.table', /integer 1-4294967295/);
+  refuses({ ...ok, device: { table: '2711' } }, 'device.table', /integer/);
+  refuses({ ...ok, device: { rulePriority: 32765 } }, 'device.rulePriority', /integer 1-32764/);
+  refuses({ ...ok, device: { rulePriority: 0 } }, 'device.rulePriority', /integer 1-32764/);
+  refuses({ ...ok, device: { tabel: 2711 } }, 'device.tabel', /unknown field \(allowed: name, mtu, table, rulePriority\)/);
+  assert.deepEqual(validateRunConfig({ ...ok, device: { table: 2711, rulePriority: 10100 } }).device, { name: 'mplb0', mtu: 1500, table: 2711, rulePriority: 10100 });
   refuses({ ...ok, bogus: {} }, 'bogus', /unknown field/);
   assert.throws(() => validateEngineConfig([]), /must be a mapping/);
 });

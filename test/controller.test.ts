@@ -95,3 +95,16 @@ test('a reload keeps control-plane drains, and undrain then restores the weight 
   assert.equal(b.weight, 5);
   assert.equal(b.draining, false);
 });
+
+test('concurrent changes all take effect: each is built from the config the previous one left', async () => {
+  const { ctl } = setup();
+  const extra = Array.from({ length: 20 }, (_, i) => `198.18.101.${i + 1}:80`);
+  await Promise.all(extra.map((address) => ctl.addVip({ address, backends: [{ address: '198.18.10.2' }] })));
+  assert.equal(ctl.config.engine.vips.length, 21);
+  await Promise.all([...extra.map((v) => ctl.removeVip(v)), ctl.setWeight(VIP, '198.18.10.2:80', 5)]);
+  assert.deepEqual(ctl.config.engine.vips.map((v) => v.address), [VIP]);
+  assert.equal(ctl.config.engine.vips[0].backends[0].weight, 5);
+  // A refused change does not block the ones queued behind it.
+  const results = await Promise.allSettled([ctl.addVip({ address: VIP, backends: [] }), ctl.addVip({ address: extra[0], backends: [] })]);
+  assert.deepEqual(results.map((r) => r.status), ['rejected', 'fulfilled']);
+});

@@ -13,6 +13,7 @@ import { canonicalEndpoint, type RunConfig } from './run-config.js';
 import type { HealthChecker } from './health.js';
 import { Metrics, snapshot } from './metrics.js';
 import type { PacketLoopStats } from '../dataplane/packet-loop.js';
+import { RoutesError } from '../dataplane/routes.js';
 import { silentLogger, type Logger } from './logger.js';
 
 export { resolveAdminToken } from './run-config.js';
@@ -357,11 +358,17 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
     const t0 = performance.now();
     handle(req, res).catch((e: unknown) => {
       let status = 500, message = (e as Error)?.message ?? String(e), headers: Record<string, string> = {};
+      let code: string | undefined;
       if (e instanceof HttpError) { status = e.status; headers = e.headers; }
       else if (e instanceof ControlError) status = e.status;
       else if (e instanceof ConfigError) status = 400;
-      else log.error({ method: req.method, url: req.url, err: message }, 'admin request failed');
-      if (!res.headersSent) send(res, status, { error: message, status }, headers);
+      else if (e instanceof RoutesError) {
+        // A route in the way is the operator's to resolve (409); nothing was changed either way.
+        code = e.code;
+        status = e.code === 'ROUTES_EXISTS' || e.code === 'ROUTES_IN_USE' ? 409 : e.code === 'ROUTES_BAD_ADDRESS' ? 400 : 500;
+        log.warn({ method: req.method, url: req.url, code, err: message }, 'change refused: routes');
+      } else log.error({ method: req.method, url: req.url, err: message }, 'admin request failed');
+      if (!res.headersSent) send(res, status, code ? { error: message, status, code } : { error: message, status }, headers);
       else res.destroy();
       if (status === 401 || status === 403) log.warn({ method: req.method, url: req.url, status, from: req.socket.remoteAddress }, 'admin request refused');
     }).finally(() => {

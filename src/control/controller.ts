@@ -33,6 +33,8 @@ export class Controller {
   private readonly drained = new Map<string, number>();
   /** Health verdicts by "vip|backend" (absent = healthy). */
   private readonly unhealthy = new Set<string>();
+  /** Changes run one at a time, each built from the config the previous one left (no lost updates). */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly port: EnginePort, private cfg: RunConfig) {}
 
@@ -77,48 +79,62 @@ export class Controller {
   // ---- changes ----
 
   async setWeight(vip: string, backend: string, weight: number): Promise<void> {
-    if (!Number.isInteger(weight) || weight < 0 || weight > 65535) throw new ControlError(400, 'weight must be an integer 0-65535');
-    this.drained.delete(this.key(vip, backend));
-    await this.editBackend(vip, backend, (b) => { b.weight = weight; });
+    return this.serial(async () => {
+      if (!Number.isInteger(weight) || weight < 0 || weight > 65535) throw new ControlError(400, 'weight must be an integer 0-65535');
+      this.drained.delete(this.key(vip, backend));
+      await this.editBackend(vip, backend, (b) => { b.weight = weight; });
+    });
   }
 
   /** Weight 0: no new connections; existing ones keep every subflow and their joins still arrive. */
   async drain(vip: string, backend: string): Promise<void> {
-    const key = this.key(vip, backend);
-    await this.editBackend(vip, backend, (b) => {
-      if (!this.drained.has(key)) this.drained.set(key, b.weight ?? 1);
-      b.weight = 0;
+    return this.serial(async () => {
+      const key = this.key(vip, backend);
+      await this.editBackend(vip, backend, (b) => {
+        if (!this.drained.has(key)) this.drained.set(key, b.weight ?? 1);
+        b.weight = 0;
+      });
     });
   }
 
   async undrain(vip: string, backend: string): Promise<void> {
-    const key = this.key(vip, backend);
-    const w = this.drained.get(key);
-    await this.editBackend(vip, backend, (b) => { b.weight = w ?? (b.weight || 1); });
-    this.drained.delete(key);
+    return this.serial(async () => {
+      const key = this.key(vip, backend);
+      const w = this.drained.get(key);
+      await this.editBackend(vip, backend, (b) => { b.weight = w ?? (b.weight || 1); });
+      this.drained.delete(key);
+    });
   }
 
   async addVip(v: VipConfig): Promise<void> {
-    if (this.cfg.engine.vips.some((x) => this.vipId(x.address) === this.vipId(v.address))) throw new ControlError(409, `VIP ${v.address} exists`);
-    await this.apply({ ...this.cfg, engine: { ...this.cfg.engine, vips: [...this.cfg.engine.vips, v] } });
+    return this.serial(async () => {
+      if (this.cfg.engine.vips.some((x) => this.vipId(x.address) === this.vipId(v.address))) throw new ControlError(409, `VIP ${v.address} exists`);
+      await this.apply({ ...this.cfg, engine: { ...this.cfg.engine, vips: [...this.cfg.engine.vips, v] } });
+    });
   }
 
   async removeVip(vip: string): Promise<void> {
-    const v = this.findVip(vip);
-    await this.apply({ ...this.cfg, engine: { ...this.cfg.engine, vips: this.cfg.engine.vips.filter((x) => x !== v) } });
+    return this.serial(async () => {
+      const v = this.findVip(vip);
+      await this.apply({ ...this.cfg, engine: { ...this.cfg.engine, vips: this.cfg.engine.vips.filter((x) => x !== v) } });
+    });
   }
 
   async addBackend(vip: string, b: BackendConfig): Promise<void> {
-    const v = this.findVip(vip);
-    await this.apply(this.withVip(v.address, { ...v, backends: [...v.backends, b] }));
+    return this.serial(async () => {
+      const v = this.findVip(vip);
+      await this.apply(this.withVip(v.address, { ...v, backends: [...v.backends, b] }));
+    });
   }
 
   async removeBackend(vip: string, backend: string): Promise<void> {
-    const v = this.findVip(vip);
-    const want = this.backendId(backend);
-    const backends = v.backends.filter((b) => endpointId(b.address, b.port!) !== want);
-    if (backends.length === v.backends.length) throw new ControlError(404, `no backend ${backend} in VIP ${vip}`);
-    await this.apply(this.withVip(v.address, { ...v, backends }));
+    return this.serial(async () => {
+      const v = this.findVip(vip);
+      const want = this.backendId(backend);
+      const backends = v.backends.filter((b) => endpointId(b.address, b.port!) !== want);
+      if (backends.length === v.backends.length) throw new ControlError(404, `no backend ${backend} in VIP ${vip}`);
+      await this.apply(this.withVip(v.address, { ...v, backends }));
+    });
   }
 
   /**
@@ -126,20 +142,22 @@ export class Controller {
    * drained: the file's weight becomes the one undrain restores.
    */
   async reload(next: RunConfig): Promise<void> {
-    const kept = new Map<string, number>();
-    const vips = next.engine.vips.map((v) => ({
-      ...v,
-      backends: v.backends.map((b) => {
-        const port = b.port ?? parseEndpoint(v.address)?.port ?? 0;
-        const key = this.key(v.address, endpointId(b.address, port));
-        if (!this.drained.has(key)) return b;
-        kept.set(key, b.weight ?? 1);
-        return { ...b, weight: 0 };
-      }),
-    }));
-    await this.apply({ ...next, engine: { ...next.engine, vips } });
-    this.drained.clear();
-    for (const [k, w] of kept) this.drained.set(k, w);
+    return this.serial(async () => {
+      const kept = new Map<string, number>();
+      const vips = next.engine.vips.map((v) => ({
+        ...v,
+        backends: v.backends.map((b) => {
+          const port = b.port ?? parseEndpoint(v.address)?.port ?? 0;
+          const key = this.key(v.address, endpointId(b.address, port));
+          if (!this.drained.has(key)) return b;
+          kept.set(key, b.weight ?? 1);
+          return { ...b, weight: 0 };
+        }),
+      }));
+      await this.apply({ ...next, engine: { ...next.engine, vips } });
+      this.drained.clear();
+      for (const [k, w] of kept) this.drained.set(k, w);
+    });
   }
 
   /** Backends drained through the control plane ("vip|backend" in canonical spelling). */
@@ -147,13 +165,21 @@ export class Controller {
 
   /** Health checker verdicts: an unhealthy backend leaves the selection table; its flows and joins stay. */
   async setHealthy(vip: string, backend: string, healthy: boolean): Promise<void> {
-    const key = this.key(vip, backend);
-    if (healthy === !this.unhealthy.has(key)) return;
-    if (healthy) this.unhealthy.delete(key); else this.unhealthy.add(key);
-    await this.port.engine.call('setUp', { backend: this.backendId(backend), vip: this.vipId(vip), up: healthy });
+    return this.serial(async () => {
+      const key = this.key(vip, backend);
+      if (healthy === !this.unhealthy.has(key)) return;
+      if (healthy) this.unhealthy.delete(key); else this.unhealthy.add(key);
+      await this.port.engine.call('setUp', { backend: this.backendId(backend), vip: this.vipId(vip), up: healthy });
+    });
   }
 
   // ---- helpers ----
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.queue.then(fn);
+    this.queue = p.catch(() => undefined);
+    return p;
+  }
 
   private vipId(address: string): string {
     // Engine VIP ids are canonical "addr:port" text; the config may spell them differently.

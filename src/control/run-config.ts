@@ -10,6 +10,10 @@ export interface DeviceConfig {
   name: string;
   /** TUN MTU. Default 1500. */
   mtu: number;
+  /** Routing table for the backends' replies. Default 2710. Two instances in one namespace need different ones. */
+  table: number;
+  /** Priority of the "iif TUN" rule; backend rules use priority + 1. Default 10000. One per instance, too. */
+  rulePriority: number;
 }
 
 export interface AdminConfig {
@@ -68,7 +72,7 @@ export interface LogConfig {
 
 export interface RunConfig { device: DeviceConfig; engine: EngineConfig; admin: AdminConfig; health: HealthConfig; log: LogConfig }
 
-export const DEVICE_DEFAULTS: DeviceConfig = { name: 'mplb0', mtu: 1500 };
+export const DEVICE_DEFAULTS: DeviceConfig = { name: 'mplb0', mtu: 1500, table: 2710, rulePriority: 10000 };
 export const ADMIN_DEFAULTS: AdminConfig = { enabled: true, address: '127.0.0.1', port: 9740, authReads: false };
 export const HEALTH_DEFAULTS: HealthConfig = { enabled: false, intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, check: 'tcp', vips: {} };
 export const LOG_DEFAULTS: LogConfig = { level: 'info' };
@@ -171,14 +175,20 @@ export function validateRunConfig(doc: unknown): RunConfig {
   }
   const dev = (d.device ?? {}) as Record<string, unknown>;
   if (typeof dev !== 'object' || Array.isArray(dev)) throw new ConfigError('device', 'must be a mapping');
-  for (const k of Object.keys(dev)) if (k !== 'name' && k !== 'mtu') throw new ConfigError(`device.${k}`, 'unknown field (allowed: name, mtu)');
+  const DEVICE_KEYS = ['name', 'mtu', 'table', 'rulePriority'];
+  for (const k of Object.keys(dev)) if (!DEVICE_KEYS.includes(k)) throw new ConfigError(`device.${k}`, `unknown field (allowed: ${DEVICE_KEYS.join(', ')})`);
   const name = dev.name ?? DEVICE_DEFAULTS.name;
   if (typeof name !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new ConfigError('device.name', `must be an interface name of 1-15 letters, digits, '_', '.', '-', got ${JSON.stringify(name)}`);
   const mtu = dev.mtu ?? DEVICE_DEFAULTS.mtu;
   if (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 576 || mtu > 65535) throw new ConfigError('device.mtu', `must be an integer 576-65535, got ${JSON.stringify(mtu)}`);
+  const table = int(dev.table, 'device.table', 1, 0xffffffff, DEVICE_DEFAULTS.table);
+  // 253-255 are the kernel's default, main and local tables.
+  if (table >= 253 && table <= 255) throw new ConfigError('device.table', `must not be 253-255 (the kernel's default, main and local tables), got ${table}`);
+  // priority + 1 is used too, and both must come before the main table's rule (32766).
+  const rulePriority = int(dev.rulePriority, 'device.rulePriority', 1, 32764, DEVICE_DEFAULTS.rulePriority);
   const engineDoc = Object.fromEntries(Object.entries(d).filter(([k]) => !OWN_KEYS.includes(k)));
   const engine = validateEngineConfig(engineDoc);
-  return { device: { name, mtu }, engine, admin: validateAdminConfig(d.admin), health: validateHealthConfig(d.health, engine), log: validateLogConfig(d.log) };
+  return { device: { name, mtu, table, rulePriority }, engine, admin: validateAdminConfig(d.admin), health: validateHealthConfig(d.health, engine), log: validateLogConfig(d.log) };
 }
 
 /** Reads and validates a YAML config file; YAML syntax errors name the line and column. */

@@ -1,39 +1,66 @@
 // `mplb run`: the engine behind a TUN in the current network namespace, with the routes that put it in the path.
 // The packet loop runs in a worker thread; this (main) thread keeps the control plane.
 import { existsSync } from 'node:fs';
-import type { RunConfig } from '../control/run-config.js';
-import { formatIp, parseEndpoint } from '../wire/addr.js';
+import type { EngineConfig } from '../engine/config.js';
+import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
 import { TunError } from '../io/tun.js';
 import type { EngineChannel } from './control-protocol.js';
 import { startPacketLoop, type PacketLoop, type PacketLoopOptions } from './packet-loop.js';
-import { installRoutes, type RoutesHandle } from './routes.js';
+import { createRoutes, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, type RouteSet, type RoutesHandle } from './routes.js';
 
 /** An environment problem that stops `mplb run`, with a stable code and a message that says what to do. */
 export class BalancerError extends Error {
   constructor(readonly code: string, message: string) { super(message); this.name = 'BalancerError'; }
 }
 
+/** The TUN device and its routing; none of it can change on reload. */
+export interface BalancerDevice {
+  name: string;
+  mtu: number;
+  /** Routing table for the backends' replies (default 2710); one per instance. */
+  table?: number;
+  /** Priority of the "iif TUN" rule; backend rules use priority + 1 (default 10000); one per instance. */
+  rulePriority?: number;
+}
+
+/** What the data plane needs from a config; the control plane's RunConfig is a structural superset. */
+export interface BalancerConfig {
+  device: BalancerDevice;
+  engine: EngineConfig;
+}
+
 export interface Balancer {
   readonly tunName: string;
   readonly loop: PacketLoop;
-  config: RunConfig;
+  config: BalancerConfig;
   /** The engine in the packet worker: typed control calls, counters from shared memory. */
   readonly engine: EngineChannel;
-  /** Applies a new config: engine changes live (flows and tokens kept), routes follow the VIP and backend sets. */
-  reload(cfg: RunConfig): Promise<void>;
+  /**
+   * Applies a new config: routes follow the VIP and backend sets (only the difference changes), engine changes live
+   * (flows and tokens kept). Changes apply one at a time. A change whose routes cannot be added is refused with the
+   * routes, rules, sysctls and engine as they were.
+   */
+  reload(cfg: BalancerConfig): Promise<void>;
   /** `keepGuard`: leave blackhole guards so a restarted mplb finds its clients' connections alive (routes.ts). */
   stop(opts?: { keepGuard?: boolean }): Promise<void>;
 }
 
-function addresses(cfg: RunConfig): { vips: string[]; backends: string[] } {
+/** The addresses routes are needed for, in canonical spelling (the route diff compares text). */
+function addresses(cfg: BalancerConfig): RouteSet {
   const vips = new Set<string>(), backends = new Set<string>();
   for (const v of cfg.engine.vips) {
     const ep = parseEndpoint(v.address)!;
     vips.add(formatIp(ep.addr.bytes, 0, ep.addr.bytes.length));
-    for (const b of v.backends) backends.add(b.address);
+    for (const b of v.backends) {
+      const a = parseIp(b.address);
+      backends.add(a ? formatIp(a.bytes, 0, a.bytes.length) : b.address);
+    }
   }
   return { vips: [...vips], backends: [...backends] };
 }
+
+const sameDevice = (a: BalancerDevice, b: BalancerDevice) => a.name === b.name && a.mtu === b.mtu
+  && (a.table ?? DEFAULT_TABLE) === (b.table ?? DEFAULT_TABLE) && (a.rulePriority ?? DEFAULT_RULE_PRIORITY) === (b.rulePriority ?? DEFAULT_RULE_PRIORITY);
 
 /** Checks what `mplb run` needs before touching anything. */
 export function preflight(): void {
@@ -85,7 +112,7 @@ export function datapathFromEnv(env: NodeJS.ProcessEnv = process.env): DatapathO
   return o;
 }
 
-export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number; datapath?: DatapathOptions; onEngineError?: PacketLoopOptions['onEngineError'] } = {}): Promise<Balancer> {
+export async function startBalancer(cfg: BalancerConfig, opts: { txQueueLen?: number; datapath?: DatapathOptions; onEngineError?: PacketLoopOptions['onEngineError'] } = {}): Promise<Balancer> {
   preflight();
   const dp = { ...DATAPATH_DEFAULTS, ...datapathFromEnv(), ...(opts.datapath ?? {}) };
   const start = (d: typeof dp) => startPacketLoop({
@@ -111,37 +138,59 @@ export async function startBalancer(cfg: RunConfig, opts: { txQueueLen?: number;
   }
   let routes: RoutesHandle;
   try {
-    routes = installRoutes({ tunName: loop.tunName, ...addresses(cfg) });
+    routes = createRoutes({ tunName: loop.tunName, table: cfg.device.table, rulePriority: cfg.device.rulePriority });
   } catch (e) {
     await loop.stop();
     throw e;
   }
-  // Routes must not outlive the process, whatever ends it.
+  // Routes must not outlive the process, whatever ends it (registered before any is added).
   const undoOnExit = () => routes.undo();
   process.on('exit', undoOnExit);
+  try {
+    const first = await routes.change(addresses(cfg));
+    for (const p of await first.commit()) process.stderr.write(`mplb: ${p}\n`);
+  } catch (e) {
+    process.off('exit', undoOnExit);
+    await loop.stop();
+    throw e;
+  }
   let stopped = false;
+  // Changes apply one at a time, each against the state the previous one left.
+  let queue: Promise<unknown> = Promise.resolve();
+  const serial = <T>(fn: () => Promise<T>): Promise<T> => {
+    const p = queue.then(fn);
+    queue = p.catch(() => undefined);
+    return p;
+  };
   const b: Balancer = {
     tunName: loop.tunName,
     loop,
     config: cfg,
     engine: loop.engine,
-    async reload(next) {
-      if (next.device.name !== b.config.device.name || next.device.mtu !== b.config.device.mtu) {
-        throw new BalancerError('ERELOAD', 'device.name and device.mtu cannot change on reload: restart mplb');
-      }
-      await loop.engine.call('reconfigure', { config: next.engine });
-      const before = JSON.stringify(addresses(b.config)), after = JSON.stringify(addresses(next));
-      if (before !== after) {
-        // New routes go in before the old ones leave, so no address is unrouted in between... except that
-        // identical routes cannot coexist; the swap is quick and flows survive in the engine either way.
-        routes.undo();
-        routes = installRoutes({ tunName: loop.tunName, ...addresses(next) });
-      }
-      b.config = next;
+    reload(next) {
+      return serial(async () => {
+        if (stopped) throw new BalancerError('ESTOPPED', 'mplb is stopping: the change was not applied');
+        if (!sameDevice(next.device, b.config.device)) {
+          throw new BalancerError('ERELOAD', 'device.* (name, mtu, table, rulePriority) cannot change on reload: restart mplb');
+        }
+        // New routes first; the engine moves only once they are in; old routes go last. A failure at any step
+        // before the commit leaves routes, rules, sysctls and the engine as they were.
+        const change = await routes.change(addresses(next));
+        try {
+          await loop.engine.call('reconfigure', { config: next.engine });
+        } catch (e) {
+          await change.rollback();
+          throw e;
+        }
+        for (const p of await change.commit()) process.stderr.write(`mplb: ${p}\n`);
+        b.config = next;
+      });
     },
     async stop(o = {}) {
       if (stopped) return;
       stopped = true;
+      // A change in flight finishes (or rolls back) first, so undo sees what is really installed.
+      await queue;
       routes.undo(o);
       process.off('exit', undoOnExit);
       await loop.stop();

@@ -1,40 +1,63 @@
 // Kernel routing that puts the TUN in the path (NAT mode): VIP host routes into the TUN, and a policy
 // rule so the backends' replies (source = a backend address) are looked up in a table whose default
 // route is the TUN, while packets mplb writes into the TUN (iif TUN) are routed normally.
-import { execFileSync } from 'node:child_process';
+//
+// Changes are diffs: planRoutes(old set, new set) names exactly the routes and rules to add and to remove, so
+// an address that stays keeps its routes untouched. Each phase runs as one `ip -batch` process per family,
+// asynchronously (the control thread keeps serving). Additions come first and are taken back if any fails;
+// removals run only when the caller commits (after the engine took the new config). undo() is synchronous for
+// 'exit' handlers.
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 
+export const DEFAULT_TABLE = 2710;
+export const DEFAULT_RULE_PRIORITY = 10000;
+/** Metric of the blackhole guards: above the TUN routes (metric 0, IPv6 1024), which win while the TUN exists. */
+const GUARD_METRIC = '4096';
+
+/** The addresses routes are installed for (canonical text: the diff compares strings). */
+export interface RouteSet {
+  /** Virtual addresses (IPv4 and/or IPv6): host routes into the TUN. */
+  vips: readonly string[];
+  /** Backend addresses whose packets must pass through the TUN on their way back. */
+  backends: readonly string[];
+}
+
 export interface RoutesOptions {
   tunName: string;
-  /** Virtual addresses (IPv4 and/or IPv6): host routes into the TUN. */
-  vips: string[];
-  /** Backend addresses whose packets must pass through the TUN on their way back. */
-  backends: string[];
   /** If set, only backend packets arriving on these interfaces are steered (one rule per pair). */
   backendInterfaces?: string[];
-  /** Routing table holding "default dev TUN" (default 2710). */
+  /** Routing table holding "default dev TUN" (default 2710). One table per instance. */
   table?: number;
-  /** Priority of the "iif TUN lookup main" rule; backend rules use priority + 1 (default 10000). */
+  /** Priority of the "iif TUN lookup main" rule; backend rules use priority + 1 (default 10000). One per instance. */
   rulePriority?: number;
   /** Set ip_forward=1 and rp_filter=0 (default true); old values come back on undo. */
   setSysctls?: boolean;
 }
 
-export interface RoutesHandle {
-  /** The commands that were run, in order (for logs). */
-  readonly applied: readonly string[];
+/** One route or rule: the `ip -batch` lines (family given to the process) that add and remove it. */
+export interface RouteItem {
+  family: 4 | 6;
+  add: string;
+  del: string;
   /**
-   * Removes exactly what was added, newest first; synchronous and idempotent (safe in 'exit' handlers).
-   * `keepGuard`: leave the blackhole guards and the backend rules, so that while mplb is down packets to the VIPs
-   * and un-NATed replies from backends are dropped (not leaked to clients, whose RSTs would kill the connections);
-   * the next installRoutes takes them over.
+   * Guards (blackholes, rules) survive undo({ keepGuard: true }); an identical one already present (left by a
+   * previous run with --keep-guard, or a crash) is taken over instead of failing.
    */
-  undo(opts?: { keepGuard?: boolean }): void;
-  readonly undone: boolean;
+  guard: boolean;
+  /** Install order (0 first); removal goes the other way: the TUN routes leave first. */
+  rank: number;
 }
 
-export type RoutesErrorCode = 'ROUTES_IP_MISSING' | 'ROUTES_EPERM' | 'ROUTES_EXISTS' | 'ROUTES_BAD_ADDRESS' | 'ROUTES_FAILED';
+export interface RoutePlan {
+  /** In install order. */
+  add: RouteItem[];
+  /** In removal order. */
+  remove: RouteItem[];
+}
+
+export type RoutesErrorCode = 'ROUTES_IP_MISSING' | 'ROUTES_EPERM' | 'ROUTES_EXISTS' | 'ROUTES_IN_USE' | 'ROUTES_BAD_ADDRESS' | 'ROUTES_BUSY' | 'ROUTES_FAILED';
 
 export class RoutesError extends Error {
   readonly code: RoutesErrorCode;
@@ -45,26 +68,112 @@ export class RoutesError extends Error {
   }
 }
 
-function runIp(args: string[]): void {
-  try {
-    execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException & { stderr?: string };
-    if (err.code === 'ENOENT') throw new RoutesError('ROUTES_IP_MISSING', 'the "ip" command (iproute2) was not found: install iproute2');
-    const msg = (err.stderr ?? '').trim();
-    if (/File exists/.test(msg)) throw new RoutesError('ROUTES_EXISTS', `"ip ${args.join(' ')}" failed: ${msg}: something else already installed it; remove it or pick another table/priority`);
-    if (/Operation not permitted/.test(msg)) throw new RoutesError('ROUTES_EPERM', `"ip ${args.join(' ')}" needs root (CAP_NET_ADMIN)`);
-    throw new RoutesError('ROUTES_FAILED', `"ip ${args.join(' ')}" failed: ${msg || err.message}`);
-  }
+const famOf = (a: string): 4 | 6 => (net.isIP(a) === 6 ? 6 : 4);
+const host = (a: string) => `${a}/${famOf(a) === 6 ? 128 : 32}`;
+
+function settings(opts: RoutesOptions): { table: string; prio: number; tun: string; ifaces: Array<string | undefined> } {
+  const table = opts.table ?? DEFAULT_TABLE;
+  const prio = opts.rulePriority ?? DEFAULT_RULE_PRIORITY;
+  // Validated here too: these end up in `ip -batch` lines, where a space would split arguments.
+  if (!Number.isInteger(table) || table < 1 || table > 0xffffffff || (table >= 253 && table <= 255)) throw new RoutesError('ROUTES_BAD_ADDRESS', `routing table ${table} is not usable: pick 1-252 or 256-4294967295 (253-255 are the kernel's default, main and local)`);
+  if (!Number.isInteger(prio) || prio < 1 || prio > 32764) throw new RoutesError('ROUTES_BAD_ADDRESS', `rule priority ${prio} is not usable: pick 1-32764 (mplb also uses priority + 1, and main is looked up at 32766)`);
+  const name = /^[A-Za-z0-9_.-]{1,15}$/;
+  for (const d of [opts.tunName, ...(opts.backendInterfaces ?? [])]) if (!name.test(d)) throw new RoutesError('ROUTES_BAD_ADDRESS', `"${d}" is not an interface name`);
+  const ifaces = opts.backendInterfaces && opts.backendInterfaces.length > 0 ? opts.backendInterfaces : [undefined];
+  return { table: String(table), prio, tun: opts.tunName, ifaces };
 }
 
-function tryIp(args: string[]): void {
-  try {
-    execFileSync('ip', args, { stdio: 'ignore' });
-  } catch {
-    // already gone: undo is idempotent
+/** Every route and rule that `set` needs, in install order (duplicates removed). */
+export function routeItems(set: RouteSet, opts: RoutesOptions): RouteItem[] {
+  const { table, prio, tun, ifaces } = settings(opts);
+  for (const a of [...set.vips, ...set.backends]) {
+    if (net.isIP(a) === 0) throw new RoutesError('ROUTES_BAD_ADDRESS', `"${a}" is not an IPv4 or IPv6 address`);
   }
+  const families = ([4, 6] as const).filter((f) => [...set.vips, ...set.backends].some((a) => famOf(a) === f));
+  const items: RouteItem[] = [];
+  const push = (family: 4 | 6, rank: number, guard: boolean, args: string) => {
+    const [obj, ...rest] = args.split(' ');
+    items.push({ family, add: `${obj} add ${rest.join(' ')}`, del: `${obj} del ${rest.join(' ')}`, guard, rank });
+  };
+  // Guards first: blackhole routes with a high metric under the TUN routes. The kernel removes the TUN routes
+  // with the device; the guards then drop traffic instead of routing it around the balancer.
+  for (const f of families) push(f, 0, true, `route blackhole default table ${table} metric ${GUARD_METRIC}`);
+  for (const f of families) push(f, 1, true, `rule priority ${prio} iif ${tun} lookup main`);
+  for (const v of set.vips) push(famOf(v), 2, true, `route blackhole ${host(v)} metric ${GUARD_METRIC}`);
+  for (const b of set.backends) {
+    for (const dev of ifaces) push(famOf(b), 3, true, `rule priority ${prio + 1} from ${host(b)}${dev ? ` iif ${dev}` : ''} lookup ${table}`);
+  }
+  // The TUN routes last, so removal takes them first: the VIPs stop entering a TUN that is about to go away.
+  for (const f of families) push(f, 4, false, `route default dev ${tun} table ${table}`);
+  for (const v of set.vips) push(famOf(v), 5, false, `route ${host(v)} dev ${tun}`);
+  const seen = new Set<string>();
+  return items.filter((i) => { const k = `${i.family} ${i.add}`; if (seen.has(k)) return false; seen.add(k); return true; });
 }
+
+/** What turns the routes of `from` into those of `to`; unchanged addresses appear in neither list. Pure. */
+export function planRoutes(from: RouteSet, to: RouteSet, opts: RoutesOptions): RoutePlan {
+  const key = (i: RouteItem) => `${i.family} ${i.add}`;
+  const a = routeItems(from, opts), b = routeItems(to, opts);
+  const inA = new Set(a.map(key)), inB = new Set(b.map(key));
+  return { add: b.filter((i) => !inA.has(key(i))), remove: byRemovalOrder(a.filter((i) => !inB.has(key(i)))) };
+}
+
+function byRemovalOrder(items: RouteItem[]): RouteItem[] {
+  return items.map((item, i) => ({ item, i })).sort((x, y) => y.item.rank - x.item.rank || y.i - x.i).map((x) => x.item);
+}
+
+// ---- running `ip -batch` ----
+
+/** Failed lines of one batch (0-based line index -> ip's message). */
+type BatchFailures = Map<number, string>;
+
+/** `ip -force -batch` stderr -> failed lines: each "Command failed -:N" follows the message(s) for line N. */
+export function parseBatchErrors(stderr: string): BatchFailures {
+  const failed: BatchFailures = new Map();
+  let pending: string[] = [];
+  for (const line of stderr.split('\n')) {
+    const m = /^Command failed -:(\d+)$/.exec(line.trim());
+    if (m) { failed.set(Number(m[1]) - 1, pending.join('; ') || 'failed'); pending = []; }
+    else if (line.trim()) pending.push(line.trim());
+  }
+  return failed;
+}
+
+function ipArgs(family: 4 | 6, extra: string[] = []): string[] {
+  // -force: every line runs, and each failure is reported with its line number.
+  return [family === 6 ? '-6' : '-4', ...extra, '-force', '-batch', '-'];
+}
+
+function ipMissing(): RoutesError {
+  return new RoutesError('ROUTES_IP_MISSING', 'the "ip" command (iproute2) was not found: install iproute2');
+}
+
+/** Runs lines in one `ip -batch` process; resolves with the failed lines, rejects only if ip itself cannot run. */
+function runBatch(family: 4 | 6, lines: string[], extra: string[] = []): Promise<{ failed: BatchFailures; stdout: string }> {
+  if (lines.length === 0) return Promise.resolve({ failed: new Map(), stdout: '' });
+  return new Promise((resolve, reject) => {
+    const child = spawn('ip', ipArgs(family, extra), { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    child.once('error', (e: NodeJS.ErrnoException) => reject(e.code === 'ENOENT' ? ipMissing() : new RoutesError('ROUTES_FAILED', `cannot run ip: ${e.message}`)));
+    child.once('close', (code) => {
+      const failed = parseBatchErrors(err);
+      if (code !== 0 && failed.size === 0) reject(new RoutesError('ROUTES_FAILED', `ip ${ipArgs(family, extra).join(' ')} failed (exit ${code}): ${err.trim()}`));
+      else resolve({ failed, stdout: out });
+    });
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(lines.map((l) => `${l}\n`).join(''));
+  });
+}
+
+/** Best effort, synchronous (undo in an 'exit' handler): failures are ignored. */
+function runBatchSync(family: 4 | 6, lines: string[]): void {
+  if (lines.length === 0) return;
+  spawnSync('ip', ipArgs(family), { input: lines.map((l) => `${l}\n`).join(''), stdio: ['pipe', 'ignore', 'ignore'], timeout: 10000 });
+}
+
+const GONE = /No such process|No such file or directory|Cannot find device/;
 
 function readSysctl(p: string): string | undefined {
   try {
@@ -79,113 +188,199 @@ function writeSysctl(p: string, v: string): void {
     fs.writeFileSync(p, v);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'EACCES' || err.code === 'EPERM' || err.code === 'EROFS') throw new RoutesError('ROUTES_EPERM', `writing ${p} needs root`);
+    if (err.code === 'EACCES' || err.code === 'EPERM' || err.code === 'EROFS') throw new RoutesError('ROUTES_EPERM', `writing ${p} needs root (CAP_NET_ADMIN): run mplb as root`);
     throw new RoutesError('ROUTES_FAILED', `writing ${v} to ${p} failed: ${err.message}`);
   }
 }
 
-/** Metric of the blackhole guards: above the TUN routes (metric 0), which win while the TUN exists. */
-const GUARD_METRIC = '4096';
+// ---- the handle ----
 
-export function installRoutes(opts: RoutesOptions): RoutesHandle {
-  const table = String(opts.table ?? 2710);
-  const prio = opts.rulePriority ?? 10000;
-  const tun = opts.tunName;
-  for (const a of [...opts.vips, ...opts.backends]) {
-    if (net.isIP(a) === 0) throw new RoutesError('ROUTES_BAD_ADDRESS', `"${a}" is not an IPv4 or IPv6 address`);
-  }
-  const families = new Set<4 | 6>();
-  for (const a of [...opts.vips, ...opts.backends]) families.add(net.isIP(a) === 6 ? 6 : 4);
+/** A change whose additions are in place and whose removals wait for commit(). */
+export interface RoutesChange {
+  readonly plan: RoutePlan;
+  /** Removes what only the old set needed; returns problems (a route that could not be removed), never throws. */
+  commit(): Promise<string[]>;
+  /** Takes this change's additions back (the old set stays as it was). */
+  rollback(): Promise<void>;
+}
 
+export interface RoutesHandle {
+  /** The commands that were run, in order (for logs). */
+  readonly applied: readonly string[];
+  /** The committed address set. */
+  readonly current: RouteSet;
+  /**
+   * Adds what `next` needs beyond the current set (one `ip -batch` per family). If an addition fails, what this
+   * call added is taken back and a RoutesError names the route and the reason. One change at a time.
+   */
+  change(next: RouteSet): Promise<RoutesChange>;
+  /**
+   * Removes everything this handle installed or took over (newest kind first) and restores the sysctls;
+   * synchronous and idempotent (safe in 'exit' handlers). `keepGuard`: leave the blackhole guards, the rules and
+   * the sysctls, so that while mplb is down packets to the VIPs and un-NATed replies from backends are dropped
+   * (not leaked to clients, whose RSTs would kill the connections); the next start takes them over.
+   */
+  undo(opts?: { keepGuard?: boolean }): void;
+  readonly undone: boolean;
+}
+
+const EMPTY: RouteSet = { vips: [], backends: [] };
+
+/** A handle with nothing installed yet: the first change() installs the routes. */
+export function createRoutes(opts: RoutesOptions): RoutesHandle {
+  const { table, prio, tun } = settings(opts);
   const applied: string[] = [];
-  // Each step is tagged: guard steps survive undo({ keepGuard: true }).
-  const undoSteps: Array<{ guard: boolean; run: () => void }> = [];
+  /** Routes and rules that are ours now (added, or taken over), by family + add line. */
+  const installed = new Map<string, RouteItem>();
+  const sysctlUndo: Array<{ path: string; old: string; value: string }> = [];
+  /** Sysctls set by the change in progress (undo() restores them too). */
+  let sysctlPending: Array<{ path: string; old: string; value: string }> = [];
+  let current: RouteSet = EMPTY;
+  let pending = false;
   let undone = false;
-  const undo = (o: { keepGuard?: boolean } = {}) => {
-    if (undone) return;
-    undone = true;
-    while (undoSteps.length > 0) {
-      const step = undoSteps.pop()!;
-      if (o.keepGuard && step.guard) continue;
+  const key = (i: RouteItem) => `${i.family} ${i.add}`;
+
+  /** Refuses, before anything changes, a table or rule priority that another live device routes through. */
+  const checkOwnership = async (families: Array<4 | 6>) => {
+    for (const f of families) {
+      const { stdout } = await runBatch(f, [`route show table ${table}`, 'rule show'], ['-j']);
+      let routes: Array<Record<string, unknown>>, rules: Array<Record<string, unknown>>;
       try {
-        step.run();
+        [routes, rules] = stdout.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as Array<Record<string, unknown>>);
       } catch {
-        // keep going: remove as much as possible
+        throw new RoutesError('ROUTES_FAILED', `could not read the IPv${f} routes of table ${table} and the rules ("ip -j"): ${stdout.slice(0, 200)}`);
       }
+      const advice = `give each instance its own device.table and device.rulePriority (e.g. table ${Number(table) + 1} and rulePriority ${prio + 100}), or stop the other one`;
+      // A route through a device is only there while the device is: a device other than ours means a live user.
+      const other = (routes ?? []).find((r) => typeof r.dev === 'string' && r.dev !== tun && (r.type === undefined || r.type === 'unicast'));
+      if (other) throw new RoutesError('ROUTES_IN_USE', `routing table ${table} (IPv${f}) already routes "${String(other.dst)}" to device ${String(other.dev)}, not to this instance's ${tun}: another mplb instance (or another program) uses it; ${advice}`);
+      const rule = (rules ?? []).find((r) => (r.priority === prio || r.priority === prio + 1) && r.table === 'main' && typeof r.iif === 'string' && r.iif !== tun && !('iif_detached' in r));
+      if (rule) throw new RoutesError('ROUTES_IN_USE', `rule priority ${String(rule.priority)} (IPv${f}) is already used by "iif ${String(rule.iif)} lookup main", not by this instance's ${tun}: another mplb instance uses it; ${advice}`);
     }
-  };
-  const ip = (args: string[], inverse: string[], guard = false) => {
-    // Guards and rules may be left from a previous run (keepGuard, or a crash): replace them, never duplicate.
-    if (guard) tryIp(inverse);
-    runIp(args);
-    applied.push(`ip ${args.join(' ')}`);
-    undoSteps.push({ guard, run: () => tryIp(inverse) });
-  };
-  const sysctl = (p: string, v: string) => {
-    const old = readSysctl(p);
-    if (old === undefined) throw new RoutesError('ROUTES_FAILED', `${p} does not exist (is the interface there, IPv6 enabled?)`);
-    if (old === v) return;
-    writeSysctl(p, v);
-    applied.push(`${p}=${v}`);
-    undoSteps.push({ guard: true, run: () => {
-      // Restore only if nobody changed it since.
-      if (readSysctl(p) === v) writeSysctl(p, old);
-    } });
   };
 
-  try {
-    if (opts.setSysctls ?? true) {
-      if (families.has(4)) {
-        sysctl('/proc/sys/net/ipv4/ip_forward', '1');
-        // Packets mplb writes carry the client's (or the VIP's) source, which is not routed via the TUN.
-        sysctl('/proc/sys/net/ipv4/conf/all/rp_filter', '0');
-        sysctl(`/proc/sys/net/ipv4/conf/${tun}/rp_filter`, '0');
-      }
-      if (families.has(6)) sysctl('/proc/sys/net/ipv6/conf/all/forwarding', '1');
-    }
-    // Guards first: blackhole routes with a high metric under the TUN routes. The kernel removes the TUN routes
-    // with the device; the guards then drop traffic instead of routing it around the balancer.
-    for (const fam of families) {
-      const f = fam === 6 ? '-6' : '-4';
-      ip([f, 'route', 'add', 'blackhole', 'default', 'table', table, 'metric', GUARD_METRIC],
-        [f, 'route', 'del', 'blackhole', 'default', 'table', table, 'metric', GUARD_METRIC], true);
-      const r1 = ['rule', 'add', 'priority', String(prio), 'iif', tun, 'lookup', 'main'];
-      ip([f, ...r1], [f, 'rule', 'del', ...r1.slice(2)], true);
-    }
-    for (const vip of opts.vips) {
-      const f = net.isIP(vip) === 6 ? '-6' : '-4';
-      const dst = `${vip}/${f === '-6' ? 128 : 32}`;
-      ip([f, 'route', 'add', 'blackhole', dst, 'metric', GUARD_METRIC], [f, 'route', 'del', 'blackhole', dst, 'metric', GUARD_METRIC], true);
-    }
-    for (const b of opts.backends) {
-      const f = net.isIP(b) === 6 ? '-6' : '-4';
-      const from = `${b}/${f === '-6' ? 128 : 32}`;
-      const ifaces = opts.backendInterfaces && opts.backendInterfaces.length > 0 ? opts.backendInterfaces : [undefined];
-      for (const dev of ifaces) {
-        const sel = ['priority', String(prio + 1), 'from', from, ...(dev ? ['iif', dev] : []), 'lookup', table];
-        ip([f, 'rule', 'add', ...sel], [f, 'rule', 'del', ...sel], true);
-      }
-    }
-    // The TUN routes last, so undo removes them first: the VIPs stop entering a TUN that is about to go away.
-    for (const fam of families) {
-      const f = fam === 6 ? '-6' : '-4';
-      ip([f, 'route', 'add', 'default', 'dev', tun, 'table', table], [f, 'route', 'del', 'default', 'dev', tun, 'table', table]);
-    }
-    for (const vip of opts.vips) {
-      const f = net.isIP(vip) === 6 ? '-6' : '-4';
-      const dst = `${vip}/${f === '-6' ? 128 : 32}`;
-      ip([f, 'route', 'add', dst, 'dev', tun], [f, 'route', 'del', dst, 'dev', tun]);
-    }
-  } catch (e) {
-    undo();
-    throw e;
-  }
+  const sysctlsFor = (f: 4 | 6): Array<[string, string]> => (opts.setSysctls ?? true)
+    ? (f === 4
+      // Packets mplb writes carry the client's (or the VIP's) source, which is not routed via the TUN.
+      ? [['/proc/sys/net/ipv4/ip_forward', '1'], ['/proc/sys/net/ipv4/conf/all/rp_filter', '0'], [`/proc/sys/net/ipv4/conf/${tun}/rp_filter`, '0']]
+      : [['/proc/sys/net/ipv6/conf/all/forwarding', '1']])
+    : [];
 
-  return {
+  const removeItems = async (items: RouteItem[]): Promise<string[]> => {
+    const problems: string[] = [];
+    for (const f of [4, 6] as const) {
+      const lines = items.filter((i) => i.family === f);
+      const { failed } = await runBatch(f, lines.map((i) => i.del));
+      lines.forEach((i, n) => {
+        const msg = failed.get(n);
+        applied.push(`ip -${f} ${i.del}`);
+        // Still there: keep it on the books so that undo() tries again.
+        if (msg !== undefined && !GONE.test(msg)) problems.push(`could not remove "ip -${f} ${i.del}": ${msg}`);
+        else installed.delete(key(i));
+      });
+    }
+    return problems;
+  };
+
+  const handle: RoutesHandle = {
     applied,
-    undo,
-    get undone() {
-      return undone;
+    get current() { return current; },
+    get undone() { return undone; },
+    async change(next) {
+      if (undone) throw new RoutesError('ROUTES_FAILED', 'the routes were already removed (mplb is stopping)');
+      if (pending) throw new RoutesError('ROUTES_BUSY', 'another route change is still pending: changes must be applied one at a time');
+      const plan = planRoutes(current, next, opts);
+      pending = true;
+      const added: RouteItem[] = [], adopted: RouteItem[] = [];
+      const setSysctls: Array<{ path: string; old: string; value: string }> = [];
+      sysctlPending = setSysctls;
+      const rollback = async () => {
+        // Only what this change added goes; guards it found in place stay, and are not ours after all.
+        for (const i of adopted) installed.delete(key(i));
+        await removeItems(byRemovalOrder(added));
+        for (const s of [...setSysctls].reverse()) if (readSysctl(s.path) === s.value) { try { writeSysctl(s.path, s.old); } catch { /* best effort */ } }
+        sysctlPending = [];
+        pending = false;
+      };
+      try {
+        // A family's first addresses bring its table routes: check first that no other instance holds the table.
+        const newFamilies = [...new Set(plan.add.filter((i) => i.rank === 0).map((i) => i.family))];
+        await checkOwnership(newFamilies);
+        for (const f of newFamilies) {
+          for (const [p, v] of sysctlsFor(f)) {
+            const old = readSysctl(p);
+            if (old === undefined) throw new RoutesError('ROUTES_FAILED', `${p} does not exist (is the interface there, IPv6 enabled?)`);
+            if (old === v) continue;
+            writeSysctl(p, v);
+            setSysctls.push({ path: p, old, value: v });
+            applied.push(`${p}=${v}`);
+          }
+        }
+        const problems: string[] = [];
+        for (const f of [4, 6] as const) {
+          const lines = plan.add.filter((i) => i.family === f);
+          const { failed } = await runBatch(f, lines.map((i) => i.add));
+          lines.forEach((i, n) => {
+            const msg = failed.get(n);
+            if (msg === undefined) { added.push(i); installed.set(key(i), i); applied.push(`ip -${f} ${i.add}`); }
+            // A guard identical to ours, left by an earlier run of this instance: take it over, it is not this change's.
+            else if (i.guard && /File exists/.test(msg)) { adopted.push(i); installed.set(key(i), i); }
+            else problems.push(`"ip -${f} ${i.add}": ${msg}`);
+          });
+          if (problems.length > 0) break;
+        }
+        if (problems.length > 0) {
+          const exists = problems.some((p) => /File exists/.test(p));
+          const perm = problems.some((p) => /Operation not permitted/.test(p));
+          throw new RoutesError(exists ? 'ROUTES_EXISTS' : perm ? 'ROUTES_EPERM' : 'ROUTES_FAILED',
+            `could not add ${problems.join('; ')}. ${exists ? 'Another route or rule is in the way (see "ip route show ADDRESS" and "ip rule"): remove it, or leave that address out of the config.' : perm ? 'mplb needs root (CAP_NET_ADMIN).' : ''} Nothing was changed: the routes, rules and engine config are as they were.`);
+        }
+      } catch (e) {
+        await rollback();
+        throw e;
+      }
+      let done = false;
+      return {
+        plan,
+        async commit() {
+          if (done) return [];
+          done = true;
+          sysctlUndo.push(...setSysctls);
+          sysctlPending = [];
+          const problems = await removeItems(plan.remove);
+          current = { vips: [...next.vips], backends: [...next.backends] };
+          pending = false;
+          return problems;
+        },
+        async rollback() {
+          if (done) return;
+          done = true;
+          await rollback();
+        },
+      };
+    },
+    undo(o = {}) {
+      if (undone) return;
+      undone = true;
+      const items = byRemovalOrder([...installed.values()]).filter((i) => !(o.keepGuard && i.guard));
+      for (const f of [4, 6] as const) {
+        try { runBatchSync(f, items.filter((i) => i.family === f).map((i) => i.del)); } catch { /* keep going */ }
+      }
+      for (const i of items) { installed.delete(key(i)); applied.push(`ip -${i.family} ${i.del}`); }
+      if (o.keepGuard) return;
+      for (const s of [...sysctlUndo, ...sysctlPending].reverse()) {
+        // Restore only if nobody changed it since.
+        try { if (readSysctl(s.path) === s.value) writeSysctl(s.path, s.old); } catch { /* keep going */ }
+      }
     },
   };
+  return handle;
+}
+
+/** Installs the routes for one address set (createRoutes + one committed change); on failure nothing stays. */
+export async function installRoutes(opts: RoutesOptions & RouteSet): Promise<RoutesHandle> {
+  const h = createRoutes(opts);
+  const c = await h.change({ vips: opts.vips, backends: opts.backends });
+  for (const p of await c.commit()) process.stderr.write(`mplb: ${p}\n`);
+  return h;
 }

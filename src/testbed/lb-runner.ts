@@ -59,7 +59,7 @@ async function main(): Promise<void> {
     spinUs: Number(values.spin),
   });
   const list = (s: string) => s.split(',').map((x) => x.trim()).filter(Boolean);
-  routes = installRoutes({ tunName: loop.tunName, vips: list(values.vips), backends: list(values.backends) });
+  routes = await installRoutes({ tunName: loop.tunName, vips: list(values.vips), backends: list(values.backends) });
   const probeMs = Number(values['probe-ms']);
   // Optional: keep asking the worker something, to measure control latency under load.
   if (probeMs > 0) probe = setInterval(() => void loop?.engine.call('backends', {}).catch(() => undefined), probeMs);
