@@ -9,7 +9,7 @@ import { validateRunConfig } from '../src/control/run-config.js';
 import { HealthChecker, connectProbe, type ProbeResult, type ProbeTarget, type Scheduler } from '../src/control/health.js';
 import { createLogger } from '../src/control/logger.js';
 import { ConfigError } from '../src/engine/config.js';
-import { listenMptcp, mptcpAvailable } from '../src/traffic/mptcp-socket.js';
+import { listenMptcp, mptcpAvailable } from '../src/io/mptcp-socket.js';
 import { ACK, SYN, capSyn, capSynAck, tcp, endpoints } from './helpers/packets.js';
 
 const VIP = '198.18.100.1:80';

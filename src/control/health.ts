@@ -2,7 +2,7 @@
 // take it out of selection (Controller.setHealthy -> Maglev moves only its slots), `rise` successes bring it back.
 // Time and probes are injected so tests drive every transition without real timers or sockets.
 import net from 'node:net';
-import { connectMptcp, getMptcpInfo } from '../traffic/mptcp-socket.js';
+import { connectMptcp, getMptcpInfo } from '../io/mptcp-socket.js';
 import type { Controller } from './controller.js';
 import type { HealthCheckKind } from './run-config.js';
 import { silentLogger, type Logger } from './logger.js';
