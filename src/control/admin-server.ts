@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { ControlError, type Controller, type VipView } from './controller.js';
 import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
 import { ConfigError, type BackendConfig, type EngineConfig, type VipConfig } from '../engine/config.js';
-import { canonicalEndpoint, type RunConfig } from './run-config.js';
+import { canonicalEndpoint, endpointId, type RunConfig } from './run-config.js';
 import type { HealthChecker } from './health.js';
 import { Metrics, snapshot } from './metrics.js';
 import type { PacketLoopStats } from '../dataplane/packet-loop.js';
@@ -45,8 +45,6 @@ export interface AdminServer {
   setAuthReads(on: boolean): void;
   close(): Promise<void>;
 }
-
-const endpointId = (address: string, port: number) => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
 
 /**
  * Applies a reloaded config file through the Controller. Health verdicts survive in the Controller; backends

@@ -4,7 +4,7 @@
 // channel in production, an in-process engine in tests).
 import { formatEndpoint, parseEndpoint } from '../wire/addr.js';
 import { validateEngineConfig, type BackendConfig, type VipConfig } from '../engine/config.js';
-import type { RunConfig } from './run-config.js';
+import { endpointId, type RunConfig } from './run-config.js';
 import { inProcessChannel, type ConnectionsPage, type ConnectionView, type EngineChannel, type EngineStats } from '../dataplane/control-protocol.js';
 import { Engine } from '../engine/engine.js';
 
@@ -25,8 +25,6 @@ export interface BackendView {
   packetsIn: number; bytesIn: number; packetsOut: number; bytesOut: number;
 }
 export interface VipView { address: string; policy: string; backends: BackendView[] }
-
-const endpointId = (address: string, port: number) => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
 
 export class Controller {
   /** Weights to restore on undrain, by "vip|backend". */
