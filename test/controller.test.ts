@@ -226,3 +226,23 @@ test('changes that are not about weights keep drained backends drained, and undr
   assert.equal((await ctl.vips())[0].backends[1].weight, 7, 'undrain restores 7');
   assert.equal((await engineBackends(port)).find((x) => x.id === '198.18.11.2:80')!.weight, 7);
 });
+
+test('a change that changes nothing sends no reload and no health call', async () => {
+  const { ctl, port } = slowSetup();
+  await ctl.drain(VIP, '198.18.11.2:80');
+  assert.equal(port.counts.reloads, 1);
+  await ctl.drain(VIP, '198.18.11.2:80');
+  await ctl.undrain(VIP, '198.18.10.2:80');
+  await ctl.setWeight(VIP, '198.18.10.2:80', 1);
+  await ctl.reload(ctl.config);
+  await ctl.reload({ ...ctl.config, engine: { ...ctl.config.engine, timeouts: { ...ctl.config.engine.timeouts } } });
+  assert.equal(port.counts.reloads, 1, 'drain of a drained backend, undrain of an undrained one, the same weight, the same config: no reload');
+  await ctl.setHealthy(VIP, '198.18.10.2:80', true);
+  assert.equal(port.counts.setUps, 0, 'healthy again: no health call');
+  await ctl.setHealthy(VIP, '198.18.10.2:80', false);
+  await ctl.setHealthy(VIP, '198.18.10.2:80', false);
+  assert.equal(port.counts.setUps, 1, 'unhealthy twice: one health call');
+  assert.equal(port.counts.reloads, 1);
+  await ctl.undrain(VIP, '198.18.11.2:80');
+  assert.equal(port.counts.reloads, 2, 'a real change still reloads');
+});

@@ -16,8 +16,8 @@ import { Engine } from '../engine/engine.js';
 export interface EnginePort {
   readonly engine: EngineChannel;
   /**
-   * Applies a whole new config (engine live, plus routes where there are any). Must be atomic: when it throws, the
-   * engine and routes are as they were.
+   * Applies a whole new config (engine live, plus routes where there are any); called only when its engine part or
+   * device changed. Must be atomic: when it throws, the engine and routes are as they were.
    */
   reload(cfg: RunConfig): Promise<void>;
 }
@@ -48,6 +48,10 @@ interface State {
 interface Found { vi: number; v: VipConfig; bi: number; b: BackendConfig; id: string; key: string }
 
 const keyOf = (vipAddress: string, b: BackendConfig) => `${canonicalEndpoint(vipAddress)}|${endpointId(b.address, b.port!)}`;
+/** Key-order-independent JSON, to tell whether a change changes anything. */
+const canon = (x: unknown): string => JSON.stringify(x, (_k, v: unknown) =>
+  v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v);
+const sameSet = (a: ReadonlySet<string>, b: ReadonlySet<string>) => a.size === b.size && [...a].every((k) => b.has(k));
 
 function findVip(cfg: RunConfig, vip: string): { vi: number; v: VipConfig } {
   const want = canonicalEndpoint(vip);
@@ -87,10 +91,13 @@ function running(s: State): RunConfig {
 
 export class Controller {
   private state: State;
+  /** What the port last applied. */
+  private applied: RunConfig;
   private tail: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly port: EnginePort, cfg: RunConfig) {
     this.state = { cfg, drained: new Set(), unhealthy: new Set() };
+    this.applied = cfg;
   }
 
   /** The desired config: weights as configured (drains and health verdicts are overlays, see vips()). */
@@ -254,19 +261,20 @@ export class Controller {
     return { cfg: { ...cfg, engine }, drained: keep(o.drained ?? s.drained), unhealthy: keep(s.unhealthy) };
   }
 
-  /** Applies `next`, then makes it the state. */
+  /** Applies `next` (reload only when the engine's part changed), then makes it the state. */
   private async commit(next: State): Promise<void> {
     const cur = this.state;
+    if (canon(next.cfg) === canon(cur.cfg) && sameSet(next.drained, cur.drained) && sameSet(next.unhealthy, cur.unhealthy)) return;
     const target = running(next);
-    // A health verdict alone is a setUp call; anything else goes through a reload.
-    if (next.cfg !== cur.cfg || next.drained !== cur.drained) {
+    if (canon([target.engine, target.device]) !== canon([this.applied.engine, this.applied.device])) {
       await this.port.reload(target);
       this.state = next;
+      this.applied = target;
       // The engine runs `next` now; a failure here is mended by the next change's sync.
       await this.syncHealth(next.unhealthy).catch(() => undefined);
       return;
     }
-    await this.syncHealth(next.unhealthy);
+    if (!sameSet(next.unhealthy, cur.unhealthy)) await this.syncHealth(next.unhealthy);
     this.state = next;
   }
 
