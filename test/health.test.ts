@@ -204,6 +204,20 @@ test('backends added and removed through the Controller are picked up and forgot
   assert.equal(boom.get(VIP, B2)!.lastError, 'boom');
 });
 
+test('a backend removed and added again between rounds starts from the Controller\'s verdict (healthy) and is taken out again', async () => {
+  const { ctl, sp, checker } = setup({ fall: 1 });
+  sp.fixed.set(B2, false);
+  await checker.runRound();
+  assert.equal(await stateOf(ctl, B2), false);
+  // Removing forgets the verdict: the re-added backend is in selection until a probe says otherwise.
+  await ctl.removeBackend(VIP, B2);
+  await ctl.addBackend(VIP, { address: '198.18.11.2' });
+  assert.equal(await stateOf(ctl, B2), true);
+  await checker.runRound();
+  assert.equal(await stateOf(ctl, B2), false, 'still failing: out of selection again');
+  assert.equal(checker.get(VIP, B2)!.state, 'down');
+});
+
 test('health config: defaults and validation', () => {
   const base = { vips: [{ address: VIP, backends: [{ address: '198.18.10.2' }] }] };
   const c = validateRunConfig(base);

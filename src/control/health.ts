@@ -174,6 +174,9 @@ export class HealthChecker {
           };
           this.states.set(key, st);
         }
+        // The Controller's verdict counts: it forgets one when a backend is removed (added again, it is healthy), and
+        // keeps the old one when applying a verdict failed.
+        st.state = b.healthy ? 'up' : 'down';
         st.check = ov.check ?? cfg.check;
         st.port = ov.port ?? cfg.port ?? b.port;
         st.checked = on;
