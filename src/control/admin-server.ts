@@ -46,9 +46,9 @@ export interface AdminServer {
 }
 
 /**
- * Applies a reloaded config file through the Controller. Health verdicts survive in the Controller; backends
- * drained through the API stay drained (weight 0) even though the file carries their weight. Fields that only a
- * restart can change keep their running values (so the running config stays true) and are named in the answer.
+ * Applies a reloaded config file through the Controller. Health verdicts and drain marks survive (a drained backend's
+ * weight in the file is the one undrain restores). Fields that only a restart can change keep their running values
+ * (so the running config stays true) and are named in the answer.
  */
 export async function reloadConfig(ctl: Controller, next: RunConfig): Promise<{ keptDrained: string[]; restartNeeded: string[] }> {
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
