@@ -12,7 +12,7 @@
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import * as koffi from 'koffi';
-import { connectMptcp, getMptcpInfo, listenMptcp } from '../src/traffic/mptcp-socket.js';
+import { connectMptcp, getMptcpInfo, listenMptcp } from '../src/io/mptcp-socket.js';
 import { startTrafficServer } from '../src/traffic/server.js';
 
 const out = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);

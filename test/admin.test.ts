@@ -15,6 +15,7 @@ import { ConfigError } from '../src/engine/config.js';
 import type { PacketLoopStats } from '../src/dataplane/packet-loop.js';
 import { keyToken } from '../src/wire/tokens.js';
 import { ACK, SYN, capSyn, capSynAck, joinSyn, tcp, endpoints } from './helpers/packets.js';
+import { controlState, engineBackends, outcome, rng, slowPort, type TestPort } from './helpers/ports.js';
 
 const VIP = '198.18.100.1:80';
 const B1 = '198.18.10.2:80', B2 = '198.18.11.2:80';
@@ -31,11 +32,13 @@ interface Env {
   health: HealthChecker;
   probeOk: Map<string, boolean>;
   next: { cfg?: RunConfig };
+  port: ReturnType<typeof inProcessPort> | TestPort;
 }
 
-async function setup(opts: { token?: string; authReads?: boolean; cfg?: RunConfig } = {}): Promise<Env> {
+/** `slow`: the port's reload takes 1-5 ms like the balancer's, so concurrent requests overlap in it. */
+async function setup(opts: { token?: string; authReads?: boolean; cfg?: RunConfig; slow?: boolean } = {}): Promise<Env> {
   const cfg = opts.cfg ?? validateRunConfig(doc());
-  const port = inProcessPort(cfg);
+  const port = opts.slow ? slowPort(cfg) : inProcessPort(cfg);
   const ctl = new Controller(port, cfg);
   const probeOk = new Map<string, boolean>();
   const health = new HealthChecker({ controller: ctl, scheduler: idle, probe: async (t) => ({ ok: probeOk.get(t.backend) ?? true, error: 'refused' }) });
@@ -45,7 +48,7 @@ async function setup(opts: { token?: string; authReads?: boolean; cfg?: RunConfi
     loopStats: () => ({ packetsIn: 10, packetsOut: 9, dropped: 1, readErrors: 0, writeErrors: 0, processErrors: 0, bytesIn: 1000, bytesOut: 900, batches: 3, ticks: 5, maxLoopLagMs: 12.5, maxBatch: 4, lastErrno: 0, busyMs: 2, maxControlMs: 1.5 }) as unknown as PacketLoopStats,
     reload: async () => { await reloadConfig(ctl, next.cfg ?? validateRunConfig(doc())); },
   });
-  return { ctl, p: port.local, admin, health, probeOk, next };
+  return { ctl, p: port.local, admin, health, probeOk, next, port };
 }
 
 interface Res { status: number; headers: Headers; body: any; text: string }
@@ -171,6 +174,8 @@ describe('admin API', () => {
     }
     const dup = await call(env, 'POST', '/api/v1/vips', { body: { address: VIP, backends: [] } });
     assert.equal(dup.status, 409);
+    const dupBe = await call(env, 'POST', `/api/v1/vips/${enc(VIP)}/backends`, { body: { address: '198.18.10.2', port: 80 } });
+    assert.deepEqual([dupBe.status, dupBe.body.error], [409, `backend ${B1} exists in VIP ${VIP}`]);
     const big = await call(env, 'POST', '/api/v1/vips', { raw: `{"address":"${'x'.repeat(70_000)}"}` });
     assert.equal(big.status, 413);
     assert.equal(JSON.stringify(env.ctl.config), before, 'nothing changed');
@@ -438,4 +443,126 @@ test('examples/mplb.yaml is a valid config; the README documents every config fi
   assert.match(unit, /^ExecStart=\S*mplb run --config \/etc\/mplb\/mplb\.yaml$/m);
   assert.match(unit, /^ExecReload=\/bin\/kill -HUP \$MAINPID$/m);
   assert.match(unit, /^LoadCredential=admin-token:/m);
+});
+
+// ---- concurrent requests: applied one at a time in arrival order; a failed change changes nothing ----
+
+const addr = (i: number) => `198.18.${20 + (i >> 8)}.${i & 255}`;
+const many = (n: number) => validateRunConfig({ vips: [{ address: VIP, backends: Array.from({ length: n }, (_, i) => ({ address: addr(i + 1), weight: (i % 7) + 1 })) }], tables: { maxFlows: 1024, maxConnections: 1024, maglevSize: 1021 } });
+const fewer = () => validateRunConfig({ ...doc(), tables: { maxFlows: 1024, maxConnections: 1024, maglevSize: 1021 } });
+
+test('100 concurrent POST backends: all 201 with their own id, all present in the API and the engine', async () => {
+  const env = await setup({ slow: true, cfg: fewer() });
+  try {
+    const rs = await Promise.all(Array.from({ length: 100 }, (_, i) => call(env, 'POST', `/api/v1/vips/${enc(VIP)}/backends`, { body: { address: addr(i + 1), weight: 2 } })));
+    assert.deepEqual(rs.map((r) => r.status), Array(100).fill(201));
+    assert.deepEqual(rs.map((r) => r.body.backend), Array.from({ length: 100 }, (_, i) => `${addr(i + 1)}:80`), 'each answer names the backend it added');
+    const listed = (await call(env, 'GET', `/api/v1/vips/${enc(VIP)}/backends`)).body.backends;
+    assert.equal(listed.length, 102, 'every added backend is listed');
+    const eng = await engineBackends(env.port);
+    assert.equal(eng.length, 102, 'every added backend is in the engine');
+    for (let i = 1; i <= 100; i++) assert.equal(eng.find((b) => b.id === `${addr(i)}:80`)?.weight, 2, `${addr(i)} in the engine`);
+  } finally { await env.admin.close(); }
+});
+
+test('100 concurrent drains, then 100 concurrent undrains, then 100 concurrent DELETEs', async () => {
+  const env = await setup({ slow: true, cfg: many(100) });
+  try {
+    const ids = Array.from({ length: 100 }, (_, i) => `${addr(i + 1)}:80`);
+    const drains = await Promise.all(ids.map((id) => call(env, 'POST', bpath(id, '/drain'))));
+    assert.deepEqual(drains.map((r) => [r.status, r.body.draining]), Array(100).fill([200, true]));
+    let eng = await engineBackends(env.port);
+    assert.deepEqual(eng.filter((b) => b.weight !== 0).map((b) => b.id), [], 'every drained backend has weight 0 in the engine');
+    const listed = (await call(env, 'GET', `/api/v1/vips/${enc(VIP)}/backends`)).body.backends;
+    assert.deepEqual(listed.map((b: any) => [b.weight, b.draining, b.configuredWeight]), ids.map((_, i) => [0, true, (i % 7) + 1]));
+    const undrains = await Promise.all(ids.map((id) => call(env, 'POST', bpath(id, '/undrain'))));
+    assert.deepEqual(undrains.map((r) => r.status), Array(100).fill(200));
+    eng = await engineBackends(env.port);
+    assert.deepEqual(eng.map((b) => b.weight), ids.map((_, i) => (i % 7) + 1), 'each configured weight is back in the engine');
+    const dels = await Promise.all(ids.map((id) => call(env, 'DELETE', bpath(id))));
+    assert.deepEqual(dels.map((r) => r.status), Array(100).fill(200));
+    assert.deepEqual((await call(env, 'GET', `/api/v1/vips/${enc(VIP)}/backends`)).body.backends, [], 'all gone from the API');
+    assert.deepEqual(await engineBackends(env.port), [], 'all gone from the engine');
+  } finally { await env.admin.close(); }
+});
+
+/** Records the Controller changes in the order they are called (= the order they are queued in), with outcomes. */
+function recordChanges(ctl: Controller) {
+  const log: Array<{ name: string; args: unknown[]; result?: Promise<unknown> }> = [];
+  for (const name of ['addBackend', 'removeBackend', 'drain', 'undrain', 'setWeight', 'addVip', 'removeVip', 'setTimeouts', 'reload', 'setHealthy'] as const) {
+    const self = ctl as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
+    const orig = self[name];
+    if (typeof orig !== 'function') continue;
+    self[name] = (...args: unknown[]) => {
+      const entry: (typeof log)[number] = { name, args };
+      log.push(entry);
+      entry.result = orig.apply(ctl, args);
+      return entry.result;
+    };
+  }
+  return log;
+}
+
+test('mixed concurrent requests end in the state the same requests give one by one in arrival order', async () => {
+  for (const seed of [11, 12, 13]) {
+    const env = await setup({ slow: true, cfg: many(4) });
+    try {
+      const log = recordChanges(env.ctl);
+      const r = rng(seed);
+      const pick = () => `${addr(1 + Math.floor(r() * 10))}${r() < 0.8 ? ':80' : ''}`;
+      const reqs = Array.from({ length: 120 }, (): [string, string, unknown?] => {
+        const x = r();
+        if (x < 0.25) return ['POST', `/api/v1/vips/${enc(VIP)}/backends`, { address: addr(1 + Math.floor(r() * 10)), weight: Math.floor(r() * 5) }];
+        if (x < 0.4) return ['DELETE', bpath(pick())];
+        if (x < 0.6) return ['POST', bpath(pick(), '/drain')];
+        if (x < 0.75) return ['POST', bpath(pick(), '/undrain')];
+        if (x < 0.95) return ['PUT', bpath(pick(), '/weight'), { weight: Math.floor(r() * 5) }];
+        return ['PUT', '/api/v1/timeouts', { synMs: 1000 + Math.floor(r() * 9000) }];
+      });
+      const answers = await Promise.all(reqs.map(([m, path, body]) => call(env, m, path, { body })));
+      const odd = answers.filter((a) => ![200, 201, 400, 404, 409].includes(a.status));
+      assert.deepEqual(odd.map((a) => a.text), [], 'only refusals a serial run gives too');
+      const concurrent = await Promise.allSettled(log.map((e) => e.result!));
+      // The same Controller calls, one by one, on a fresh Controller.
+      const cfg = many(4);
+      const port = slowPort(cfg);
+      const serialCtl = new Controller(port, cfg);
+      const serial: string[] = [];
+      for (const e of log) serial.push(outcome((await Promise.allSettled([(serialCtl as any)[e.name](...e.args)]))[0]));
+      assert.deepEqual(concurrent.map(outcome), serial, `seed ${seed}: each change answers as in a serial run`);
+      assert.deepEqual(await controlState(env.ctl, env.port), await controlState(serialCtl, port), `seed ${seed}: same end state as a serial run`);
+    } finally { await env.admin.close(); }
+  }
+});
+
+test('a change whose reload fails answers the error and changes nothing; the next change works', async () => {
+  const env = await setup({ slow: true, cfg: fewer() });
+  try {
+    const port = env.port as TestPort;
+    await call(env, 'POST', bpath(B2, '/drain'));
+    const before = await controlState(env.ctl, port);
+    for (const [m, path, body] of [['POST', `/api/v1/vips/${enc(VIP)}/backends`, { address: '198.18.12.2' }], ['DELETE', bpath(B1)], ['POST', bpath(B1, '/drain')], ['POST', bpath(B2, '/undrain')], ['PUT', bpath(B1, '/weight'), { weight: 4 }], ['PUT', '/api/v1/timeouts', { synMs: 9000 }]] as Array<[string, string, unknown?]>) {
+      port.failNextReload(new Error('routes: ip route replace failed'));
+      const r = await call(env, m, path, { body });
+      assert.deepEqual([r.status, r.body.error], [500, 'routes: ip route replace failed'], `${m} ${path}`);
+      assert.deepEqual(await controlState(env.ctl, port), before, `${m} ${path}: nothing changed`);
+    }
+    const u = await call(env, 'POST', bpath(B2, '/undrain'));
+    assert.deepEqual([u.status, u.body.weight, u.body.draining], [200, 3, false]);
+  } finally { await env.admin.close(); }
+});
+
+test('PUT /api/v1/timeouts keeps a drained backend drained, and undrain restores its weight', async () => {
+  const env = await setup({ slow: true, cfg: fewer() });
+  try {
+    assert.equal((await call(env, 'PUT', bpath(B2, '/weight'), { body: { weight: 7 } })).body.weight, 7);
+    await call(env, 'POST', bpath(B2, '/drain'));
+    const t = await call(env, 'PUT', '/api/v1/timeouts', { body: { synMs: 9000 } });
+    assert.equal(t.status, 200);
+    const b = (await call(env, 'GET', bpath(B2))).body;
+    assert.deepEqual([b.weight, b.draining, b.configuredWeight], [0, true, 7], 'still drained after the timeouts change');
+    const u = await call(env, 'POST', bpath(B2, '/undrain'));
+    assert.deepEqual([u.status, u.body.weight, u.body.draining], [200, 7, false]);
+    assert.equal((await engineBackends(env.port)).find((x) => x.id === B2)!.weight, 7);
+  } finally { await env.admin.close(); }
 });

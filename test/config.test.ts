@@ -4,7 +4,7 @@ import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, validateEngineConfig, ENGINE_DEFAULTS } from '../src/engine/config.js';
-import { loadRunConfig, validateRunConfig } from '../src/control/run-config.js';
+import { canonicalEndpoint, endpointId, loadRunConfig, validateRunConfig } from '../src/control/run-config.js';
 
 const ok = { vips: [{ address: '198.18.100.1:80', backends: [{ address: '198.18.10.2' }] }] };
 
@@ -77,4 +77,11 @@ test('YAML files: a valid one loads; a syntax error names the file and line', ()
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('one canonical endpoint spelling for VIPs and backends (the engine ids)', () => {
+  assert.equal(endpointId('2001:DB8:0:0::1', 443), '[2001:db8::1]:443');
+  assert.equal(endpointId('198.18.10.2', 80), '198.18.10.2:80');
+  assert.equal(canonicalEndpoint('[2001:0db8::0001]:443'), endpointId('2001:db8::1', 443));
+  assert.equal(canonicalEndpoint('198.18.10.2'), undefined, 'a VIP needs a port');
 });

@@ -6,10 +6,9 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { AddressInfo } from 'node:net';
-import { ControlError, type Controller, type VipView } from './controller.js';
-import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
-import { ConfigError, type BackendConfig, type EngineConfig, type VipConfig } from '../engine/config.js';
-import { canonicalEndpoint, type RunConfig } from './run-config.js';
+import { ControlError, type BackendView, type Controller, type VipView } from './controller.js';
+import { ConfigError, ENGINE_DEFAULTS, type BackendConfig, type EngineConfig, type VipConfig } from '../engine/config.js';
+import type { RunConfig } from './run-config.js';
 import type { HealthChecker } from './health.js';
 import { Metrics, snapshot } from './metrics.js';
 import type { PacketLoopStats } from '../dataplane/packet-loop.js';
@@ -47,30 +46,30 @@ export interface AdminServer {
   close(): Promise<void>;
 }
 
-const endpointId = (address: string, port: number) => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
-
 /**
- * Applies a reloaded config file through the Controller. Health verdicts survive in the Controller; backends
- * drained through the API stay drained (weight 0) even though the file carries their weight. Fields that only a
- * restart can change keep their running values (so the running config stays true) and are named in the answer.
+ * Applies a reloaded config file through the Controller. Health verdicts and drain marks survive (a drained backend's
+ * weight in the file is the one undrain restores). Fields that only a restart can change keep their running values
+ * (so the running config stays true) and are named in the answer.
  */
 export async function reloadConfig(ctl: Controller, next: RunConfig): Promise<{ keptDrained: string[]; restartNeeded: string[] }> {
-  const cur = ctl.config;
   const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
-  const restartNeeded = [
-    ...(same(next.device, cur.device) ? [] : ['device']),
-    ...(same(next.engine.tables, cur.engine.tables) ? [] : ['tables']),
-    ...(next.engine.hashSeed === cur.engine.hashSeed ? [] : ['hashSeed']),
-    ...(['enabled', 'address', 'port'] as const).filter((k) => next.admin[k] !== cur.admin[k]).map((k) => `admin.${k}`),
-  ];
-  await ctl.reload({
-    ...next,
-    device: cur.device,
-    admin: { ...next.admin, enabled: cur.admin.enabled, address: cur.admin.address, port: cur.admin.port },
-    engine: { ...next.engine, tables: cur.engine.tables, hashSeed: cur.engine.hashSeed },
+  let restartNeeded: string[] = [];
+  // Computed in the Controller's turn, from the config it replaces (not from one a queued change is about to replace).
+  const { keptDrained } = await ctl.reload((cur) => {
+    restartNeeded = [
+      ...(same(next.device, cur.device) ? [] : ['device']),
+      ...(same(next.engine.tables, cur.engine.tables) ? [] : ['tables']),
+      ...(next.engine.hashSeed === cur.engine.hashSeed ? [] : ['hashSeed']),
+      ...(['enabled', 'address', 'port'] as const).filter((k) => next.admin[k] !== cur.admin[k]).map((k) => `admin.${k}`),
+    ];
+    return {
+      ...next,
+      device: cur.device,
+      admin: { ...next.admin, enabled: cur.admin.enabled, address: cur.admin.address, port: cur.admin.port },
+      engine: { ...next.engine, tables: cur.engine.tables, hashSeed: cur.engine.hashSeed },
+    };
   });
-  // Backends drained through the API stay drained (Controller.reload keeps them).
-  return { keptDrained: ctl.drainedBackends().map((k) => k.replace('|', ' ')), restartNeeded };
+  return { keptDrained: keptDrained.map((k) => k.replace('|', ' ')), restartNeeded };
 }
 
 // ---- HTTP plumbing ----
@@ -150,36 +149,16 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
     return !!(m && tokenDigest && timingSafeEqual(digest(m[1]), tokenDigest));
   };
 
-  // The VIP as the config spells it (the Controller keys drain marks and health by that spelling).
-  const vipOf = (seg: string): VipConfig => {
-    const want = canonicalEndpoint(seg);
-    if (!want) throw new HttpError(400, `not a VIP "addr:port": ${JSON.stringify(seg)}`);
-    const v = ctl.config.engine.vips.find((x) => canonicalEndpoint(x.address) === want);
-    if (!v) throw new HttpError(404, `no VIP ${seg}`);
-    return v;
+  // Names in paths are resolved by the Controller (in its turn, for changes): any spelling, "addr" alone when unique.
+  const withBackendHealth = (vip: string, b: BackendView) => {
+    const h = opts.health?.get(vip, b.id);
+    return { ...b, health: h ? { checked: h.checked, state: h.state, check: h.check, port: h.port, successes: h.successes, failures: h.failures, checks: h.checks, transitions: h.transitions, lastError: h.lastError ?? null, lastCheckMs: h.lastCheckMs ?? null, lastChangeMs: h.lastChangeMs ?? null } : null };
   };
-  // The backend id the Controller uses; "addr" alone is accepted when only one backend has that address.
-  const backendOf = (v: VipConfig, seg: string): string => {
-    const ep = parseEndpoint(seg);
-    if (!ep) throw new HttpError(400, `not a backend "addr:port": ${JSON.stringify(seg)}`);
-    const ip = formatIp(ep.addr.bytes, 0, ep.addr.bytes.length);
-    const hits = v.backends.filter((b) => {
-      const a = parseIp(b.address)!;
-      return formatIp(a.bytes, 0, a.bytes.length) === ip && (ep.port === undefined || b.port === ep.port);
-    }).map((b) => endpointId(b.address, b.port!));
-    if (hits.length === 1) return hits[0];
-    if (hits.length > 1) throw new HttpError(400, `backend ${seg} is ambiguous in VIP ${v.address}: give addr:port (${hits.join(', ')})`);
-    throw new HttpError(404, `no backend ${seg} in VIP ${v.address}`);
-  };
-
-  const withHealth = (views: VipView[]) => views.map((v) => {
-    const backends = v.backends.map((b) => {
-      const h = opts.health?.get(v.address, b.id);
-      return { ...b, health: h ? { checked: h.checked, state: h.state, check: h.check, port: h.port, successes: h.successes, failures: h.failures, checks: h.checks, transitions: h.transitions, lastError: h.lastError ?? null, lastCheckMs: h.lastCheckMs ?? null, lastChangeMs: h.lastChangeMs ?? null } : null };
-    });
+  const withHealth = (v: VipView) => {
     const sum = (k: 'packetsIn' | 'bytesIn' | 'packetsOut' | 'bytesOut') => v.backends.reduce((a, b) => a + b[k], 0);
-    return { ...v, totals: { packetsIn: sum('packetsIn'), bytesIn: sum('bytesIn'), packetsOut: sum('packetsOut'), bytesOut: sum('bytesOut') }, backends };
-  });
+    return { ...v, totals: { packetsIn: sum('packetsIn'), bytesIn: sum('bytesIn'), packetsOut: sum('packetsOut'), bytesOut: sum('bytesOut') }, backends: v.backends.map((b) => withBackendHealth(v.address, b)) };
+  };
+  const backendAnswer = (r: { vip: string; backend: BackendView }) => withBackendHealth(r.vip, r.backend);
 
   // MPTCP keys let whoever holds them add subflows to a connection: only token holders see them.
   const redact = (c: unknown, authed: boolean) => {
@@ -197,71 +176,47 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
 
   const V = '([^/]+)';
   const routes: Route[] = [
-    { method: 'GET', re: /^\/api\/v1\/vips$/, change: false, handle: async () => [200, { vips: withHealth(await ctl.vips()), timeMs: Date.now() }] },
+    { method: 'GET', re: /^\/api\/v1\/vips$/, change: false, handle: async () => [200, { vips: (await ctl.vips()).map(withHealth), timeMs: Date.now() }] },
     {
       method: 'POST', re: /^\/api\/v1\/vips$/, change: true, handle: async ({ req }) => {
         const b = await jsonBody(req);
         if (typeof b.address !== 'string') throw new HttpError(400, 'address: required, "addr:port"');
         if (b.backends !== undefined && !Array.isArray(b.backends)) throw new HttpError(400, 'backends: must be a list');
-        await ctl.addVip({ ...b, backends: (b.backends ?? []) as BackendConfig[] } as VipConfig);
-        return [201, { vip: withHealth(await ctl.vips()).find((x) => canonicalEndpoint(x.address) === canonicalEndpoint(b.address as string)) }];
+        return [201, { vip: withHealth(await ctl.addVip({ ...b, backends: (b.backends ?? []) as BackendConfig[] } as VipConfig)) }];
       },
     },
-    {
-      method: 'GET', re: new RegExp(`^/api/v1/vips/${V}$`), change: false, handle: async ({ params }) => {
-        const v = vipOf(params[0]);
-        return [200, withHealth(await ctl.vips()).find((x) => x.address === v.address)];
-      },
-    },
-    { method: 'DELETE', re: new RegExp(`^/api/v1/vips/${V}$`), change: true, handle: async ({ params }) => { const v = vipOf(params[0]); await ctl.removeVip(v.address); return [200, { removed: v.address }]; } },
+    { method: 'GET', re: new RegExp(`^/api/v1/vips/${V}$`), change: false, handle: async ({ params }) => [200, withHealth(await ctl.vip(params[0]))] },
+    { method: 'DELETE', re: new RegExp(`^/api/v1/vips/${V}$`), change: true, handle: async ({ params }) => [200, { removed: await ctl.removeVip(params[0]) }] },
     {
       method: 'GET', re: new RegExp(`^/api/v1/vips/${V}/backends$`), change: false, handle: async ({ params }) => {
-        const v = vipOf(params[0]);
-        return [200, { vip: v.address, backends: withHealth(await ctl.vips()).find((x) => x.address === v.address)!.backends }];
+        const v = withHealth(await ctl.vip(params[0]));
+        return [200, { vip: v.address, backends: v.backends }];
       },
     },
     {
       method: 'POST', re: new RegExp(`^/api/v1/vips/${V}/backends$`), change: true, handle: async ({ req, params }) => {
-        const v = vipOf(params[0]);
         const b = await jsonBody(req);
         if (typeof b.address !== 'string') throw new HttpError(400, 'address: required, an IP address');
-        await ctl.addBackend(v.address, b as unknown as BackendConfig);
-        const added = ctl.config.engine.vips.find((x) => x.address === v.address)!.backends.at(-1)!;
-        return [201, { vip: v.address, backend: endpointId(added.address, added.port!) }];
+        return [201, await ctl.addBackend(params[0], b as unknown as BackendConfig)];
       },
     },
-    {
-      method: 'GET', re: new RegExp(`^/api/v1/vips/${V}/backends/${V}$`), change: false, handle: async ({ params }) => {
-        const v = vipOf(params[0]);
-        const id = backendOf(v, params[1]);
-        return [200, withHealth(await ctl.vips()).find((x) => x.address === v.address)!.backends.find((b) => b.id === id)];
-      },
-    },
+    { method: 'GET', re: new RegExp(`^/api/v1/vips/${V}/backends/${V}$`), change: false, handle: async ({ params }) => [200, backendAnswer(await ctl.backend(params[0], params[1]))] },
     {
       method: 'DELETE', re: new RegExp(`^/api/v1/vips/${V}/backends/${V}$`), change: true, handle: async ({ params }) => {
-        const v = vipOf(params[0]);
-        const id = backendOf(v, params[1]);
-        await ctl.removeBackend(v.address, id);
-        return [200, { vip: v.address, removed: id }];
+        const r = await ctl.removeBackend(params[0], params[1]);
+        return [200, { vip: r.vip, removed: r.backend }];
       },
     },
     ...(['drain', 'undrain'] as const).map((op): Route => ({
-      method: 'POST', re: new RegExp(`^/api/v1/vips/${V}/backends/${V}/${op}$`), change: true, handle: async ({ params }) => {
-        const v = vipOf(params[0]);
-        const id = backendOf(v, params[1]);
-        await (op === 'drain' ? ctl.drain(v.address, id) : ctl.undrain(v.address, id));
-        return [200, withHealth(await ctl.vips()).find((x) => x.address === v.address)!.backends.find((b) => b.id === id)];
-      },
+      method: 'POST', re: new RegExp(`^/api/v1/vips/${V}/backends/${V}/${op}$`), change: true,
+      handle: async ({ params }) => [200, backendAnswer(await ctl[op](params[0], params[1]))],
     })),
     {
       method: 'PUT', re: new RegExp(`^/api/v1/vips/${V}/backends/${V}/weight$`), change: true, handle: async ({ req, params }) => {
-        const v = vipOf(params[0]);
-        const id = backendOf(v, params[1]);
         const b = await jsonBody(req);
         for (const k of Object.keys(b)) if (k !== 'weight') throw new HttpError(400, `${k}: unknown field (allowed: weight)`);
         if (typeof b.weight !== 'number' || !Number.isInteger(b.weight) || b.weight < 0 || b.weight > 65535) throw new HttpError(400, `weight: must be an integer 0-65535, got ${JSON.stringify(b.weight)}`);
-        await ctl.setWeight(v.address, id, b.weight);
-        return [200, withHealth(await ctl.vips()).find((x) => x.address === v.address)!.backends.find((x) => x.id === id)];
+        return [200, backendAnswer(await ctl.setWeight(params[0], params[1], b.weight))];
       },
     },
     {
@@ -294,11 +249,9 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
     {
       method: 'PUT', re: /^\/api\/v1\/timeouts$/, change: true, handle: async ({ req }) => {
         const b = await jsonBody(req);
-        const cur = ctl.config.engine.timeouts;
+        const cur = ENGINE_DEFAULTS.timeouts;
         for (const k of Object.keys(b)) if (!(k in cur)) throw new HttpError(400, `${k}: unknown field (allowed: ${Object.keys(cur).join(', ')})`);
-        const timeouts = { ...cur, ...b } as EngineConfig['timeouts'];
-        await ctl.reload({ ...ctl.config, engine: { ...ctl.config.engine, timeouts } });
-        return [200, { timeouts: ctl.config.engine.timeouts }];
+        return [200, { timeouts: await ctl.setTimeouts(b as Partial<EngineConfig['timeouts']>) }];
       },
     },
     ...(opts.reload ? [{ method: 'POST', re: /^\/api\/v1\/reload$/, change: true, handle: async () => { await opts.reload!(); return [200, { reloaded: true }]; } } as Route] : []),

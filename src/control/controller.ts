@@ -1,16 +1,24 @@
 // The control-plane facade: one object that the CLI, the admin HTTP API, the health checker and the tests drive.
-// Every change goes through a new validated config applied live (flows and tokens survive), so an API call and a
-// config reload take the same path. It talks to the engine only through an EnginePort (the packet worker's
-// channel in production, an in-process engine in tests).
+// It talks to the engine only through an EnginePort (the packet worker's channel in production, an in-process
+// engine in tests).
+//
+// State: the *desired* config (weights as the file and the API set them) plus two overlays, the drained and the
+// unhealthy backends; what the engine runs is derived from the three. A drain never writes weight 0 into the desired
+// config, so no other change (timeouts, policy, other VIPs, a reload) can make 0 the weight that undrain restores.
+// Changes run one at a time, in arrival order, through one queue: each computes its next state from the state the
+// previous one left, and the state is replaced only after the port applied it, so a failed change changes nothing.
 import { formatEndpoint, parseEndpoint } from '../wire/addr.js';
-import { validateEngineConfig, type BackendConfig, type VipConfig } from '../engine/config.js';
-import type { RunConfig } from './run-config.js';
-import { inProcessChannel, type ConnectionsPage, type ConnectionView, type EngineChannel, type EngineStats } from '../dataplane/control-protocol.js';
+import { ConfigError, validateEngineConfig, type BackendConfig, type EngineConfig, type VipConfig } from '../engine/config.js';
+import { canonicalEndpoint, endpointId, type RunConfig } from './run-config.js';
+import { inProcessChannel, type ConnectionsPage, type ConnectionView, type EngineBackend, type EngineChannel, type EngineStats } from '../dataplane/control-protocol.js';
 import { Engine } from '../engine/engine.js';
 
 export interface EnginePort {
   readonly engine: EngineChannel;
-  /** Applies a whole new config (engine live, plus routes where there are any). */
+  /**
+   * Applies a whole new config (engine live, plus routes where there are any); called only when its engine part or
+   * device changed. Must be atomic: when it throws, the engine and routes are as they were.
+   */
   reload(cfg: RunConfig): Promise<void>;
 }
 
@@ -25,42 +33,97 @@ export interface BackendView {
   packetsIn: number; bytesIn: number; packetsOut: number; bytesOut: number;
 }
 export interface VipView { address: string; policy: string; backends: BackendView[] }
+/** A backend and its VIP as the config spells it. */
+export interface BackendRef { vip: string; backend: string }
 
-const endpointId = (address: string, port: number) => (address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`);
+interface State {
+  /** As configured: a drained backend keeps its weight here. */
+  readonly cfg: RunConfig;
+  /** Overlays by key "vip|backend" (canonical), only for backends in `cfg`. */
+  readonly drained: ReadonlySet<string>;
+  readonly unhealthy: ReadonlySet<string>;
+}
+
+/** A backend found by name in a config. */
+interface Found { vi: number; v: VipConfig; bi: number; b: BackendConfig; id: string; key: string }
+
+const keyOf = (vipAddress: string, b: BackendConfig) => `${canonicalEndpoint(vipAddress)}|${endpointId(b.address, b.port!)}`;
+/** Key-order-independent JSON, to tell whether a change changes anything. */
+const canon = (x: unknown): string => JSON.stringify(x, (_k, v: unknown) =>
+  v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v);
+const sameSet = (a: ReadonlySet<string>, b: ReadonlySet<string>) => a.size === b.size && [...a].every((k) => b.has(k));
+
+function findVip(cfg: RunConfig, vip: string): { vi: number; v: VipConfig } {
+  const want = canonicalEndpoint(vip);
+  if (!want) throw new ControlError(400, `not a VIP address "addr:port": ${JSON.stringify(vip)}`);
+  const vi = cfg.engine.vips.findIndex((x) => canonicalEndpoint(x.address) === want);
+  if (vi < 0) throw new ControlError(404, `no VIP ${vip}`);
+  return { vi, v: cfg.engine.vips[vi] };
+}
+
+/** "addr:port", or "addr" alone when only one backend of the VIP has that address. */
+function findBackend(cfg: RunConfig, vip: string, backend: string): Found {
+  const { vi, v } = findVip(cfg, vip);
+  const ep = parseEndpoint(backend);
+  if (!ep) throw new ControlError(400, `not a backend "addr:port": ${JSON.stringify(backend)}`);
+  const hits = v.backends.flatMap((b, bi) => {
+    const id = endpointId(b.address, b.port!);
+    return id === formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port ?? b.port!) ? [{ vi, v, bi, b, id, key: keyOf(v.address, b) }] : [];
+  });
+  if (hits.length === 1) return hits[0];
+  if (hits.length > 1) throw new ControlError(400, `backend ${backend} is ambiguous in VIP ${v.address}: give addr:port (${hits.map((h) => h.id).join(', ')})`);
+  throw new ControlError(404, `no backend ${backend} in VIP ${v.address}`);
+}
+
+function withVips(cfg: RunConfig, vips: VipConfig[]): RunConfig { return { ...cfg, engine: { ...cfg.engine, vips } }; }
+function withBackends(cfg: RunConfig, vi: number, backends: BackendConfig[]): RunConfig {
+  return withVips(cfg, cfg.engine.vips.map((v, i) => (i === vi ? { ...v, backends } : v)));
+}
+function withWeight(cfg: RunConfig, f: Found, weight: number): RunConfig {
+  return withBackends(cfg, f.vi, f.v.backends.map((b, i) => (i === f.bi ? { ...b, weight } : b)));
+}
+
+/** What the engine runs: the desired config with drained backends at weight 0. */
+function running(s: State): RunConfig {
+  if (s.drained.size === 0) return s.cfg;
+  return withVips(s.cfg, s.cfg.engine.vips.map((v) => ({ ...v, backends: v.backends.map((b) => (s.drained.has(keyOf(v.address, b)) ? { ...b, weight: 0 } : b)) })));
+}
 
 export class Controller {
-  /** Weights to restore on undrain, by "vip|backend". */
-  private readonly drained = new Map<string, number>();
-  /** Health verdicts by "vip|backend" (absent = healthy). */
-  private readonly unhealthy = new Set<string>();
-  /** Changes run one at a time, each built from the config the previous one left (no lost updates). */
-  private queue: Promise<unknown> = Promise.resolve();
+  private state: State;
+  /** What the port last applied. */
+  private applied: RunConfig;
+  private tail: Promise<unknown> = Promise.resolve();
 
-  constructor(private readonly port: EnginePort, private cfg: RunConfig) {}
+  constructor(private readonly port: EnginePort, cfg: RunConfig) {
+    this.state = { cfg, drained: new Set(), unhealthy: new Set() };
+    this.applied = cfg;
+  }
 
-  get config(): RunConfig { return this.cfg; }
+  /** The desired config: weights as configured (drains and health verdicts are overlays, see vips()). */
+  get config(): RunConfig { return this.state.cfg; }
 
   /** Engine counters and table fill (shared memory: no round trip). */
   stats(): EngineStats { return this.port.engine.stats(); }
 
   async vips(): Promise<VipView[]> {
-    const engineBackends = await this.port.engine.call('backends', {});
-    return this.cfg.engine.vips.map((v) => ({
-      address: v.address,
-      policy: v.policy ?? this.cfg.engine.policy,
-      backends: v.backends.map((b) => {
-        const id = endpointId(b.address, b.port!);
-        const e = engineBackends.find((x) => x.id === id && x.vipId === this.vipId(v.address));
-        const key = this.key(v.address, id);
-        return {
-          id, address: b.address, port: b.port!, weight: b.weight ?? 1,
-          configuredWeight: this.drained.get(key) ?? b.weight ?? 1,
-          draining: this.drained.has(key) || b.weight === 0,
-          healthy: !this.unhealthy.has(key), removed: false,
-          packetsIn: e?.packetsIn ?? 0, bytesIn: e?.bytesIn ?? 0, packetsOut: e?.packetsOut ?? 0, bytesOut: e?.bytesOut ?? 0,
-        };
-      }),
-    }));
+    const s = this.state;
+    const eb = await this.port.engine.call('backends', {});
+    return s.cfg.engine.vips.map((v) => this.vipView(s, v, eb));
+  }
+
+  /** One VIP, named in any spelling. */
+  async vip(vip: string): Promise<VipView> {
+    const s = this.state;
+    const { v } = findVip(s.cfg, vip);
+    return this.vipView(s, v, await this.port.engine.call('backends', {}));
+  }
+
+  /** One backend ("addr:port", or "addr" when unique in its VIP). */
+  async backend(vip: string, backend: string): Promise<{ vip: string; backend: BackendView }> {
+    const s = this.state;
+    const f = findBackend(s.cfg, vip, backend);
+    return { vip: f.v.address, backend: this.backendView(s, f.v, f.b, await this.port.engine.call('backends', {})) };
   }
 
   connections(offset = 0, limit = 100): Promise<ConnectionsPage> {
@@ -76,165 +139,178 @@ export class Controller {
     return c;
   }
 
-  // ---- changes ----
+  // ---- changes (queued; each answers with the state it left) ----
 
-  async setWeight(vip: string, backend: string, weight: number): Promise<void> {
-    return this.serial(async () => {
+  /** An explicit weight also ends a drain. */
+  setWeight(vip: string, backend: string, weight: number): Promise<{ vip: string; backend: BackendView }> {
+    return this.changeBackend(vip, backend, (s, f) => {
       if (!Number.isInteger(weight) || weight < 0 || weight > 65535) throw new ControlError(400, 'weight must be an integer 0-65535');
-      this.drained.delete(this.key(vip, backend));
-      await this.editBackend(vip, backend, (b) => { b.weight = weight; });
+      return this.next(s, withWeight(s.cfg, f, weight), { drained: without(s.drained, f.key) });
     });
   }
 
-  /** Weight 0: no new connections; existing ones keep every subflow and their joins still arrive. */
-  async drain(vip: string, backend: string): Promise<void> {
-    return this.serial(async () => {
-      const key = this.key(vip, backend);
-      await this.editBackend(vip, backend, (b) => {
-        if (!this.drained.has(key)) this.drained.set(key, b.weight ?? 1);
-        b.weight = 0;
-      });
+  /** Weight 0 in the engine: no new connections; existing ones keep every subflow and their joins still arrive. */
+  drain(vip: string, backend: string): Promise<{ vip: string; backend: BackendView }> {
+    return this.changeBackend(vip, backend, (s, f) => ({ ...s, drained: new Set(s.drained).add(f.key) }));
+  }
+
+  /** Back to the configured weight; a backend configured with weight 0 (and not drained) gets weight 1. */
+  undrain(vip: string, backend: string): Promise<{ vip: string; backend: BackendView }> {
+    return this.changeBackend(vip, backend, (s, f) => {
+      if (s.drained.has(f.key)) return { ...s, drained: without(s.drained, f.key) };
+      return f.b.weight === 0 ? this.next(s, withWeight(s.cfg, f, 1)) : s;
     });
   }
 
-  async undrain(vip: string, backend: string): Promise<void> {
-    return this.serial(async () => {
-      const key = this.key(vip, backend);
-      const w = this.drained.get(key);
-      await this.editBackend(vip, backend, (b) => { b.weight = w ?? (b.weight || 1); });
-      this.drained.delete(key);
+  addVip(v: VipConfig): Promise<VipView> {
+    return this.change((s) => {
+      const want = canonicalEndpoint(v.address);
+      if (!want) throw new ControlError(400, `not a VIP address "addr:port": ${JSON.stringify(v.address)}`);
+      if (s.cfg.engine.vips.some((x) => canonicalEndpoint(x.address) === want)) throw new ControlError(409, `VIP ${v.address} exists`);
+      const next = this.next(s, withVips(s.cfg, [...s.cfg.engine.vips, v]));
+      return [next, next.cfg.engine.vips.at(-1)!.address];
+    }, (address) => this.vip(address));
+  }
+
+  /** Answers the VIP's address as the config spelled it. */
+  removeVip(vip: string): Promise<string> {
+    return this.change((s) => {
+      const { vi, v } = findVip(s.cfg, vip);
+      return [this.next(s, withVips(s.cfg, s.cfg.engine.vips.filter((_, i) => i !== vi))), v.address];
     });
   }
 
-  async addVip(v: VipConfig): Promise<void> {
-    return this.serial(async () => {
-      if (this.cfg.engine.vips.some((x) => this.vipId(x.address) === this.vipId(v.address))) throw new ControlError(409, `VIP ${v.address} exists`);
-      await this.apply({ ...this.cfg, engine: { ...this.cfg.engine, vips: [...this.cfg.engine.vips, v] } });
+  addBackend(vip: string, b: BackendConfig): Promise<BackendRef> {
+    return this.change((s) => {
+      const { vi, v } = findVip(s.cfg, vip);
+      const id = endpointId(b.address, b.port ?? parseEndpoint(v.address)!.port!);
+      // Before validation, which would call it a malformed config (400).
+      if (v.backends.some((x) => endpointId(x.address, x.port!) === id)) throw new ControlError(409, `backend ${id} exists in VIP ${v.address}`);
+      return [this.next(s, withBackends(s.cfg, vi, [...v.backends, b])), { vip: v.address, backend: id }];
     });
   }
 
-  async removeVip(vip: string): Promise<void> {
-    return this.serial(async () => {
-      const v = this.findVip(vip);
-      await this.apply({ ...this.cfg, engine: { ...this.cfg.engine, vips: this.cfg.engine.vips.filter((x) => x !== v) } });
+  removeBackend(vip: string, backend: string): Promise<BackendRef> {
+    return this.change((s) => {
+      const f = findBackend(s.cfg, vip, backend);
+      return [this.next(s, withBackends(s.cfg, f.vi, f.v.backends.filter((_, i) => i !== f.bi))), { vip: f.v.address, backend: f.id }];
     });
   }
 
-  async addBackend(vip: string, b: BackendConfig): Promise<void> {
-    return this.serial(async () => {
-      const v = this.findVip(vip);
-      await this.apply(this.withVip(v.address, { ...v, backends: [...v.backends, b] }));
-    });
-  }
-
-  async removeBackend(vip: string, backend: string): Promise<void> {
-    return this.serial(async () => {
-      const v = this.findVip(vip);
-      const want = this.backendId(backend);
-      const backends = v.backends.filter((b) => endpointId(b.address, b.port!) !== want);
-      if (backends.length === v.backends.length) throw new ControlError(404, `no backend ${backend} in VIP ${vip}`);
-      await this.apply(this.withVip(v.address, { ...v, backends }));
+  /** Merges `timeouts` into the running ones; answers them all. */
+  setTimeouts(timeouts: Partial<EngineConfig['timeouts']>): Promise<EngineConfig['timeouts']> {
+    return this.change((s) => {
+      const next = this.next(s, { ...s.cfg, engine: { ...s.cfg.engine, timeouts: { ...s.cfg.engine.timeouts, ...timeouts } } });
+      return [next, next.cfg.engine.timeouts];
     });
   }
 
   /**
-   * A reloaded config file replaces everything, except that backends drained through the control plane stay
-   * drained: the file's weight becomes the one undrain restores.
+   * A reloaded config replaces the desired config; drain marks and health verdicts stay on the backends still in it,
+   * so undrain restores the weight the new file gives. `next` may be computed from the config it replaces.
+   * Answers the drain marks kept.
    */
-  async reload(next: RunConfig): Promise<void> {
-    return this.serial(async () => {
-      const kept = new Map<string, number>();
-      const vips = next.engine.vips.map((v) => ({
-        ...v,
-        backends: v.backends.map((b) => {
-          const port = b.port ?? parseEndpoint(v.address)?.port ?? 0;
-          const key = this.key(v.address, endpointId(b.address, port));
-          if (!this.drained.has(key)) return b;
-          kept.set(key, b.weight ?? 1);
-          return { ...b, weight: 0 };
-        }),
-      }));
-      await this.apply({ ...next, engine: { ...next.engine, vips } });
-      this.drained.clear();
-      for (const [k, w] of kept) this.drained.set(k, w);
+  reload(next: RunConfig | ((cur: RunConfig) => RunConfig)): Promise<{ keptDrained: string[] }> {
+    return this.change((s) => {
+      const n = this.next(s, typeof next === 'function' ? next(s.cfg) : next);
+      return [n, { keptDrained: [...n.drained] }];
     });
   }
 
   /** Backends drained through the control plane ("vip|backend" in canonical spelling). */
-  drainedBackends(): string[] { return [...this.drained.keys()]; }
+  drainedBackends(): string[] { return [...this.state.drained]; }
 
   /** Health checker verdicts: an unhealthy backend leaves the selection table; its flows and joins stay. */
-  async setHealthy(vip: string, backend: string, healthy: boolean): Promise<void> {
-    return this.serial(async () => {
-      const key = this.key(vip, backend);
-      if (healthy === !this.unhealthy.has(key)) return;
-      if (healthy) this.unhealthy.delete(key); else this.unhealthy.add(key);
-      await this.port.engine.call('setUp', { backend: this.backendId(backend), vip: this.vipId(vip), up: healthy });
+  setHealthy(vip: string, backend: string, healthy: boolean): Promise<void> {
+    return this.change((s) => {
+      const f = findBackend(s.cfg, vip, backend);
+      return [{ ...s, unhealthy: healthy ? without(s.unhealthy, f.key) : new Set(s.unhealthy).add(f.key) }, undefined];
     });
   }
 
-  // ---- helpers ----
+  // ---- the queue ----
 
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.queue.then(fn);
-    this.queue = p.catch(() => undefined);
+  /** Queues a change: `edit` computes the next state and an answer from the current state; `then` runs after it, still in turn. */
+  private change<T, R = T>(edit: (s: State) => [State, T], then?: (t: T) => Promise<R>): Promise<R> {
+    const run = async (): Promise<R> => {
+      const [next, answer] = edit(this.state);
+      await this.commit(next);
+      return then ? then(answer) : (answer as unknown as R);
+    };
+    const p = this.tail.then(run);
+    this.tail = p.catch(() => undefined);
     return p;
   }
 
-  private vipId(address: string): string {
-    // Engine VIP ids are canonical "addr:port" text; the config may spell them differently.
-    const ep = parseEndpoint(address);
-    if (!ep || ep.port === undefined) throw new ControlError(400, `not a VIP address: ${JSON.stringify(address)}`);
-    return formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port);
+  private changeBackend(vip: string, backend: string, edit: (s: State, f: Found) => State): Promise<{ vip: string; backend: BackendView }> {
+    return this.change((s) => {
+      const f = findBackend(s.cfg, vip, backend);
+      return [edit(s, f), { vip: f.v.address, backend: f.id }];
+    }, (ref) => this.backend(ref.vip, ref.backend));
   }
 
-  private backendId(backend: string): string {
-    const ep = parseEndpoint(backend);
-    if (!ep || ep.port === undefined) throw new ControlError(400, `not a backend address:port: ${JSON.stringify(backend)}`);
-    return formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port);
-  }
-
-  /** Key of a (VIP, backend) pair in canonical spelling, whatever spelling the caller used. */
-  private key(vip: string, backend: string): string { return `${this.vipId(vip)}|${this.backendId(backend)}`; }
-
-  private findVip(vip: string): VipConfig {
-    const v = this.cfg.engine.vips.find((x) => x.address === vip || this.vipId(x.address) === this.vipId(vip));
-    if (!v) throw new ControlError(404, `no VIP ${vip}`);
-    return v;
-  }
-
-  private withVip(address: string, v: VipConfig): RunConfig {
-    return { ...this.cfg, engine: { ...this.cfg.engine, vips: this.cfg.engine.vips.map((x) => (x.address === address ? v : x)) } };
-  }
-
-  private async editBackend(vip: string, backend: string, edit: (b: BackendConfig) => void): Promise<void> {
-    const v = this.findVip(vip);
-    const want = this.backendId(backend);
-    const i = v.backends.findIndex((b) => this.backendId(endpointId(b.address, b.port!)) === want);
-    if (i < 0) throw new ControlError(404, `no backend ${backend} in VIP ${vip}`);
-    const b = { ...v.backends[i] };
-    edit(b);
-    const backends = v.backends.slice();
-    backends[i] = b;
-    await this.apply(this.withVip(v.address, { ...v, backends }));
-  }
-
-  private async apply(next: RunConfig): Promise<void> {
-    let engine;
-    try { engine = validateEngineConfig(next.engine, 'engine'); } catch (e) { throw new ControlError(400, (e as Error).message); }
-    const cfg = { ...next, engine };
-    await this.port.reload(cfg);
-    this.cfg = cfg;
-    // Health verdicts survive a reload: re-apply them to the (possibly rebuilt) tables.
-    for (const key of this.unhealthy) {
-      const [vip, backend] = key.split('|');
-      await this.port.engine.call('setUp', { backend, vip, up: false }).catch(() => undefined);
+  /** The state with a new validated desired config; overlays of backends no longer in it are dropped. */
+  private next(s: State, cfg: RunConfig, o: { drained?: ReadonlySet<string> } = {}): State {
+    let engine: EngineConfig;
+    try { engine = validateEngineConfig(cfg.engine, 'engine'); } catch (e) {
+      if (e instanceof ConfigError) throw new ControlError(400, e.message);
+      throw e;
     }
+    const keys = new Set(engine.vips.flatMap((v) => v.backends.map((b) => keyOf(v.address, b))));
+    const keep = (set: ReadonlySet<string>) => new Set([...set].filter((k) => keys.has(k)));
+    return { cfg: { ...cfg, engine }, drained: keep(o.drained ?? s.drained), unhealthy: keep(s.unhealthy) };
+  }
+
+  /** Applies `next` (reload only when the engine's part changed), then makes it the state. */
+  private async commit(next: State): Promise<void> {
+    const cur = this.state;
+    if (canon(next.cfg) === canon(cur.cfg) && sameSet(next.drained, cur.drained) && sameSet(next.unhealthy, cur.unhealthy)) return;
+    const target = running(next);
+    if (canon([target.engine, target.device]) !== canon([this.applied.engine, this.applied.device])) {
+      await this.port.reload(target);
+      this.state = next;
+      this.applied = target;
+      // The engine runs `next` now; a failure here is mended by the next change's sync.
+      await this.syncHealth(next.unhealthy).catch(() => undefined);
+      return;
+    }
+    if (!sameSet(next.unhealthy, cur.unhealthy)) await this.syncHealth(next.unhealthy);
+    this.state = next;
+  }
+
+  /** Brings the engine's up/down marks in line with the verdicts (a re-added backend may still be marked down there). */
+  private async syncHealth(unhealthy: ReadonlySet<string>): Promise<void> {
+    for (const b of await this.port.engine.call('backends', {})) {
+      const up = !unhealthy.has(`${b.vipId}|${b.id}`);
+      if (!b.removed && b.up !== up) await this.port.engine.call('setUp', { backend: b.id, vip: b.vipId, up });
+    }
+  }
+
+  // ---- views ----
+
+  private vipView(s: State, v: VipConfig, eb: EngineBackend[]): VipView {
+    return { address: v.address, policy: v.policy ?? s.cfg.engine.policy, backends: v.backends.map((b) => this.backendView(s, v, b, eb)) };
+  }
+
+  private backendView(s: State, v: VipConfig, b: BackendConfig, eb: EngineBackend[]): BackendView {
+    const id = endpointId(b.address, b.port!), key = keyOf(v.address, b), vipId = canonicalEndpoint(v.address);
+    const e = eb.find((x) => x.id === id && x.vipId === vipId);
+    const drained = s.drained.has(key), weight = b.weight ?? 1;
+    return {
+      id, address: b.address, port: b.port!, weight: drained ? 0 : weight, configuredWeight: weight,
+      draining: drained || weight === 0, healthy: !s.unhealthy.has(key), removed: false,
+      packetsIn: e?.packetsIn ?? 0, bytesIn: e?.bytesIn ?? 0, packetsOut: e?.packetsOut ?? 0, bytesOut: e?.bytesOut ?? 0,
+    };
   }
 }
 
-/** An EnginePort over an in-process engine (tests, replay-like tools): no TUN, no routes. */
-/** `local` is the engine itself, in this thread (tests feed it packets). */
+function without(set: ReadonlySet<string>, key: string): Set<string> {
+  const out = new Set(set);
+  out.delete(key);
+  return out;
+}
+
+/** An EnginePort over an in-process engine (tests, replay-like tools): no TUN, no routes. `local` is the engine itself, in this thread (tests feed it packets). */
 export function inProcessPort(cfg: RunConfig): EnginePort & { local: Engine } {
   const engine = new Engine(validateEngineConfig(cfg.engine, 'engine'));
   const channel = inProcessChannel(engine);

@@ -2,7 +2,7 @@
 // take it out of selection (Controller.setHealthy -> Maglev moves only its slots), `rise` successes bring it back.
 // Time and probes are injected so tests drive every transition without real timers or sockets.
 import net from 'node:net';
-import { connectMptcp, getMptcpInfo } from '../traffic/mptcp-socket.js';
+import { connectMptcp, getMptcpInfo } from '../io/mptcp-socket.js';
 import type { Controller } from './controller.js';
 import type { HealthCheckKind } from './run-config.js';
 import { silentLogger, type Logger } from './logger.js';
@@ -174,6 +174,9 @@ export class HealthChecker {
           };
           this.states.set(key, st);
         }
+        // The Controller's verdict counts: it forgets one when a backend is removed (added again, it is healthy), and
+        // keeps the old one when applying a verdict failed.
+        st.state = b.healthy ? 'up' : 'down';
         st.check = ov.check ?? cfg.check;
         st.port = ov.port ?? cfg.port ?? b.port;
         st.checked = on;

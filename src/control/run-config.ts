@@ -115,6 +115,12 @@ export function canonicalEndpoint(text: string): string | undefined {
   return formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port);
 }
 
+/** Canonical "addr:port" of a backend: the engine's id for it, whatever spelling the config uses. */
+export function endpointId(address: string, port: number): string {
+  const ip = parseIp(address);
+  return ip ? formatEndpoint(ip.bytes, 0, ip.bytes.length, port) : `${address}:${port}`;
+}
+
 export function validateAdminConfig(v: unknown, path = 'admin'): AdminConfig {
   const m = mapping(v, path, ['enabled', 'address', 'port', 'token', 'tokenFile', 'authReads']);
   const d = ADMIN_DEFAULTS;

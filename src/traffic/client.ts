@@ -1,7 +1,7 @@
 // Traffic source: C concurrent MPTCP (or plain TCP) connections, each sending a fixed byte count or for a
 // fixed time; samples acknowledged bytes every interval and reads the server's JSON trailer at the end.
 import net from 'node:net';
-import { connectMptcp, getMptcpInfo, getTcpBytesAcked } from './mptcp-socket.js';
+import { connectMptcp, getMptcpInfo, getTcpBytesAcked } from '../io/mptcp-socket.js';
 import type { ServerTrailer } from './server.js';
 
 export interface TrafficClientOptions {

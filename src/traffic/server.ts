@@ -1,7 +1,7 @@
 // Traffic sink: accepts MPTCP (and/or plain TCP) connections, discards data, and records per connection
 // the MPTCP token and subflow count. After the client's FIN it answers with a one-line JSON trailer.
 import net from 'node:net';
-import { getMptcpInfo, listenMptcp, type MptcpInfo } from './mptcp-socket.js';
+import { getMptcpInfo, listenMptcp, type MptcpInfo } from '../io/mptcp-socket.js';
 
 export interface TrafficServerOptions {
   /** Main port: MPTCP unless mptcp is false. 0 = any. */
