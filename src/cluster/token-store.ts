@@ -1,0 +1,188 @@
+// The shared token store of a tier of balancers: token -> (VIP, backend, MPTCP version) and steered subflow ->
+// backend, on Redis through ioredis. Never on the packet path: the packet worker hands writes over in batches and
+// asks for held joins asynchronously. Store trouble degrades to local-only steering; it never throws at callers.
+import { Redis } from 'ioredis';
+
+export interface TokenStoreOptions {
+  /** redis://[user:password@]host:port[/db] */
+  url: string;
+  /** Keys are `${keyPrefix}t:<token>` and `${keyPrefix}f:<subflow>`; balancers of one tier share it. */
+  keyPrefix: string;
+  password?: string;
+  connectTimeoutMs: number;
+  /** A command not answered by then fails (the store counts as slow). */
+  commandTimeoutMs: number;
+}
+
+/** What the store holds for a token or a subflow (ids as the engine spells them: canonical "addr:port"). */
+export interface StoreEntry { vip: string; backend: string; version: number }
+
+/** Why a read gave nothing usable. */
+export type ReadOutcome = 'found' | 'absent' | 'ambiguous' | 'invalid' | 'error';
+
+export interface StoreCounters {
+  writes: number;
+  writeErrors: number;
+  reads: number;
+  readErrors: number;
+  /** Values that did not parse (a hostile or foreign writer): refused. */
+  invalidValues: number;
+  /** set-if-absent found another balancer's different entry for the token. */
+  collisions: number;
+  reconnects: number;
+}
+
+/** Longest value accepted from the store: anything larger is not ours. */
+const MAX_VALUE_BYTES = 200;
+/** Marks a token two balancers learned for different backends: joins for it get the unknown-token answer. */
+const AMBIGUOUS = 'ambiguous';
+
+/** `v1|<vip>|<backend>|<version>`: small, and refused when it is anything else. */
+export function encodeEntry(e: StoreEntry): string {
+  return `v1|${e.vip}|${e.backend}|${e.version}`;
+}
+
+export function decodeEntry(s: string | null): StoreEntry | 'ambiguous' | 'invalid' | null {
+  if (s === null) return null;
+  if (s.length > MAX_VALUE_BYTES) return 'invalid';
+  if (s === AMBIGUOUS) return 'ambiguous';
+  const p = s.split('|');
+  if (p.length !== 4 || p[0] !== 'v1' || (p[3] !== '0' && p[3] !== '1') || p[1] === '' || p[2] === '') return 'invalid';
+  return { vip: p[1], backend: p[2], version: Number(p[3]) };
+}
+
+export const tokenKey = (prefix: string, token: number): string => `${prefix}t:${(token >>> 0).toString(16).padStart(8, '0')}`;
+export const flowKey = (prefix: string, subflow: string): string => `${prefix}f:${subflow}`;
+
+export type StoreState = 'connecting' | 'up' | 'down';
+
+export class TokenStore {
+  readonly counters: StoreCounters = { writes: 0, writeErrors: 0, reads: 0, readErrors: 0, invalidValues: 0, collisions: 0, reconnects: 0 };
+  private readonly redis: Redis;
+  private stateValue: StoreState = 'connecting';
+  private closed = false;
+  /** Called when the store comes back after being down (live tokens are published again then). */
+  onUp?: () => void;
+
+  constructor(readonly opts: TokenStoreOptions) {
+    this.redis = new Redis(opts.url, {
+      password: opts.password,
+      keyPrefix: undefined,
+      connectTimeout: opts.connectTimeoutMs,
+      commandTimeout: opts.commandTimeoutMs,
+      // Fail fast while the store is down instead of queueing: steering goes local-only, packets never wait.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      enableAutoPipelining: true,
+      lazyConnect: true,
+      // Reconnect with backoff, capped: 100 ms, 200 ms, ... 5 s.
+      retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times - 1, 6), 5000),
+    });
+    this.redis.on('ready', () => {
+      const wasDown = this.stateValue === 'down';
+      this.stateValue = 'up';
+      if (wasDown) this.onUp?.();
+    });
+    this.redis.on('reconnecting', () => { this.counters.reconnects++; });
+    this.redis.on('close', () => { if (!this.closed) this.stateValue = 'down'; });
+    // ioredis reports connection errors here; without a listener they would be thrown as unhandled.
+    this.redis.on('error', () => { if (this.stateValue === 'connecting') this.stateValue = 'down'; });
+  }
+
+  get state(): StoreState { return this.stateValue; }
+  get up(): boolean { return this.stateValue === 'up'; }
+
+  /** Connects once; a store that is down at start is retried in the background (never fatal). */
+  async connect(): Promise<void> {
+    try { await this.redis.connect(); } catch { this.stateValue = 'down'; }
+  }
+
+  /**
+   * Publishes a token learned here: set-if-absent with a TTL. Returns 'ok' when the token is ours (new, or already
+   * ours: TTL refreshed), 'collision' when another balancer holds it for a different backend (then it is marked
+   * ambiguous cluster-wide), 'error' when the store did not answer.
+   */
+  async publishToken(token: number, e: StoreEntry, ttlMs: number): Promise<'ok' | 'collision' | 'error'> {
+    if (!this.up) return 'error';
+    const key = tokenKey(this.opts.keyPrefix, token), val = encodeEntry(e);
+    try {
+      this.counters.writes++;
+      const set = await this.redis.set(key, val, 'PX', ttlMs, 'NX');
+      if (set === 'OK') return 'ok';
+      this.counters.reads++;
+      const cur = await this.redis.get(key);
+      const d = decodeEntry(cur);
+      if (d === null) { await this.redis.set(key, val, 'PX', ttlMs); return 'ok'; } // expired in between
+      if (d !== 'ambiguous' && d !== 'invalid' && d.backend === e.backend && d.vip === e.vip) {
+        await this.redis.pexpire(key, ttlMs);
+        return 'ok';
+      }
+      if (d === 'invalid') this.counters.invalidValues++;
+      // Two balancers learned one token for different servers (or a bad value sits there): nobody may steer by it.
+      this.counters.collisions++;
+      this.counters.writes++;
+      await this.redis.set(key, AMBIGUOUS, 'PX', ttlMs);
+      return 'collision';
+    } catch {
+      this.counters.writeErrors++;
+      return 'error';
+    }
+  }
+
+  /** Pipelined writes off the packet path: refresh TTLs, set subflow entries, delete or shorten closed ones. */
+  async writeBatch(ops: ReadonlyArray<StoreWrite>): Promise<boolean> {
+    if (ops.length === 0) return true;
+    if (!this.up) { this.counters.writeErrors += ops.length; return false; }
+    const p = this.redis.pipeline();
+    for (const op of ops) {
+      if (op.op === 'set') p.set(op.key, op.value, 'PX', op.ttlMs);
+      else if (op.op === 'expire') p.pexpire(op.key, op.ttlMs);
+      else p.del(op.key);
+    }
+    this.counters.writes += ops.length;
+    try {
+      const res = await p.exec();
+      const failed = (res ?? []).filter(([err]) => err).length;
+      this.counters.writeErrors += failed;
+      return failed === 0;
+    } catch {
+      this.counters.writeErrors += ops.length;
+      return false;
+    }
+  }
+
+  async lookupToken(token: number): Promise<{ outcome: ReadOutcome; entry?: StoreEntry }> {
+    return this.lookup(tokenKey(this.opts.keyPrefix, token));
+  }
+
+  async lookupFlow(subflow: string): Promise<{ outcome: ReadOutcome; entry?: StoreEntry }> {
+    return this.lookup(flowKey(this.opts.keyPrefix, subflow));
+  }
+
+  private async lookup(key: string): Promise<{ outcome: ReadOutcome; entry?: StoreEntry }> {
+    if (!this.up) return { outcome: 'error' };
+    this.counters.reads++;
+    try {
+      const d = decodeEntry(await this.redis.get(key));
+      if (d === null) return { outcome: 'absent' };
+      if (d === 'ambiguous') return { outcome: 'ambiguous' };
+      if (d === 'invalid') { this.counters.invalidValues++; return { outcome: 'invalid' }; }
+      return { outcome: 'found', entry: d };
+    } catch {
+      this.counters.readErrors++;
+      return { outcome: 'error' };
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.stateValue = 'down';
+    try { await this.redis.quit(); } catch { this.redis.disconnect(); }
+  }
+}
+
+/** One pipelined write; keys from tokenKey / flowKey. */
+export type StoreWrite =
+  | { op: 'set'; key: string; value: string; ttlMs: number }
+  | { op: 'expire'; key: string; ttlMs: number }
+  | { op: 'del'; key: string };
