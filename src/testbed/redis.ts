@@ -161,34 +161,39 @@ export function stopRedis(info: Partial<RedisInfo> | undefined): void {
   if (info.dir && /^[0-9a-f]{6}-redis$/.test(path.basename(info.dir))) fs.rmSync(info.dir, { recursive: true, force: true });
 }
 
+/** One RESP reply: a status or error line as written ("+OK", "-NOAUTH ..."), a bulk string, an integer as ":n", null, or an array. */
+export type RedisReply = string | null | RedisReply[];
+
 /**
- * Sends redis commands from inside namespace `fromNs` (e.g. a balancer's) and resolves with the raw reply
- * lines (RESP), so a test can check that the store is reachable from there. `password` undefined: no AUTH.
- * Bounded: the helper gives up after timeoutMs.
+ * Sends redis commands from inside namespace `fromNs` (e.g. a balancer's) and resolves with one reply per command
+ * (the AUTH reply first when a password is given), so a test can check that the store is reachable from there.
+ * `password` undefined: no AUTH. Bounded: the helper gives up after timeoutMs.
  */
-export function redisCommands(fromNs: string, info: Pick<RedisInfo, 'host' | 'port'>, password: string | undefined, commands: string[][], timeoutMs = 3000): Promise<string[]> {
+export function redisCommands(fromNs: string, info: Pick<RedisInfo, 'host' | 'port'>, password: string | undefined, commands: string[][], timeoutMs = 3000): Promise<RedisReply[]> {
   const all = password === undefined ? commands : [['AUTH', password], ...commands];
   const resp = all.map((c) => `*${c.length}\r\n${c.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`).join('');
-  // Simple replies only (+OK, -ERR, :1, $n bulk): enough to check reachability and auth.
   const script = `
 const net = require('node:net');
 const want = Number(process.env.N);
 const s = net.connect(Number(process.env.PORT), process.env.HOST);
-let buf = '';
+let buf = Buffer.alloc(0);
 const out = (o, code) => { process.stdout.write(JSON.stringify(o) + '\\n'); process.exit(code); };
-s.setTimeout(Number(process.env.T), () => out({ error: 'timeout', buf }, 2));
+// One reply at buf[pos]: [value, next position], or undefined when incomplete.
+const parse = (pos) => {
+  const e = buf.indexOf('\\r\\n', pos); if (e < 0) return undefined;
+  const line = buf.toString('utf8', pos, e), t = line[0], n = Number(line.slice(1));
+  if (t === '$') { if (n < 0) return [null, e + 2]; if (buf.length < e + 2 + n + 2) return undefined; return [buf.toString('utf8', e + 2, e + 2 + n), e + 4 + n]; }
+  if (t === '*') { if (n < 0) return [null, e + 2]; const a = []; let p = e + 2; for (let i = 0; i < n; i++) { const r = parse(p); if (!r) return undefined; a.push(r[0]); p = r[1]; } return [a, p]; }
+  return [line, e + 2];
+};
+s.setTimeout(Number(process.env.T), () => out({ error: 'timeout' }, 2));
 s.on('connect', () => s.write(process.env.RESP));
 s.on('error', (e) => out({ error: e.message }, 1));
 s.on('data', (d) => {
-  buf += d.toString('utf8');
-  const lines = []; let rest = buf;
-  for (;;) {
-    const i = rest.indexOf('\\r\\n'); if (i < 0) break;
-    const l = rest.slice(0, i); rest = rest.slice(i + 2);
-    if (l[0] === '$' && Number(l.slice(1)) >= 0) { const j = rest.indexOf('\\r\\n'); if (j < 0) break; lines.push(rest.slice(0, j)); rest = rest.slice(j + 2); }
-    else lines.push(l);
-  }
-  if (lines.length >= want) { s.destroy(); out({ lines }, 0); }
+  buf = Buffer.concat([buf, d]);
+  const replies = []; let p = 0;
+  while (replies.length < want) { const r = parse(p); if (!r) return; replies.push(r[0]); p = r[1]; }
+  s.destroy(); out({ replies }, 0);
 });`;
   return new Promise((resolve, reject) => {
     const child = spawn('ip', ['netns', 'exec', fromNs, process.execPath, '-e', script], {
@@ -202,8 +207,8 @@ s.on('data', (d) => {
     child.once('exit', () => {
       clearTimeout(killer);
       try {
-        const o = JSON.parse(out.trim()) as { lines?: string[]; error?: string };
-        if (o.lines) resolve(o.lines);
+        const o = JSON.parse(out.trim()) as { replies?: RedisReply[]; error?: string };
+        if (o.replies) resolve(o.replies);
         else reject(new Error(`redis at ${info.host}:${info.port} from ${fromNs}: ${o.error}`));
       } catch {
         reject(new Error(`redis helper in ${fromNs} printed nothing: ${err.trim()}`));
