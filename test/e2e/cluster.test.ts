@@ -185,7 +185,8 @@ if (why) {
       }
       const share = pooled.cross / pooled.joins;
       t.diagnostic(`MEASURED: ${pooled.cross} of ${pooled.joins} joins (${(100 * share).toFixed(0)}%) reached the other balancer than their first subflow's, ${pooled.noTokenFound} were answered NoTokenFound (${pooled.connections} connections)`);
-      // ECMP spreads both kinds of SYN over both balancers.
+      // ECMP spreads both kinds of SYN over both balancers. Every first subflow has the same addresses
+      // (client link 0 -> VIP), so first subflows on both balancers also show that the hash includes the ports.
       for (const [i, p] of perBalancer.entries()) {
         assert.ok(p.capable > 0, `balancer ${i} got no first subflow: ${JSON.stringify(perBalancer)}`);
         assert.ok(p.joins > 0, `balancer ${i} got no join: ${JSON.stringify(perBalancer)}`);
