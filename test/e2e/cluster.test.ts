@@ -5,8 +5,9 @@
 // Tests that need the token store are not here: they come with the store.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import { testbedUp, testbedDown, routerNexthops, serverGateways, type TestbedHandle } from '../../src/testbed/testbed.js';
+import { testbedUp, testbedDown, testbedLoad, routerNexthops, serverGateways, type TestbedHandle } from '../../src/testbed/testbed.js';
 import { startBalancerCluster, type BalancerProcess } from '../../src/testbed/balancer-process.js';
 import { findRedisServer, processGone, redisCommands } from '../../src/testbed/redis.js';
 import { listNetns, nsExec } from '../../src/testbed/netns.js';
@@ -294,5 +295,19 @@ if (why) {
       assert.ok(!fs.existsSync(h.stateFile), `state file ${h.stateFile} is left`);
       for (const l of lbs) assert.ok(processGone(l.pid), `mplb run ${l.pid} is still running`);
     });
+  });
+
+  test('cluster options are checked before anything is made, and a failure half-way removes everything made', { timeout: 30000 }, () => {
+    const code = (f: () => unknown) => { try { f(); } catch (e) { return (e as { code?: string }).code; } return 'no error'; };
+    assert.equal(code(() => testbedUp({ balancers: 17 })), 'TESTBED_BAD_OPTION');
+    assert.equal(code(() => testbedUp({ balancers: 0 })), 'TESTBED_BAD_OPTION');
+    assert.equal(code(() => testbedUp({ balancers: 2, mode: 'noBalancer' })), 'TESTBED_BAD_OPTION');
+    assert.equal(code(() => testbedUp({ balancers: 2, clientAddrs: ['198.18.10.7', '198.18.2.2'] })), 'TESTBED_BAD_OPTION', 'a client address on the server LAN');
+    assert.equal(code(() => testbedUp({ balancers: 2, vips: ['198.18.101.9'] })), 'TESTBED_BAD_OPTION', 'a VIP on a router link');
+    // The same VIP twice: the router's second `ip route add` fails after every namespace exists.
+    const runId = randomBytes(3).toString('hex');
+    assert.equal(code(() => testbedUp({ runId, balancers: 2, servers: 1, rateMbit: 0, vips: ['198.19.0.10', '198.19.0.10'] })), 'TESTBED_CMD_FAILED');
+    assert.deepEqual(listNetns().filter((n) => n.startsWith(`mplb-${runId}-`)), [], 'the failed testbed left namespaces');
+    assert.equal(testbedLoad(runId), undefined, 'the failed testbed left its state file');
   });
 }
