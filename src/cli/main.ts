@@ -24,8 +24,11 @@ usage:
       finds its clients' connections alive (the next start takes them over; stop once without it to remove them).
   mplb demo [--runs N] [--seconds S] [--rate MBIT] [--servers N] [--sizes 5M,10M,...] [--out DIR] [--json FILE] [--quick]
       the poster's experiment on a namespace testbed (root, Linux): no balancer, an MPTCP-unaware balancer and mplb
-  mplb testbed up [--servers N] [--rate MBIT] [--mode balancer|noBalancer] | down RUNID...|--all | status
-      network namespaces with real Linux MPTCP hosts (root): a client with two rate-limited links, a balancer, servers
+  mplb testbed up [--servers N] [--rate MBIT] [--mode balancer|noBalancer] [--balancers N] [--redis|--no-redis]
+               | down RUNID...|--all | status
+      network namespaces with real Linux MPTCP hosts (root): a client with two rate-limited links, a balancer, servers;
+      --balancers N (2-16): a router spreads the VIP over N balancers by an L4 ECMP hash, servers reply through any
+      of them, and redis-server runs in its own namespace (--no-redis: without it; --redis: also with 1 balancer)
   mplb help
 `;
 
@@ -162,16 +165,32 @@ async function cmdTestbed(argv: string[]): Promise<number> {
   const tb = await import('../testbed/testbed.js');
   const { values, positionals } = parseArgs({
     args: rest, allowPositionals: true,
-    options: { servers: { type: 'string', default: '2' }, rate: { type: 'string', default: '50' }, mode: { type: 'string', default: 'balancer' }, all: { type: 'boolean', default: false } },
+    options: {
+      servers: { type: 'string', default: '2' }, rate: { type: 'string', default: '50' }, mode: { type: 'string', default: 'balancer' }, all: { type: 'boolean', default: false },
+      balancers: { type: 'string', default: '1' }, redis: { type: 'boolean' }, 'no-redis': { type: 'boolean' },
+    },
   });
   if (sub === 'up') {
-    const servers = Number(values.servers), rate = Number(values.rate);
+    const servers = Number(values.servers), rate = Number(values.rate), balancers = Number(values.balancers);
     if (!Number.isInteger(servers) || servers < 1 || servers > 16) throw new UsageError('--servers must be an integer 1-16');
     if (!Number.isFinite(rate) || rate < 0) throw new UsageError('--rate must be Mbit/s (0 = no limit)');
     if (values.mode !== 'balancer' && values.mode !== 'noBalancer') throw new UsageError('--mode must be balancer or noBalancer');
-    const h = tb.testbedUp({ servers, rateMbit: rate, mode: values.mode, persist: true });
-    process.stdout.write(`${JSON.stringify({ runId: h.runId, namespaces: h.namespaces, vips: h.vips, client: h.client.addrs, servers: h.servers.map((s) => s.addr) }, null, 2)}\n`);
-    process.stderr.write(`testbed ${h.runId} is up; run mplb in it with: ip netns exec ${h.namespaces.balancer} mplb run --config FILE\n` +
+    if (!Number.isInteger(balancers) || balancers < 1 || balancers > 16) throw new UsageError('--balancers must be an integer 1-16');
+    if (balancers > 1 && values.mode !== 'balancer') throw new UsageError('--mode noBalancer has no balancer: it needs --balancers 1');
+    if (values.redis && values['no-redis']) throw new UsageError('give --redis or --no-redis, not both');
+    const redis = values.redis ? true : values['no-redis'] ? false : undefined;
+    const h = tb.testbedUp({ servers, rateMbit: rate, mode: values.mode, balancers, redis, persist: true });
+    const out: Record<string, unknown> = { runId: h.runId, namespaces: h.namespaces, vips: h.vips, client: h.client.addrs, servers: h.servers.map((s) => s.addr) };
+    if (h.router) {
+      out.balancers = h.balancers.map((b) => ({ ns: b.ns, uplink: b.uplinkAddr, lan: b.lanAddr, ...(b.ctlAddr ? { ctl: b.ctlAddr } : {}) }));
+      out.router = { ns: h.router.ns, vipNexthops: h.balancers.map((b) => b.uplinkAddr) };
+    }
+    if (h.redis) out.redis = { ns: h.redis.ns, host: h.redis.host, port: h.redis.port, password: h.redis.password, pid: h.redis.pid };
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    const how = h.namespaces.balancers.length > 1
+      ? `ip netns exec NS mplb run --config FILE, with one config, for each NS of ${h.namespaces.balancers.join(' ')}`
+      : `ip netns exec ${h.namespaces.balancer} mplb run --config FILE`;
+    process.stderr.write(`testbed ${h.runId} is up; run mplb in it with: ${how}\n` +
       `remove it with: mplb testbed down ${h.runId}\n`);
     return 0;
   }

@@ -1,4 +1,4 @@
-// Starts `mplb run` inside a testbed's balancer namespace as a child process and talks to it over
+// Starts `mplb run` inside one of a testbed's balancer namespaces as a child process and talks to it over
 // --control-stdin (JSON lines). Used by the demo, the end-to-end tests and the benchmarks.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -9,7 +9,12 @@ import { stringify } from 'yaml';
 import type { TestbedHandle } from './testbed.js';
 
 export interface BalancerProcessOptions {
-  /** Engine settings merged over the defaults; vips default to the testbed's VIP on `port` with all servers. */
+  /** Which balancer namespace (index into tb.balancers, default 0: the only one with 1 balancer). */
+  balancer?: number;
+  /**
+   * Engine settings merged over the defaults; vips default to the testbed's VIP on `port` with all servers.
+   * Balancers in parallel need the same vips, backends and hashSeed: give each the same `engine`.
+   */
   engine?: Record<string, unknown>;
   port?: number;
   tunName?: string;
@@ -21,6 +26,9 @@ export interface BalancerProcessOptions {
 }
 
 export interface BalancerProcess {
+  /** Index into tb.balancers and the namespace it runs in. */
+  readonly balancer: number;
+  readonly ns: string;
   readonly pid: number;
   readonly configFile: string;
   /** Sends a control line ('stats', 'connections 0') and resolves with the answer's value. */
@@ -33,7 +41,16 @@ export interface BalancerProcess {
 
 const MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
+/** The namespace of balancer i (older state files have no `balancers` list: their one balancer). */
+function balancerNs(tb: TestbedHandle, i: number): string {
+  const list = tb.namespaces.balancers ?? [tb.namespaces.balancer];
+  if (!Number.isInteger(i) || i < 0 || i >= list.length) throw new RangeError(`balancer ${i}: testbed ${tb.runId} has balancers 0-${list.length - 1}`);
+  return list[i];
+}
+
 export async function startBalancerProcess(tb: TestbedHandle, opts: BalancerProcessOptions = {}): Promise<BalancerProcess> {
+  const index = opts.balancer ?? 0;
+  const ns = balancerNs(tb, index);
   const port = opts.port ?? 5201;
   const config = {
     device: { name: opts.tunName ?? 'mplb0' },
@@ -47,7 +64,7 @@ export async function startBalancerProcess(tb: TestbedHandle, opts: BalancerProc
   process.once('exit', cleanup);
   const configFile = join(dir, 'mplb.yaml');
   writeFileSync(configFile, stringify(config));
-  const child: ChildProcess = spawn('ip', ['netns', 'exec', tb.namespaces.balancer, process.execPath, MAIN, 'run', '--config', configFile, '--control-stdin', ...(opts.args ?? [])], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...(opts.env ?? {}) } });
+  const child: ChildProcess = spawn('ip', ['netns', 'exec', ns, process.execPath, MAIN, 'run', '--config', configFile, '--control-stdin', ...(opts.args ?? [])], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...(opts.env ?? {}) } });
   let err = '';
   let buf = '';
   const waiters: Array<(o: Record<string, unknown>) => boolean> = [];
@@ -79,6 +96,8 @@ export async function startBalancerProcess(tb: TestbedHandle, opts: BalancerProc
   }
   let stopped = false;
   return {
+    balancer: index,
+    ns,
     pid: child.pid!,
     configFile,
     request(line, timeoutMs = 5000) {
@@ -100,4 +119,21 @@ export async function startBalancerProcess(tb: TestbedHandle, opts: BalancerProc
     },
     stderr: () => err,
   };
+}
+
+/**
+ * `mplb run` in every balancer namespace of the testbed with one config (same VIPs, backends, hashSeed: Maglev
+ * then sends a first subflow to the same backend whichever balancer it reaches). All or nothing: if one fails to
+ * start, the others are stopped. `balancer` in opts is ignored.
+ */
+export async function startBalancerCluster(tb: TestbedHandle, opts: BalancerProcessOptions = {}): Promise<BalancerProcess[]> {
+  const n = (tb.namespaces.balancers ?? [tb.namespaces.balancer]).length;
+  const started = await Promise.allSettled(Array.from({ length: n }, (_, i) => startBalancerProcess(tb, { ...opts, balancer: i })));
+  const ok = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    await Promise.all(ok.map((b) => b.stop().catch(() => undefined)));
+    throw failed.reason;
+  }
+  return ok;
 }

@@ -1,13 +1,18 @@
 // Testbed: network namespaces with real Linux MPTCP hosts (a client with two rate-limited links, a
 // balancer namespace, N servers), recorded in a JSON state file so any process can tear them down.
+// With `balancers: N >= 2` (a cluster): a router namespace in front of N balancer namespaces spreads the
+// client's traffic to the VIPs with an L4 ECMP hash, the servers sit on one LAN behind the balancers and send
+// their replies back through any of them (ECMP too), and a namespace runs redis-server for the balancers.
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
 import { ipn, listNetns, netnsPids, run, sleepSync, sysctlIn, TestbedError, tryRun } from './netns.js';
+import { findRedisServer, processGone, startRedis, stopRedis, type RedisInfo } from './redis.js';
 
 export { TestbedError } from './netns.js';
+export type { RedisInfo } from './redis.js';
 
 export type TestbedMode = 'balancer' | 'noBalancer';
 
@@ -31,6 +36,18 @@ export interface TestbedOptions {
   persist?: boolean;
   /** Where state files go (default os.tmpdir()/mplb-testbeds). */
   stateDir?: string;
+  /**
+   * Balancer namespaces, 1-16 (default 1: today's topology, the balancer is the client's gateway). With 2 or more,
+   * a router namespace takes the client's two links and routes each VIP over the balancers with a multipath route
+   * (one next hop per balancer, net.ipv4.fib_multipath_hash_policy=1: L4 hash), so that the subflows of one MPTCP
+   * connection can reach different balancers; the servers share a LAN with the balancers and their default route
+   * is ECMP over the balancers too, so a reply may return through a balancer other than the one its SYN passed.
+   */
+  balancers?: number;
+  /** Run redis-server in its own namespace on a control network every balancer reaches (default: with 2+ balancers). */
+  redis?: boolean;
+  /** redis port (default 6379). */
+  redisPort?: number;
 }
 
 export interface LinkInfo {
@@ -43,6 +60,42 @@ export interface LinkInfo {
   peerAddr: string;
 }
 
+/** One balancer namespace; index i = `balancers[i]` (namespace `lb` with 1 balancer, `lb1`...`lbN` otherwise). */
+export interface BalancerInfo {
+  index: number;
+  ns: string;
+  /** Links towards the client: the two client links (1 balancer), or the uplink to the router (cluster). */
+  clientLinks: LinkInfo[];
+  /** Links towards the servers: one per server (1 balancer), or the LAN port (cluster). */
+  serverLinks: LinkInfo[];
+  /** Cluster: its address on the router link, the router's ECMP next hop for the VIPs. */
+  uplinkAddr?: string;
+  /** Cluster: its address on the server LAN, a next hop of the servers' default route. */
+  lanAddr?: string;
+  /** With redis: its address on the control network. */
+  ctlAddr?: string;
+}
+
+/** Cluster: the router in front of the balancers. */
+export interface RouterInfo {
+  ns: string;
+  /** Router side of the client's two links (rate-limited like the client side). */
+  clientLinks: [LinkInfo, LinkInfo];
+  /** balancerLinks[i]: router side of the link to balancer i (its peerAddr is the ECMP next hop). */
+  balancerLinks: LinkInfo[];
+}
+
+/** Cluster: which balancers (indices) are next hops now, towards the VIPs (router) and back (servers). */
+export interface EcmpState {
+  toVips: number[];
+  fromServers: number[];
+}
+
+export interface WithdrawOptions {
+  /** Also take the balancer out of the servers' return route (default true, as when it fails or is stopped). */
+  returnPath?: boolean;
+}
+
 export interface TestbedHandle {
   runId: string;
   mode: TestbedMode;
@@ -53,13 +106,33 @@ export interface TestbedHandle {
   stateFile: string;
   rateMbit: number | null;
   vips: string[];
-  namespaces: { client: string; balancer: string; servers: string[] };
+  /**
+   * `balancer` is balancer 0's namespace (the only one with 1 balancer); `balancers` lists all of them. Cluster
+   * only: `router`, `switch` (the LAN and control bridges); with redis: `redis` (and `switch`).
+   */
+  namespaces: { client: string; balancer: string; servers: string[]; balancers: string[]; router?: string; switch?: string; redis?: string };
   client: { addrs: [string, string]; links: [LinkInfo, LinkInfo] };
-  /** Balancer-side view: links towards the client and towards each server. */
-  balancer: { clientLinks: [LinkInfo, LinkInfo]; serverLinks: LinkInfo[] };
-  servers: Array<{ ns: string; addr: string; link: LinkInfo }>;
+  /** Balancer 0's view: links towards the client (two, or the router uplink) and towards the servers. */
+  balancer: { clientLinks: LinkInfo[]; serverLinks: LinkInfo[] };
+  /** Every balancer (one with 1 balancer). */
+  balancers: BalancerInfo[];
+  /** Cluster only. */
+  router?: RouterInfo;
+  /** With redis. */
+  redis?: RedisInfo;
+  /** Cluster only: the next hops in use (see withdrawBalancer). */
+  ecmp?: EcmpState;
+  /** `link`: the server's link (cluster: its LAN port; peerAddr is balancer 0). `gateways`: its default route's next hops. */
+  servers: Array<{ ns: string; addr: string; link: LinkInfo; gateways: string[] }>;
   /** Every command run, in order (for debugging). */
   log: string[];
+  /**
+   * Cluster: takes balancer i out of the router's VIP routes (`ip route replace` with the remaining next hops)
+   * and, unless returnPath is false, out of the servers' default routes. Refuses to withdraw the last one.
+   */
+  withdrawBalancer(i: number, opts?: WithdrawOptions): void;
+  /** Cluster: puts balancer i back as a next hop in both directions. */
+  restoreBalancer(i: number): void;
 }
 
 export interface TestbedStatusEntry {
@@ -69,6 +142,8 @@ export interface TestbedStatusEntry {
   creatorPid?: number;
   creatorAlive?: boolean;
   persist?: boolean;
+  balancers?: number;
+  redis?: { pid: number; alive: boolean; host: string; port: number };
   namespaces: Array<{ name: string; exists: boolean }>;
 }
 
@@ -105,6 +180,16 @@ function inBenchRange(a: string): boolean {
   return p[0] === 198 && (p[1] === 18 || p[1] === 19);
 }
 
+// Cluster addressing (balancers >= 2), all in 198.18.0.0/15: router <-> balancer i on 198.18.(101+i).0/24
+// (router .1 dev rb<i+1>, balancer .2 dev up0); the server LAN 198.18.10.0/24 (balancer i .(1+i) dev lan0,
+// server i .(101+i) dev eth0); the control network 198.18.9.0/24 (balancer i .(1+i) dev ctl0, redis .254).
+const LAN_NET = '198.18.10';
+const CTL_NET = '198.18.9';
+const REDIS_ADDR = `${CTL_NET}.254`;
+const uplinkNet = (i: number) => `198.18.${101 + i}`;
+const MAX_BALANCERS = 16;
+const MAX_CLUSTER_SERVERS = 100;
+
 // Live handles of this process that must go when it exits.
 const owned = new Map<string, TestbedHandle>();
 let hooksInstalled = false;
@@ -113,11 +198,11 @@ function installExitHooks(): void {
   if (hooksInstalled) return;
   hooksInstalled = true;
   process.on('exit', () => {
-    for (const h of [...owned.values()]) downOne(h.runId, h.stateFile, h.namespaces);
+    for (const h of [...owned.values()]) downOne(h.runId, h.stateFile, h);
   });
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     const handler = () => {
-      for (const h of [...owned.values()]) downOne(h.runId, h.stateFile, h.namespaces);
+      for (const h of [...owned.values()]) downOne(h.runId, h.stateFile, h);
       process.removeListener(sig, handler);
       // Die of the same signal unless someone else listens for it.
       if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
@@ -129,8 +214,73 @@ function installExitHooks(): void {
 function writeState(h: TestbedHandle): void {
   fs.mkdirSync(path.dirname(h.stateFile), { recursive: true });
   const tmp = `${h.stateFile}.${process.pid}.tmp`;
+  // The methods are not enumerable: the file holds data only (testbedLoad puts them back).
   fs.writeFileSync(tmp, JSON.stringify(h, null, 2));
   fs.renameSync(tmp, h.stateFile);
+}
+
+/** Every namespace a (possibly partial, e.g. older) handle names. */
+function namespacesOf(ns: Partial<TestbedHandle['namespaces']> | undefined): string[] {
+  if (!ns) return [];
+  const names = [ns.client, ns.router, ns.balancer, ...(ns.balancers ?? []), ns.switch, ns.redis, ...(ns.servers ?? [])];
+  return [...new Set(names.filter((n): n is string => typeof n === 'string' && n.length > 0))];
+}
+
+/** `nexthop via A dev D nexthop via B dev E ...` */
+function nexthopArgs(hops: Array<[string, string]>): string[] {
+  return hops.flatMap(([via, dev]) => ['nexthop', 'via', via, 'dev', dev]);
+}
+
+/** Writes the router's VIP routes and the servers' default routes for h.ecmp (replace: no gap in between). */
+function applyEcmp(h: TestbedHandle): void {
+  const r = h.router, e = h.ecmp;
+  if (!r || !e) throw new TestbedError('TESTBED_BAD_OPTION', `testbed ${h.runId} has one balancer: there is no ECMP route to change`);
+  const toVips = nexthopArgs(e.toVips.map((i) => [h.balancers[i].uplinkAddr!, r.balancerLinks[i].dev]));
+  for (const v of h.vips) {
+    const args = ['route', 'replace', `${v}/32`, ...toVips];
+    h.log.push(`ip -n ${r.ns} ${args.join(' ')}`);
+    ipn(r.ns, args);
+  }
+  for (const s of h.servers) {
+    s.gateways = e.fromServers.map((i) => h.balancers[i].lanAddr!);
+    const args = ['route', 'replace', 'default', ...nexthopArgs(s.gateways.map((g) => [g, s.link.dev]))];
+    h.log.push(`ip -n ${s.ns} ${args.join(' ')}`);
+    ipn(s.ns, args);
+  }
+}
+
+function checkBalancerIndex(h: TestbedHandle, i: number): void {
+  if (!h.router || !h.ecmp) throw new TestbedError('TESTBED_BAD_OPTION', `testbed ${h.runId} has one balancer: there is no ECMP route to change`);
+  if (!Number.isInteger(i) || i < 0 || i >= h.balancers.length) throw new TestbedError('TESTBED_BAD_OPTION', `balancer index ${i} is not 0-${h.balancers.length - 1}`);
+}
+
+/** See TestbedHandle.withdrawBalancer. */
+export function withdrawBalancer(h: TestbedHandle, i: number, opts: WithdrawOptions = {}): void {
+  checkBalancerIndex(h, i);
+  const e = h.ecmp!;
+  const toVips = e.toVips.filter((x) => x !== i);
+  const fromServers = opts.returnPath === false ? e.fromServers : e.fromServers.filter((x) => x !== i);
+  if (toVips.length === 0 || fromServers.length === 0) throw new TestbedError('TESTBED_BAD_OPTION', `balancer ${i} is the last next hop left: withdrawing it would leave no route`);
+  h.ecmp = { toVips, fromServers };
+  applyEcmp(h);
+  writeState(h);
+}
+
+/** See TestbedHandle.restoreBalancer. */
+export function restoreBalancer(h: TestbedHandle, i: number): void {
+  checkBalancerIndex(h, i);
+  const add = (l: number[]) => [...new Set([...l, i])].sort((a, b) => a - b);
+  h.ecmp = { toVips: add(h.ecmp!.toVips), fromServers: add(h.ecmp!.fromServers) };
+  applyEcmp(h);
+  writeState(h);
+}
+
+function attachMethods(h: TestbedHandle): TestbedHandle {
+  Object.defineProperties(h, {
+    withdrawBalancer: { value: (i: number, o?: WithdrawOptions) => withdrawBalancer(h, i, o), enumerable: false, configurable: true },
+    restoreBalancer: { value: (i: number) => restoreBalancer(h, i), enumerable: false, configurable: true },
+  });
+  return h;
 }
 
 /** Builds the testbed. On any failure everything made so far is removed and the error rethrown. */
@@ -140,17 +290,34 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
   const mode = opts.mode ?? 'balancer';
   const nServers = opts.servers ?? 2;
   if (!Number.isInteger(nServers) || nServers < 1 || nServers > 200) throw new TestbedError('TESTBED_BAD_OPTION', `servers must be 1..200, got ${nServers}`);
+  const nBalancers = opts.balancers ?? 1;
+  if (!Number.isInteger(nBalancers) || nBalancers < 1 || nBalancers > MAX_BALANCERS) throw new TestbedError('TESTBED_BAD_OPTION', `balancers must be 1..${MAX_BALANCERS}, got ${nBalancers}`);
+  const cluster = nBalancers > 1;
+  if (cluster && mode !== 'balancer') throw new TestbedError('TESTBED_BAD_OPTION', `mode ${mode} has no balancer: it needs balancers = 1, got ${nBalancers}`);
+  if (cluster && nServers > MAX_CLUSTER_SERVERS) throw new TestbedError('TESTBED_BAD_OPTION', `a cluster testbed has at most ${MAX_CLUSTER_SERVERS} servers, got ${nServers}`);
+  const withRedis = opts.redis ?? cluster;
+  const redisPort = opts.redisPort ?? 6379;
+  if (!Number.isInteger(redisPort) || redisPort < 1 || redisPort > 65535) throw new TestbedError('TESTBED_BAD_OPTION', `redisPort must be 1..65535, got ${redisPort}`);
+  if (withRedis && !findRedisServer()) throw new TestbedError('TESTBED_TOOL_MISSING', '"redis-server" was not found: install the Debian package redis-server (the cluster testbed runs its token store)');
   const rate = opts.rateMbit === undefined ? 50 : opts.rateMbit;
   const clientAddrs: [string, string] = opts.clientAddrs ?? ['198.18.1.2', '198.18.2.2'];
   const vips = opts.vips ?? ['198.19.0.10'];
   for (const a of [...clientAddrs, ...vips]) {
     if (!inBenchRange(a)) throw new TestbedError('TESTBED_BAD_OPTION', `address ${a} is outside 198.18.0.0/15 (the benchmarking range the testbed must use)`);
   }
-  const serverSubnets = Array.from({ length: nServers }, (_, i) => `198.18.${10 + i + 1}.0/24`);
+  // Subnets the testbed itself uses behind the client links.
+  const serverSubnets = cluster
+    ? [`${LAN_NET}.0/24`, ...Array.from({ length: nBalancers }, (_, i) => `${uplinkNet(i)}.0/24`)]
+    : Array.from({ length: nServers }, (_, i) => `198.18.${10 + i + 1}.0/24`);
+  if (withRedis) serverSubnets.push(`${CTL_NET}.0/24`);
   const clientSubnets = clientAddrs.map(subnet24);
   if (clientSubnets[0] === clientSubnets[1]) throw new TestbedError('TESTBED_BAD_OPTION', `the two client addresses must be in different /24s (${clientAddrs.join(', ')})`);
   for (const s of clientSubnets) {
-    if (serverSubnets.includes(s)) throw new TestbedError('TESTBED_BAD_OPTION', `client subnet ${s} overlaps a server link (198.18.11.0/24 upwards are used for servers)`);
+    if (serverSubnets.includes(s)) {
+      throw new TestbedError('TESTBED_BAD_OPTION', cluster || withRedis
+        ? `client subnet ${s} overlaps a testbed network (${serverSubnets.join(', ')})`
+        : `client subnet ${s} overlaps a server link (198.18.11.0/24 upwards are used for servers)`);
+    }
   }
   for (const v of vips) {
     if (clientSubnets.includes(subnet24(v)) || serverSubnets.includes(subnet24(v))) throw new TestbedError('TESTBED_BAD_OPTION', `VIP ${v} falls inside a link subnet`);
@@ -160,16 +327,46 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
   if ([...existing].some((n) => n.startsWith(`${prefix}-`))) throw new TestbedError('TESTBED_BAD_OPTION', `namespaces for run ${runId} already exist`);
 
   const nsC = `${prefix}-cli`;
-  const nsB = `${prefix}-lb`;
+  const nsBs = cluster ? Array.from({ length: nBalancers }, (_, i) => `${prefix}-lb${i + 1}`) : [`${prefix}-lb`];
+  const nsB = nsBs[0];
   const nsS = Array.from({ length: nServers }, (_, i) => `${prefix}-srv${i + 1}`);
-  const stateFile = path.join(opts.stateDir ?? defaultStateDir(), `${runId}.json`);
+  const nsR = cluster ? `${prefix}-rtr` : undefined;
+  const nsSw = cluster || withRedis ? `${prefix}-sw` : undefined;
+  const nsRedis = withRedis ? `${prefix}-redis` : undefined;
+  const stateDir = opts.stateDir ?? defaultStateDir();
+  const stateFile = path.join(stateDir, `${runId}.json`);
   const link = (dev: string, addr: string, peerDev: string, peerAddr: string): LinkInfo => ({ dev, addr, prefixLen: 24, peerDev, peerAddr });
+
+  // The client's links end at the balancer (1) or at the router (cluster).
+  const edgeDev = (i: number) => (cluster ? `rc${i}` : `lbc${i}`);
   const cLinks: [LinkInfo, LinkInfo] = [
-    link('c0', clientAddrs[0], 'lbc0', gatewayFor(clientAddrs[0])),
-    link('c1', clientAddrs[1], 'lbc1', gatewayFor(clientAddrs[1])),
+    link('c0', clientAddrs[0], edgeDev(0), gatewayFor(clientAddrs[0])),
+    link('c1', clientAddrs[1], edgeDev(1), gatewayFor(clientAddrs[1])),
   ];
-  const servers = nsS.map((ns, i) => ({ ns, addr: `198.18.${10 + i + 1}.2`, link: link('eth0', `198.18.${10 + i + 1}.2`, `lbs${i + 1}`, `198.18.${10 + i + 1}.1`) }));
-  const h: TestbedHandle = {
+  const edgeLinks: [LinkInfo, LinkInfo] = [link(edgeDev(0), cLinks[0].peerAddr, 'c0', clientAddrs[0]), link(edgeDev(1), cLinks[1].peerAddr, 'c1', clientAddrs[1])];
+  let servers: TestbedHandle['servers'];
+  let balancers: BalancerInfo[];
+  let router: RouterInfo | undefined;
+  if (!cluster) {
+    servers = nsS.map((ns, i) => ({ ns, addr: `198.18.${10 + i + 1}.2`, link: link('eth0', `198.18.${10 + i + 1}.2`, `lbs${i + 1}`, `198.18.${10 + i + 1}.1`), gateways: [`198.18.${10 + i + 1}.1`] }));
+    balancers = [{ index: 0, ns: nsB, clientLinks: edgeLinks, serverLinks: servers.map((s) => link(s.link.peerDev, s.link.peerAddr, s.link.dev, s.addr)) }];
+  } else {
+    const lanAddr = (i: number) => `${LAN_NET}.${1 + i}`;
+    servers = nsS.map((ns, i) => ({ ns, addr: `${LAN_NET}.${101 + i}`, link: link('eth0', `${LAN_NET}.${101 + i}`, `s${i + 1}`, lanAddr(0)), gateways: nsBs.map((_, j) => lanAddr(j)) }));
+    balancers = nsBs.map((ns, i) => ({
+      index: i,
+      ns,
+      clientLinks: [link('up0', `${uplinkNet(i)}.2`, `rb${i + 1}`, `${uplinkNet(i)}.1`)],
+      // The LAN port's peer is a bridge port; peerAddr names the first server.
+      serverLinks: [link('lan0', lanAddr(i), `l${i + 1}`, servers[0].addr)],
+      uplinkAddr: `${uplinkNet(i)}.2`,
+      lanAddr: lanAddr(i),
+    }));
+    router = { ns: nsR!, clientLinks: edgeLinks, balancerLinks: balancers.map((b) => link(b.clientLinks[0].peerDev, b.clientLinks[0].peerAddr, b.clientLinks[0].dev, b.clientLinks[0].addr)) };
+  }
+  if (withRedis) balancers.forEach((b, i) => { b.ctlAddr = `${CTL_NET}.${1 + i}`; });
+
+  const h = attachMethods({
     runId,
     mode,
     createdAt: new Date().toISOString(),
@@ -178,15 +375,14 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
     stateFile,
     rateMbit: rate && rate > 0 ? rate : null,
     vips,
-    namespaces: { client: nsC, balancer: nsB, servers: nsS },
+    namespaces: { client: nsC, balancer: nsB, servers: nsS, balancers: nsBs, ...(nsR ? { router: nsR } : {}), ...(nsSw ? { switch: nsSw } : {}), ...(nsRedis ? { redis: nsRedis } : {}) },
     client: { addrs: clientAddrs, links: cLinks },
-    balancer: {
-      clientLinks: [link('lbc0', cLinks[0].peerAddr, 'c0', clientAddrs[0]), link('lbc1', cLinks[1].peerAddr, 'c1', clientAddrs[1])],
-      serverLinks: servers.map((s) => link(s.link.peerDev, s.link.peerAddr, s.link.dev, s.addr)),
-    },
+    balancer: { clientLinks: balancers[0].clientLinks, serverLinks: balancers[0].serverLinks },
+    balancers,
+    ...(router ? { router, ecmp: { toVips: nsBs.map((_, i) => i), fromServers: nsBs.map((_, i) => i) } } : {}),
     servers,
     log: [],
-  };
+  } as unknown as TestbedHandle);
   // Record before creating anything so a crash half-way can still be cleaned up from the state file.
   writeState(h);
   if (!h.persist) {
@@ -205,30 +401,111 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
     h.log.push(`tc -n ${ns} ${args.join(' ')}`);
     run('tc', ['-n', ns, ...args]);
   };
+  /** A veth pair made directly inside its two namespaces: nothing appears in the caller's namespace. */
+  const veth = (nsA: string, devA: string, nsZ: string, devZ: string) => {
+    h.log.push(`ip link add ${devA} netns ${nsA} type veth peer name ${devZ} netns ${nsZ}`);
+    run('ip', ['link', 'add', devA, 'netns', nsA, 'type', 'veth', 'peer', 'name', devZ, 'netns', nsZ]);
+  };
+  const up = (ns: string, dev: string, addr?: string) => {
+    if (addr) ip(ns, ['addr', 'add', `${addr}/24`, 'dev', dev]);
+    ip(ns, ['link', 'set', dev, 'up']);
+  };
 
   try {
-    for (const ns of [nsC, nsB, ...nsS]) {
-      h.log.push(`ip netns add ${ns}`);
-      run('ip', ['netns', 'add', ns]);
-      ip(ns, ['link', 'set', 'lo', 'up']);
+    if (!cluster) {
+      // One balancer: today's topology, unchanged (the client's gateway is the balancer; one link per server).
+      for (const ns of [nsC, nsB, ...nsS]) {
+        h.log.push(`ip netns add ${ns}`);
+        run('ip', ['netns', 'add', ns]);
+        ip(ns, ['link', 'set', 'lo', 'up']);
+      }
+      // veth pairs are created directly inside their namespaces: nothing appears in the caller's namespace.
+      for (const l of cLinks) {
+        h.log.push(`ip link add ${l.dev} netns ${nsC} type veth peer name ${l.peerDev} netns ${nsB}`);
+        run('ip', ['link', 'add', l.dev, 'netns', nsC, 'type', 'veth', 'peer', 'name', l.peerDev, 'netns', nsB]);
+        ip(nsC, ['addr', 'add', `${l.addr}/24`, 'dev', l.dev]);
+        ip(nsB, ['addr', 'add', `${l.peerAddr}/24`, 'dev', l.peerDev]);
+        ip(nsC, ['link', 'set', l.dev, 'up']);
+        ip(nsB, ['link', 'set', l.peerDev, 'up']);
+      }
+      for (const s of servers) {
+        h.log.push(`ip link add ${s.link.dev} netns ${s.ns} type veth peer name ${s.link.peerDev} netns ${nsB}`);
+        run('ip', ['link', 'add', s.link.dev, 'netns', s.ns, 'type', 'veth', 'peer', 'name', s.link.peerDev, 'netns', nsB]);
+        ip(s.ns, ['addr', 'add', `${s.addr}/24`, 'dev', s.link.dev]);
+        ip(nsB, ['addr', 'add', `${s.link.peerAddr}/24`, 'dev', s.link.peerDev]);
+        ip(s.ns, ['link', 'set', s.link.dev, 'up']);
+        ip(nsB, ['link', 'set', s.link.peerDev, 'up']);
+        ip(s.ns, ['route', 'add', 'default', 'via', s.link.peerAddr, 'dev', s.link.dev]);
+      }
+    } else {
+      for (const ns of [nsC, nsR!, ...nsBs, nsSw!, ...nsS]) {
+        h.log.push(`ip netns add ${ns}`);
+        run('ip', ['netns', 'add', ns]);
+        ip(ns, ['link', 'set', 'lo', 'up']);
+      }
+      // Asymmetric paths are the point (a reply may leave through another balancer than its SYN came in by):
+      // no reverse-path filtering on the router and the balancers, set before their devices exist.
+      for (const ns of [nsR!, ...nsBs]) for (const k of ['all', 'default']) sysctl(ns, `net.ipv4.conf.${k}.rp_filter`, '0');
+      for (const [i, l] of cLinks.entries()) {
+        veth(nsC, l.dev, nsR!, l.peerDev);
+        up(nsC, l.dev, l.addr);
+        up(nsR!, edgeLinks[i].dev, edgeLinks[i].addr);
+      }
+      for (const b of balancers) {
+        const u = b.clientLinks[0];
+        veth(nsR!, u.peerDev, b.ns, u.dev);
+        up(nsR!, u.peerDev, u.peerAddr);
+        up(b.ns, u.dev, u.addr);
+        // Back to the client's networks through the router; no default route, so a VIP without mplb running
+        // is unreachable here (as with one balancer) instead of looping back to the router.
+        for (const s of clientSubnets) ip(b.ns, ['route', 'add', s, 'via', u.peerAddr, 'dev', u.dev]);
+      }
+      // The server LAN: one bridge in the switch namespace, a port per balancer and per server.
+      ip(nsSw!, ['link', 'add', 'brlan', 'type', 'bridge']);
+      ip(nsSw!, ['link', 'set', 'brlan', 'up']);
+      for (const b of balancers) {
+        const l = b.serverLinks[0];
+        veth(b.ns, l.dev, nsSw!, l.peerDev);
+        ip(nsSw!, ['link', 'set', l.peerDev, 'master', 'brlan']);
+        up(nsSw!, l.peerDev);
+        up(b.ns, l.dev, l.addr);
+      }
+      for (const s of servers) {
+        veth(s.ns, s.link.dev, nsSw!, s.link.peerDev);
+        ip(nsSw!, ['link', 'set', s.link.peerDev, 'master', 'brlan']);
+        up(nsSw!, s.link.peerDev);
+        up(s.ns, s.link.dev, s.addr);
+        // Replies go back through any balancer: L4 hash over one next hop per balancer.
+        sysctl(s.ns, 'net.ipv4.fib_multipath_hash_policy', '1');
+        ip(s.ns, ['route', 'add', 'default', ...nexthopArgs(s.gateways.map((g) => [g, s.link.dev]))]);
+      }
+      // The router: forwards, and spreads each VIP over the balancers by an L4 (5-tuple) hash.
+      sysctl(nsR!, 'net.ipv4.ip_forward', '1');
+      sysctl(nsR!, 'net.ipv4.fib_multipath_hash_policy', '1');
+      for (const v of vips) ip(nsR!, ['route', 'add', `${v}/32`, ...nexthopArgs(balancers.map((b, i) => [b.uplinkAddr!, router!.balancerLinks[i].dev]))]);
     }
-    // veth pairs are created directly inside their namespaces: nothing appears in the caller's namespace.
-    for (const l of cLinks) {
-      h.log.push(`ip link add ${l.dev} netns ${nsC} type veth peer name ${l.peerDev} netns ${nsB}`);
-      run('ip', ['link', 'add', l.dev, 'netns', nsC, 'type', 'veth', 'peer', 'name', l.peerDev, 'netns', nsB]);
-      ip(nsC, ['addr', 'add', `${l.addr}/24`, 'dev', l.dev]);
-      ip(nsB, ['addr', 'add', `${l.peerAddr}/24`, 'dev', l.peerDev]);
-      ip(nsC, ['link', 'set', l.dev, 'up']);
-      ip(nsB, ['link', 'set', l.peerDev, 'up']);
-    }
-    for (const s of servers) {
-      h.log.push(`ip link add ${s.link.dev} netns ${s.ns} type veth peer name ${s.link.peerDev} netns ${nsB}`);
-      run('ip', ['link', 'add', s.link.dev, 'netns', s.ns, 'type', 'veth', 'peer', 'name', s.link.peerDev, 'netns', nsB]);
-      ip(s.ns, ['addr', 'add', `${s.addr}/24`, 'dev', s.link.dev]);
-      ip(nsB, ['addr', 'add', `${s.link.peerAddr}/24`, 'dev', s.link.peerDev]);
-      ip(s.ns, ['link', 'set', s.link.dev, 'up']);
-      ip(nsB, ['link', 'set', s.link.peerDev, 'up']);
-      ip(s.ns, ['route', 'add', 'default', 'via', s.link.peerAddr, 'dev', s.link.dev]);
+    if (withRedis) {
+      // The control network: its own bridge in the switch namespace, a port per balancer, redis at .254.
+      if (!cluster) {
+        h.log.push(`ip netns add ${nsSw}`);
+        run('ip', ['netns', 'add', nsSw!]);
+        ip(nsSw!, ['link', 'set', 'lo', 'up']);
+      }
+      h.log.push(`ip netns add ${nsRedis}`);
+      run('ip', ['netns', 'add', nsRedis!]);
+      ip(nsRedis!, ['link', 'set', 'lo', 'up']);
+      ip(nsSw!, ['link', 'add', 'brctl', 'type', 'bridge']);
+      ip(nsSw!, ['link', 'set', 'brctl', 'up']);
+      for (const b of balancers) {
+        veth(b.ns, 'ctl0', nsSw!, `k${b.index + 1}`);
+        ip(nsSw!, ['link', 'set', `k${b.index + 1}`, 'master', 'brctl']);
+        up(nsSw!, `k${b.index + 1}`);
+        up(b.ns, 'ctl0', b.ctlAddr);
+      }
+      veth(nsRedis!, 'eth0', nsSw!, 'kr');
+      ip(nsSw!, ['link', 'set', 'kr', 'master', 'brctl']);
+      up(nsSw!, 'kr');
+      up(nsRedis!, 'eth0', REDIS_ADDR);
     }
 
     // Client: each source address leaves by its own link (tables 101, 102); main default via link 0.
@@ -248,7 +525,7 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
       ip(nsC, ['mptcp', 'endpoint', 'add', cLinks[1].addr, 'dev', cLinks[1].dev, 'subflow']);
     }
 
-    sysctl(nsB, 'net.ipv4.ip_forward', '1');
+    for (const ns of nsBs) sysctl(ns, 'net.ipv4.ip_forward', '1');
     if (mode === 'noBalancer') {
       for (const v of vips) {
         ip(nsS[0], ['addr', 'add', `${v}/32`, 'dev', 'lo']);
@@ -259,12 +536,19 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
     if (h.rateMbit) {
       // tbf on both veth ends = both directions limited. Burst ~4 ms of data (at least 32 KB).
       const burst = Math.max(32 * 1024, Math.round((h.rateMbit * 1e6 / 8) * 0.004));
-      for (const [ns, dev] of [[nsC, 'c0'], [nsC, 'c1'], [nsB, 'lbc0'], [nsB, 'lbc1']] as const) {
+      const edgeNs = cluster ? nsR! : nsB;
+      for (const [ns, dev] of [[nsC, 'c0'], [nsC, 'c1'], [edgeNs, edgeDev(0)], [edgeNs, edgeDev(1)]] as const) {
         tc(ns, ['qdisc', 'add', 'dev', dev, 'root', 'tbf', 'rate', `${h.rateMbit}mbit`, 'burst', String(burst), 'latency', '25ms']);
       }
     }
+
+    if (withRedis) {
+      const password = randomBytes(18).toString('base64url');
+      h.log.push(`ip netns exec ${nsRedis} redis-server CONF --bind ${REDIS_ADDR} --port ${redisPort} --save '' --appendonly no`);
+      h.redis = startRedis(nsRedis!, { host: REDIS_ADDR, port: redisPort, password, dir: path.join(stateDir, `${runId}-redis`) });
+    }
   } catch (e) {
-    downOne(runId, stateFile, h.namespaces);
+    downOne(runId, stateFile, h);
     owned.delete(runId);
     throw e;
   }
@@ -287,13 +571,7 @@ function killNamespaceProcesses(namespaces: string[]): void {
   const deadline = Date.now() + 1500;
   while (pids.size > 0 && Date.now() < deadline) {
     sleepSync(50);
-    for (const p of [...pids]) {
-      try {
-        process.kill(p, 0);
-      } catch {
-        pids.delete(p);
-      }
-    }
+    for (const p of [...pids]) if (processGone(p)) pids.delete(p);
   }
   for (const p of pids) {
     try {
@@ -304,10 +582,11 @@ function killNamespaceProcesses(namespaces: string[]): void {
   }
 }
 
-function downOne(runId: string, stateFile: string, ns: { client: string; balancer: string; servers: string[] } | undefined): string[] {
+function downOne(runId: string, stateFile: string, s: Partial<TestbedHandle> | undefined): string[] {
+  // redis first, by the PID the testbed recorded (it is checked to still be that redis-server).
+  stopRedis(s?.redis);
   const present = new Set(listNetns());
-  const names = new Set<string>();
-  if (ns) for (const n of [ns.client, ns.balancer, ...ns.servers]) names.add(n);
+  const names = new Set<string>(namespacesOf(s?.namespaces));
   // Also anything else carrying this run's prefix (e.g. made by a crashed older version).
   for (const n of present) if (n.startsWith(`mplb-${runId}-`)) names.add(n);
   const toDelete = [...names].filter((n) => present.has(n));
@@ -343,7 +622,8 @@ function stateFiles(dir: string): string[] {
 
 /**
  * Removes a testbed (handle or runId), or with no argument every testbed recorded in state files.
- * Processes still running inside its namespaces are terminated. Synchronous; returns deleted namespaces.
+ * redis (by its recorded PID) and any other process still running inside its namespaces are terminated.
+ * Synchronous; returns deleted namespaces.
  */
 export function testbedDown(target?: TestbedHandle | string, opts: { stateDir?: string } = {}): string[] {
   const dir = opts.stateDir ?? (typeof target === 'object' ? path.dirname(target.stateFile) : defaultStateDir());
@@ -352,14 +632,14 @@ export function testbedDown(target?: TestbedHandle | string, opts: { stateDir?: 
     for (const f of stateFiles(dir)) {
       const s = readState(f);
       const runId = path.basename(f, '.json');
-      removed.push(...downOne(runId, f, s?.namespaces));
+      removed.push(...downOne(runId, f, s));
     }
     return removed;
   }
   const runId = typeof target === 'string' ? target : target.runId;
   const file = typeof target === 'string' ? path.join(dir, `${runId}.json`) : target.stateFile;
   const s = typeof target === 'string' ? readState(file) : target;
-  return downOne(runId, file, s?.namespaces);
+  return downOne(runId, file, s);
 }
 
 function alive(pid: number | undefined): boolean {
@@ -379,7 +659,7 @@ export function testbedStatus(opts: { stateDir?: string } = {}): TestbedStatus {
   for (const f of stateFiles(opts.stateDir ?? defaultStateDir())) {
     const s = readState(f);
     const runId = path.basename(f, '.json');
-    const names = s?.namespaces ? [s.namespaces.client, s.namespaces.balancer, ...s.namespaces.servers] : [];
+    const names = namespacesOf(s?.namespaces);
     for (const n of present) if (n.startsWith(`mplb-${runId}-`) && !names.includes(n)) names.push(n);
     names.forEach((n) => known.add(n));
     testbeds.push({
@@ -389,6 +669,8 @@ export function testbedStatus(opts: { stateDir?: string } = {}): TestbedStatus {
       creatorPid: s?.creatorPid,
       creatorAlive: alive(s?.creatorPid),
       persist: s?.persist,
+      balancers: s?.balancers?.length ?? (s?.namespaces ? 1 : undefined),
+      ...(s?.redis ? { redis: { pid: s.redis.pid, alive: !processGone(s.redis.pid), host: s.redis.host, port: s.redis.port } } : {}),
       namespaces: names.map((name) => ({ name, exists: present.has(name) })),
     });
   }
@@ -399,5 +681,21 @@ export function testbedStatus(opts: { stateDir?: string } = {}): TestbedStatus {
 /** Reads a recorded testbed back from its state file (e.g. in another process). */
 export function testbedLoad(runId: string, opts: { stateDir?: string } = {}): TestbedHandle | undefined {
   const s = readState(path.join(opts.stateDir ?? defaultStateDir(), `${runId}.json`));
-  return s && s.runId ? (s as TestbedHandle) : undefined;
+  return s && s.runId ? attachMethods(s as TestbedHandle) : undefined;
+}
+
+/** Cluster: the gateways of the router's route to `vip` (default the first VIP), as the kernel has it now. */
+export function routerNexthops(h: TestbedHandle, vip = h.vips[0]): string[] {
+  if (!h.router) throw new TestbedError('TESTBED_BAD_OPTION', `testbed ${h.runId} has no router (one balancer)`);
+  return routeGateways(h.router.ns, `${vip}/32`);
+}
+
+/** The gateways of server i's default route, as the kernel has it now. */
+export function serverGateways(h: TestbedHandle, i: number): string[] {
+  return routeGateways(h.servers[i].ns, 'default');
+}
+
+function routeGateways(ns: string, dst: string): string[] {
+  const routes = JSON.parse(ipn(ns, ['-j', 'route', 'show', dst]) || '[]') as Array<{ gateway?: string; nexthops?: Array<{ gateway?: string }> }>;
+  return routes.flatMap((r) => (r.nexthops ? r.nexthops.map((n) => n.gateway ?? '') : r.gateway ? [r.gateway] : []));
 }

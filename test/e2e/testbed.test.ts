@@ -142,6 +142,20 @@ if (reason) {
         fs.rmSync(reportFile, { force: true });
       });
 
+      test('one balancer: the handle describes the one-balancer topology (no router, switch, redis or ECMP)', () => {
+        const x = h!;
+        assert.deepEqual(x.namespaces.balancers, [x.namespaces.balancer]);
+        assert.equal(x.balancers.length, 1);
+        assert.deepEqual(x.balancers[0].clientLinks.map((l) => l.dev), ['lbc0', 'lbc1']);
+        assert.deepEqual(x.balancer.serverLinks.map((l) => l.dev), x.servers.map((_, i) => `lbs${i + 1}`));
+        assert.equal(x.router, undefined);
+        assert.equal(x.redis, undefined);
+        assert.equal(x.ecmp, undefined);
+        assert.deepEqual(x.servers.map((s) => s.gateways), x.servers.map((s) => [s.link.peerAddr]));
+        assert.deepEqual(listNetns().filter((n) => n.startsWith(`mplb-${x.runId}-`)).sort(), [x.namespaces.client, x.namespaces.balancer, ...x.namespaces.servers].sort());
+        assert.throws(() => x.withdrawBalancer(0), /one balancer/);
+      });
+
       test('one MPTCP connection uses both links (2 subflows, > 70 Mbit/s)', async (t) => {
         await mptcpTransferChecked(t, h!, reportFile);
       });
