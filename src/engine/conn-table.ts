@@ -1,6 +1,7 @@
 // The connection table: one record per MPTCP connection whose server token is known (token -> backend),
 // with the list of its subflows. Tokens are unique per server, not across servers (RFC 8684 section 3.2), so a
 // token can be claimed by two live connections on different backends; such a token is marked ambiguous.
+import { hashToken, SMI_MASK } from './hash.js';
 
 export const enum ConnFlag {
   /** MPTCP v1 (RFC 8684); else v0 (RFC 6824). */
@@ -35,7 +36,11 @@ export class ConnTable {
   private readonly index: Int32Array;
   private readonly mask: number;
 
-  constructor(capacity: number, private readonly seed: number) {
+  /** The index seed, as a small integer. */
+  private readonly seed: number;
+
+  constructor(capacity: number, seed: number) {
+    this.seed = seed & SMI_MASK;
     this.capacity = capacity;
     this.token = new Uint32Array(capacity);
     this.backend = new Uint16Array(capacity);
@@ -58,9 +63,7 @@ export class ConnTable {
 
   /** Slot of a token: seeded so that chosen keys cannot aim at one probe chain. */
   private home(token: number): number {
-    let h = (token ^ this.seed) >>> 0;
-    h ^= h >>> 16; h = Math.imul(h, 0x7feb352d); h ^= h >>> 15; h = Math.imul(h, 0x846ca68b); h ^= h >>> 16;
-    return h & this.mask;
+    return hashToken(token, this.seed) & this.mask;
   }
 
   /** The connection indexed under `token`, or -1. */

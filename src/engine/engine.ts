@@ -6,7 +6,8 @@ import { formatEndpoint, formatIp } from '../wire/addr.js';
 import type { EngineConfig } from './config.js';
 import { ConnFlag, ConnTable } from './conn-table.js';
 import { Counter, Counters, DropReason } from './counters.js';
-import { FlowState, FlowTable, tupleHash } from './flow-table.js';
+import { FlowState, FlowTable } from './flow-table.js';
+import { hashTuple, SMI_MASK } from './hash.js';
 import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from '../wire/mptcp-options.js';
 import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/parse.js';
 import { natEndpoint, natToBackend, natToClient, stripTcpOption, writeResetForSyn } from './rewrite.js';
@@ -67,7 +68,7 @@ export class Engine {
   private readonly opt = new MptcpOption();
   /** Packet address words: source in 0..3, destination in 4..7 (IPv4 uses word 0 and 4). */
   private readonly a = new Uint32Array(8);
-  /** The flow-hash seed as a small integer (see tupleHash). */
+  /** The flow-hash seed as a small integer (see hashTuple). */
   private readonly seed: number;
   private flowHand = 0;
   private connHand = 0;
@@ -95,7 +96,7 @@ export class Engine {
     this.services.applyConfig(cfg);
     this.flows = new FlowTable(cfg.tables.maxFlows);
     this.conns = new ConnTable(cfg.tables.maxConnections, cfg.hashSeed);
-    this.seed = cfg.hashSeed & TICK_MASK;
+    this.seed = cfg.hashSeed & SMI_MASK;
   }
 
   get config(): EngineConfig { return this.cfg; }
@@ -134,7 +135,7 @@ export class Engine {
     const now = msTick(nowMs);
     const vip = this.services.findVip(a, v.family, v.dstPort);
     if (vip >= 0) return this.inbound(buf, vip, now);
-    const h = tupleHash(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
+    const h = hashTuple(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
     const r = this.flows.lookupOut(h, a, v.srcPort, v.dstPort, this.services.beAddr, this.services.bePort);
     if (r >= 0) return this.outbound(buf, r, now);
     return this.statelessReply(buf);
@@ -185,7 +186,7 @@ export class Engine {
   private inbound(buf: Uint8Array, vip: number, now: number): Verdict {
     const v = this.view, a = this.a, flows = this.flows;
     this.lastVip = vip;
-    const hIn = tupleHash(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
+    const hIn = hashTuple(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
     let r = flows.lookupIn(hIn, a, v.srcPort, vip);
     const tf = v.tcpFlags;
     const isSyn = (tf & (TCP_SYN | TCP_ACK)) === TCP_SYN;
@@ -295,7 +296,7 @@ export class Engine {
     }
     if (b < 0) return this.drop(DropReason.NoBackend);
     const bo = b << 2;
-    const hOut = tupleHash(svc.beAddr, bo, svc.bePort[b], a, 0, v.srcPort, this.seed);
+    const hOut = hashTuple(svc.beAddr, bo, svc.bePort[b], a, 0, v.srcPort, this.seed);
     let state = FlowState.SynSeen;
     if (v.family === 6) state |= FlowState.V6;
     if (joinToken >= 0) state |= FlowState.Join | FlowState.KeysDone;
@@ -619,7 +620,7 @@ export class Engine {
     loadWords(buf, v.srcAddrOff, v.addrLen, a, 4);
     const vip = this.services.findVip(a, v.family, v.srcPort);
     if (vip < 0) return -1;
-    const h = tupleHash(a, 0, v.dstPort, a, 4, v.srcPort, this.seed);
+    const h = hashTuple(a, 0, v.dstPort, a, 4, v.srcPort, this.seed);
     const r = this.flows.lookupIn(h, a, v.dstPort, vip);
     return r < 0 ? -1 : this.flows.backend(r);
   }

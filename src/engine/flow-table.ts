@@ -29,32 +29,6 @@ export const enum FlowState {
 /** Direction of an index entry: 0 = client -> VIP (inbound), 1 = backend -> client (outbound). */
 export const DIR_IN = 0, DIR_OUT = 1;
 
-/**
- * Murmur3-style hash of a flow key: endpoint A = words x[xo..xo+3] and port xPort, endpoint B = words y[yo..yo+3]
- * and port yPort. Reads the words itself and returns 30 bits, so that no call on the hot path passes or returns a
- * number outside V8's small-integer range (which would allocate a heap number).
- */
-export function tupleHash(x: Uint32Array, xo: number, xPort: number, y: Uint32Array, yo: number, yPort: number, seed: number): number {
-  let h = seed | 0;
-  const a1 = x[xo + 1], a2 = x[xo + 2], a3 = x[xo + 3], b1 = y[yo + 1], b2 = y[yo + 2], b3 = y[yo + 3];
-  // IPv4 keys have zero high words: three rounds instead of nine (still a function of the whole key).
-  if ((a1 | a2 | a3 | b1 | b2 | b3) === 0) {
-    h = mixIn(h, x[xo]); h = mixIn(h, y[yo]);
-  } else {
-    h = mixIn(h, x[xo]); h = mixIn(h, a1); h = mixIn(h, a2); h = mixIn(h, a3);
-    h = mixIn(h, y[yo]); h = mixIn(h, b1); h = mixIn(h, b2); h = mixIn(h, b3);
-  }
-  h = mixIn(h, (xPort << 16) | yPort);
-  h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16;
-  return h & 0x3fffffff;
-}
-
-function mixIn(h: number, w: number): number {
-  w = Math.imul(w, 0xcc9e2d51); w = (w << 15) | (w >>> 17); w = Math.imul(w, 0x1b873593);
-  h ^= w; h = (h << 13) | (h >>> 19);
-  return (Math.imul(h, 5) + 0xe6546b64) | 0;
-}
-
 // Record layout (words).
 const W = 12;
 const F_HASH_IN = 0, F_HASH_OUT = 1, F_ADDR = 2; // 2..5: client address words

@@ -5,7 +5,7 @@ import { parseEndpoint, parseIp, formatEndpoint } from '../wire/addr.js';
 import { replaceDelta, fold } from '../wire/checksum.js';
 import type { EngineConfig, Policy } from './config.js';
 import { buildMaglevTable } from './maglev.js';
-import { hashAddrPair, hashFiveTuple, mix32 } from './flow-hash.js';
+import { hashAddrPair, hashEndpoint, hashFiveTuple, SMI_MASK } from './hash.js';
 import type { PacketView } from '../wire/parse.js';
 
 export const enum PolicyCode { Maglev = 0, Hash5Tuple = 1, HashIpPair = 2 }
@@ -73,7 +73,12 @@ export class Services {
   // same address:port serves several VIPs (the reply's VIP is then unknown).
   private beSlots = new Int32Array(64);
 
-  constructor(private readonly maglevSize: number, private readonly seed: number, private readonly defaultPolicy: Policy) {}
+  /** Seed of the VIP and backend indices, as a small integer (the full `seed` is the selection contract). */
+  private readonly indexSeed: number;
+
+  constructor(private readonly maglevSize: number, private readonly seed: number, private readonly defaultPolicy: Policy) {
+    this.indexSeed = seed & SMI_MASK;
+  }
 
   /** Brings the table in line with `cfg.vips`, keeping the indices of VIPs and backends that stay. Cold path. */
   applyConfig(cfg: EngineConfig): void {
@@ -112,7 +117,7 @@ export class Services {
     const slots = new Int32Array(size);
     for (let b = 0; b < this.backendCount; b++) {
       const a = 4 * b;
-      let s = this.endpointHash(this.beAddr, a, this.bePort[b]) & (size - 1);
+      let s = hashEndpoint(this.beAddr, a, this.bePort[b], this.indexSeed) & (size - 1);
       for (;;) {
         const e = slots[s];
         if (e === 0) { slots[s] = b + 1; break; }
@@ -137,7 +142,7 @@ export class Services {
   findBackendByEndpoint(a: Uint32Array, port: number): number {
     const slots = this.beSlots;
     const mask = slots.length - 1;
-    let s = this.endpointHash(a, 0, port) & mask;
+    let s = hashEndpoint(a, 0, port, this.indexSeed) & mask;
     for (;;) {
       const e = slots[s];
       if (e === 0) return -1;
@@ -223,23 +228,18 @@ export class Services {
     // Removed VIPs stay findable so their established flows continue; they take no new flows.
     for (let v = 0; v < this.vipCount; v++) {
       const a = 4 * v;
-      let s = this.endpointHash(this.vipAddr, a, this.vipPort[v]) & (size - 1);
+      let s = hashEndpoint(this.vipAddr, a, this.vipPort[v], this.indexSeed) & (size - 1);
       while (slots[s] !== 0) s = (s + 1) & (size - 1);
       slots[s] = v + 1;
     }
     this.vipSlots = slots;
   }
 
-  /** Hash of an address (4 words at w[o]) and port; reads the words itself and returns 30 bits (no heap numbers). */
-  private endpointHash(w: Uint32Array, o: number, port: number): number {
-    return mix32((w[o] ^ Math.imul(w[o + 1], 0x9e3779b1) ^ Math.imul(w[o + 2], 0x85ebca6b) ^ Math.imul(w[o + 3], 0xc2b2ae35) ^ port) >>> 0) & 0x3fffffff;
-  }
-
   /** VIP index for destination words a[4..7] and port, or -1. Hot path. */
   findVip(a: Uint32Array, family: number, port: number): number {
     const slots = this.vipSlots;
     const mask = slots.length - 1;
-    let s = this.endpointHash(a, 4, port) & mask;
+    let s = hashEndpoint(a, 4, port, this.indexSeed) & mask;
     for (;;) {
       const e = slots[s];
       if (e === 0) return -1;
