@@ -2,6 +2,7 @@
 // (client -> VIP, and backend -> client). Records are 12-word rows of one Uint32Array so that a lookup touches
 // one index slot and one record (two cache lines) even when a million flows do not fit in cache.
 // No allocation after construction.
+import { OpenIndex } from './open-addressing.js';
 
 /** Flow state bits (16 bits). */
 export const enum FlowState {
@@ -42,8 +43,10 @@ export class FlowTable {
   readonly capacity: number;
   used = 0;
   private readonly rec: Uint32Array;
-  // Index: open addressing, linear probing; entry = (record << 1 | dir) + 1, 0 = empty.
-  private readonly index: Int32Array;
+  // Index entry = (record << 1 | dir) + 1; its hash is the record's hash for that direction.
+  private readonly index: OpenIndex;
+  // The index's slots and mask, read by the lookups on every packet.
+  private readonly slots: Int32Array;
   private readonly mask: number;
   private freeHead: number;
 
@@ -51,10 +54,10 @@ export class FlowTable {
     this.capacity = capacity;
     this.rec = new Uint32Array(capacity * W);
     // Two keys per record at a load factor of at most 1/2.
-    let size = 4;
-    while (size < capacity * 4) size <<= 1;
-    this.index = new Int32Array(size);
-    this.mask = size - 1;
+    const rec = this.rec;
+    this.index = new OpenIndex(capacity * 4, (e) => rec[((e - 1) >> 1) * W + (((e - 1) & 1) === DIR_IN ? F_HASH_IN : F_HASH_OUT)]);
+    this.slots = this.index.slots;
+    this.mask = this.index.mask;
     for (let i = 0; i < capacity; i++) this.rec[i * W + F_NEXT] = i + 1 < capacity ? i + 1 : 0xffffffff;
     this.freeHead = 0;
   }
@@ -79,7 +82,7 @@ export class FlowTable {
 
   /** Finds the inbound flow (client words a[0..3], client port, VIP v); -1 when absent. Hot path. */
   lookupIn(h: number, a: Uint32Array, aPort: number, v: number): number {
-    const idx = this.index, mask = this.mask, rec = this.rec;
+    const idx = this.slots, mask = this.mask, rec = this.rec;
     const portVip = (aPort | (v << 16)) >>> 0;
     let s = h & mask;
     for (;;) {
@@ -98,7 +101,7 @@ export class FlowTable {
    * destination = the client (words a[4..7], port dPort). Hot path.
    */
   lookupOut(h: number, a: Uint32Array, sPort: number, dPort: number, beAddr: Uint32Array, bePort: Uint16Array): number {
-    const idx = this.index, mask = this.mask, rec = this.rec;
+    const idx = this.slots, mask = this.mask, rec = this.rec;
     let s = h & mask;
     for (;;) {
       const e = idx[s];
@@ -131,50 +134,20 @@ export class FlowTable {
     rec[o + F_CONN] = 0xffffffff;
     rec[o + F_NEXT] = 0xffffffff;
     rec[o + F_LAST] = nowMs;
-    this.place(hIn, ((r << 1) | DIR_IN) + 1);
-    this.place(hOut, ((r << 1) | DIR_OUT) + 1);
+    this.index.insert(hIn, ((r << 1) | DIR_IN) + 1);
+    this.index.insert(hOut, ((r << 1) | DIR_OUT) + 1);
     return r;
-  }
-
-  private place(h: number, entry: number): void {
-    const idx = this.index, mask = this.mask;
-    let s = h & mask;
-    while (idx[s] !== 0) s = (s + 1) & mask;
-    idx[s] = entry;
   }
 
   /** Unindexes and frees a record. The caller unlinks it from its connection first. */
   remove(r: number): void {
     const rec = this.rec, o = r * W;
-    this.unplace(rec[o + F_HASH_IN], ((r << 1) | DIR_IN) + 1);
-    this.unplace(rec[o + F_HASH_OUT], ((r << 1) | DIR_OUT) + 1);
+    this.index.remove(rec[o + F_HASH_IN], ((r << 1) | DIR_IN) + 1);
+    this.index.remove(rec[o + F_HASH_OUT], ((r << 1) | DIR_OUT) + 1);
     rec[o + F_MISC] = 0;
     rec[o + F_BACKEND_STATE] = 0;
     rec[o + F_NEXT] = this.freeHead;
     this.freeHead = r;
     this.used--;
-  }
-
-  /** Backward-shift deletion keeps probe chains intact without tombstones. */
-  private unplace(h: number, entry: number): void {
-    const idx = this.index, mask = this.mask, rec = this.rec;
-    let s = h & mask;
-    while (idx[s] !== entry) {
-      if (idx[s] === 0) return; // not present (cannot happen for a live record)
-      s = (s + 1) & mask;
-    }
-    let hole = s;
-    let j = s;
-    for (;;) {
-      j = (j + 1) & mask;
-      const e = idx[j];
-      if (e === 0) break;
-      const r = (e - 1) >> 1;
-      const home = rec[r * W + (((e - 1) & 1) === DIR_IN ? F_HASH_IN : F_HASH_OUT)] & mask;
-      // Move e into the hole when its home slot is not in the cyclic range (hole, j].
-      const inRange = hole <= j ? home > hole && home <= j : home > hole || home <= j;
-      if (!inRange) { idx[hole] = e; hole = j; }
-    }
-    idx[hole] = 0;
   }
 }

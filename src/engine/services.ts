@@ -7,6 +7,7 @@ import type { EngineConfig, Policy } from './config.js';
 import { buildMaglevTable } from './maglev.js';
 import { hashAddrPair, hashEndpoint, hashFiveTuple, SMI_MASK } from './hash.js';
 import type { PacketView } from '../wire/parse.js';
+import { OpenIndex } from './open-addressing.js';
 
 export const enum PolicyCode { Maglev = 0, Hash5Tuple = 1, HashIpPair = 2 }
 const POLICY_CODES: Record<Policy, PolicyCode> = { 'maglev': PolicyCode.Maglev, 'hash-5tuple': PolicyCode.Hash5Tuple, 'hash-ip-pair': PolicyCode.HashIpPair };
@@ -48,8 +49,8 @@ export class Services {
   vipActive: Int32Array[] = [];
   private vipIds: string[] = [];
   private vipPolicyNames: Policy[] = [];
-  // VIP lookup: open addressing over (address, port); entries are VIP index + 1.
-  private vipSlots = new Int32Array(64);
+  // VIP lookup over (address, port); entries are VIP index + 1.
+  private vipIndex = new OpenIndex(64);
 
   // Backends (index = global backend id).
   backendCount = 0;
@@ -69,9 +70,9 @@ export class Services {
   /** Per backend: packets to it, bytes to it, packets from it, bytes from it (float64: never wraps). */
   beStats = new Float64Array(32);
   private beIds: string[] = [];
-  // Backend lookup by (address, port) for replies without a flow: entry = backend + 1, or -1 when the
+  // Backend lookup by (address, port) for replies without a flow: entry = backend + 1, or -(backend + 1) when the
   // same address:port serves several VIPs (the reply's VIP is then unknown).
-  private beSlots = new Int32Array(64);
+  private beIndex = new OpenIndex(64);
 
   /** Seed of the VIP and backend indices, as a small integer (the full `seed` is the selection contract). */
   private readonly indexSeed: number;
@@ -112,21 +113,14 @@ export class Services {
   }
 
   private rebuildBackendSlots(): void {
-    let size = 64;
-    while (size < this.backendCount * 4) size <<= 1;
-    const slots = new Int32Array(size);
+    const index = new OpenIndex(Math.max(64, this.backendCount * 4));
     for (let b = 0; b < this.backendCount; b++) {
-      const a = 4 * b;
-      let s = hashEndpoint(this.beAddr, a, this.bePort[b], this.indexSeed) & (size - 1);
-      for (;;) {
-        const e = slots[s];
-        if (e === 0) { slots[s] = b + 1; break; }
-        if (e > 0 && this.sameBackendEndpoint(e - 1, b)) { slots[s] = -(e); break; }
-        if (e < 0 && this.sameBackendEndpoint(-e - 1, b)) break;
-        s = (s + 1) & (size - 1);
-      }
+      const h = hashEndpoint(this.beAddr, 4 * b, this.bePort[b], this.indexSeed);
+      const s = index.findSlot(h, (e) => this.sameBackendEndpoint(Math.abs(e) - 1, b));
+      if (s < 0) index.insert(h, b + 1);
+      else index.slots[s] = -Math.abs(index.slots[s]);
     }
-    this.beSlots = slots;
+    this.beIndex = index;
   }
 
   private sameBackendEndpoint(x: number, y: number): boolean {
@@ -140,8 +134,7 @@ export class Services {
    * several VIPs share that backend endpoint. Used only for replies that have no flow.
    */
   findBackendByEndpoint(a: Uint32Array, port: number): number {
-    const slots = this.beSlots;
-    const mask = slots.length - 1;
+    const slots = this.beIndex.slots, mask = this.beIndex.mask;
     let s = hashEndpoint(a, 0, port, this.indexSeed) & mask;
     for (;;) {
       const e = slots[s];
@@ -222,23 +215,15 @@ export class Services {
   }
 
   private rebuildVipSlots(): void {
-    let size = 64;
-    while (size < this.vipCount * 4) size <<= 1;
-    const slots = new Int32Array(size);
+    const index = new OpenIndex(Math.max(64, this.vipCount * 4));
     // Removed VIPs stay findable so their established flows continue; they take no new flows.
-    for (let v = 0; v < this.vipCount; v++) {
-      const a = 4 * v;
-      let s = hashEndpoint(this.vipAddr, a, this.vipPort[v], this.indexSeed) & (size - 1);
-      while (slots[s] !== 0) s = (s + 1) & (size - 1);
-      slots[s] = v + 1;
-    }
-    this.vipSlots = slots;
+    for (let v = 0; v < this.vipCount; v++) index.insert(hashEndpoint(this.vipAddr, 4 * v, this.vipPort[v], this.indexSeed), v + 1);
+    this.vipIndex = index;
   }
 
   /** VIP index for destination words a[4..7] and port, or -1. Hot path. */
   findVip(a: Uint32Array, family: number, port: number): number {
-    const slots = this.vipSlots;
-    const mask = slots.length - 1;
+    const slots = this.vipIndex.slots, mask = this.vipIndex.mask;
     let s = hashEndpoint(a, 4, port, this.indexSeed) & mask;
     for (;;) {
       const e = slots[s];
