@@ -2,7 +2,8 @@
 // A trimmed copy of test/helpers/packets.ts: src/ must not import test/.
 import { parseIp } from '../wire/addr.js';
 import { checksum, transportChecksum } from '../wire/checksum.js';
-import { encodeMptcpOption, JoinForm, MptcpSubtype, type MptcpOptionSpec } from '../wire/mptcp-options.js';
+import { encodeMptcpOption, type MptcpOptionSpec } from '../wire/mptcp-encode.js';
+import { JoinForm, MptcpSubtype } from '../wire/mptcp-options.js';
 
 const SYN = 0x02;
 

@@ -1,7 +1,8 @@
 // Test packet builder: IPv4/IPv6 TCP packets with MPTCP options and correct checksums, and a checker.
 import { parseIp } from '../../src/wire/addr.js';
 import { checksum, transportChecksum } from '../../src/wire/checksum.js';
-import { encodeMptcpOption, JoinForm, MptcpSubtype, type MptcpOptionSpec } from '../../src/wire/mptcp-options.js';
+import { encodeMptcpOption, type MptcpOptionSpec } from '../../src/wire/mptcp-encode.js';
+import { JoinForm, MptcpSubtype } from '../../src/wire/mptcp-options.js';
 import { PacketView, parsePacket, ParseStatus } from '../../src/wire/parse.js';
 
 export const SYN = 0x02, ACK = 0x10, FIN = 0x01, RST = 0x04, PSH = 0x08;
