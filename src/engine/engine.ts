@@ -12,7 +12,7 @@ import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, T
 import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/parse.js';
 import { natEndpoint, natToBackend, natToClient, stripTcpOption, writeResetForSyn } from './rewrite.js';
 import { Services } from './services.js';
-import { tokenFromKeyBytes } from '../wire/tokens.js';
+import { keyToHex, toHex8, tokenFromKeyBytes } from '../wire/tokens.js';
 
 export const enum Verdict {
   /** Dropped; `lastDrop` says why. */
@@ -55,8 +55,6 @@ export interface ConnectionInfo {
  */
 const TICK_MASK = 0x3fffffff;
 function msTick(nowMs: number): number { return (nowMs >>> 0) & TICK_MASK; }
-
-const hex8 = (n: number) => (n >>> 0).toString(16).padStart(8, '0');
 
 export class Engine {
   readonly services: Services;
@@ -645,9 +643,9 @@ export class Engine {
     return {
       index: c,
       version: flags & ConnFlag.V1 ? 1 : 0,
-      token: hex8(conns.token[c]),
-      serverKey: hex8(k[c * 4]) + hex8(k[c * 4 + 1]),
-      clientKey: flags & ConnFlag.HasClientKey ? hex8(k[c * 4 + 2]) + hex8(k[c * 4 + 3]) : null,
+      token: toHex8(conns.token[c]),
+      serverKey: keyToHex(k[c * 4], k[c * 4 + 1]),
+      clientKey: flags & ConnFlag.HasClientKey ? keyToHex(k[c * 4 + 2], k[c * 4 + 3]) : null,
       backend: conns.backend[c],
       vip: conns.vip[c],
       subflows,
