@@ -6,7 +6,7 @@ import { formatEndpoint, formatIp } from '../wire/addr.js';
 import type { EngineConfig } from './config.js';
 import { ConnFlag, ConnTable } from './conn-table.js';
 import { Counter, Counters, DropReason } from './counters.js';
-import { FlowState, FlowTable } from './flow-table.js';
+import { FlowState, FlowTable, MptcpMode } from './flow-table.js';
 import { hashTuple, SMI_MASK } from './hash.js';
 import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from '../wire/mptcp-options.js';
 import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/parse.js';
@@ -216,14 +216,17 @@ export class Engine {
 
   /**
    * Whether an MPTCP flow's packet needs its options read. Keys are read until learned. After that only
-   * MP_FASTCLOSE matters: v1 hosts send it with a RST on every subflow (RFC 8684 section 3.5, Linux does); v0
-   * flows are scanned on every packet. An MP_FASTCLOSE on a plain v1 ACK is not acted on: the peer's RSTs then
-   * close the subflows and the token lingers as after any close.
+   * MP_FASTCLOSE matters. RFC 6824 section 3.5 (v0): "Host A sends an ACK containing the MP_FASTCLOSE option on one
+   * subflow ... On all the other subflows, Host A sends a regular TCP RST", and that one subflow may be a join: v0
+   * flows, joins included, are read on every packet. v1 hosts send it with a RST on every subflow (RFC 8684 section
+   * 3.5 allows both forms; Linux sends the RST form), so v1 flows are read on RSTs only. An MP_FASTCLOSE on a plain v1
+   * ACK is not acted on: the peer's RSTs then close the subflows and the token lingers as after any close.
    */
   private needsScan(r: number, st: number, tcpFlags: number): boolean {
-    const ver = this.flows.mpVer(r);
-    if (ver === 0 || !this.cfg.mptcpAware) return false;
-    return (st & (FlowState.KeysDone | FlowState.ClientSeen)) !== (FlowState.KeysDone | FlowState.ClientSeen) || (tcpFlags & TCP_RST) !== 0 || ver === 1;
+    const mode = this.flows.mptcpMode(r);
+    if (mode === MptcpMode.None || !this.cfg.mptcpAware) return false;
+    return mode === MptcpMode.V0 || (tcpFlags & TCP_RST) !== 0
+      || (st & (FlowState.KeysDone | FlowState.ClientSeen)) !== (FlowState.KeysDone | FlowState.ClientSeen);
   }
 
   /** A non-SYN packet with no flow (table full earlier, or mplb restarted): forward it where its SYN would go. */
@@ -312,9 +315,11 @@ export class Engine {
     } else {
       ev[Counter.FlowsCreated]++;
       this.lastFlow = r;
-      // Version 0 and 1 are the ones with a known key hash; other versions are forwarded without steering.
-      if (capVer === 0 || capVer === 1) this.flows.setMpVer(r, capVer + 1);
-      else if (joinToken >= 0) this.flows.setMpVer(r, 2); // joins are scanned for MP_FASTCLOSE
+      // A join speaks its connection's version; of MP_CAPABLE versions, 0 and 1 are the ones with a known key
+      // hash, others are forwarded without steering.
+      if (joinToken >= 0) this.flows.setMptcpMode(r, conn < 0 ? MptcpMode.JoinUnknown : (conns.flags[conn] & ConnFlag.V1) !== 0 ? MptcpMode.V1 : MptcpMode.V0);
+      else if (capVer === 0) this.flows.setMptcpMode(r, MptcpMode.V0);
+      else if (capVer === 1) this.flows.setMptcpMode(r, MptcpMode.V1);
       if (conn >= 0) this.linkFlow(r, conn);
     }
     if (state & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, svc.beAddrBytes, b << 4, svc.bePort[b]);
@@ -385,7 +390,7 @@ export class Engine {
     flows.setLastSeen(r, now);
     this.lastFlow = r;
     this.lastVip = flows.vip(r);
-    if (flows.mpVer(r) !== 0 && this.cfg.mptcpAware) {
+    if (flows.mptcpMode(r) !== MptcpMode.None && this.cfg.mptcpAware) {
       if ((tf & TCP_SYN) !== 0 && (st & FlowState.KeysDone) === 0) this.scanSynAck(buf, r, now);
       else if (v.optEnd > v.optOff && this.needsScan(r, st, tf)) this.scanOutbound(buf, r, now);
     }

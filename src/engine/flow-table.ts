@@ -14,7 +14,7 @@ export const enum FlowState {
   FinServer = 1 << 5,
   Rst = 1 << 6,
   Join = 1 << 7,
-  /** MP_CAPABLE was offered in the SYN (mptcp version in `mpVer`). */
+  /** MP_CAPABLE was offered in the SYN (the flow's MptcpMode says which version). */
   MpCapable = 1 << 8,
   /** Keys have been learned (or the flow fell back / was stripped): no more key scanning. */
   KeysDone = 1 << 9,
@@ -27,6 +27,18 @@ export const enum FlowState {
   Closing = FinClient | FinServer,
 }
 
+/** Which MPTCP a flow speaks: it decides which of its packets have their options read (Engine.needsScan). */
+export const enum MptcpMode {
+  /** Plain TCP, or an MP_CAPABLE version with no known key hash: options are never read. */
+  None = 0,
+  /** RFC 6824: MP_FASTCLOSE comes on an ACK, so every packet is read. A join of a v0 connection is V0 too. */
+  V0 = 1,
+  /** RFC 8684: once the keys are known only RSTs are read (MP_FASTCLOSE comes with a RST). */
+  V1 = 2,
+  /** A join whose connection is not known here (unknown or ambiguous token): read like V1. */
+  JoinUnknown = 3,
+}
+
 /** Direction of an index entry: 0 = client -> VIP (inbound), 1 = backend -> client (outbound). */
 export const DIR_IN = 0, DIR_OUT = 1;
 
@@ -35,7 +47,7 @@ const W = 12;
 const F_HASH_IN = 0, F_HASH_OUT = 1, F_ADDR = 2; // 2..5: client address words
 const F_PORT_VIP = 6; // client port | vip << 16
 const F_BACKEND_STATE = 7; // backend | state << 16
-const F_MISC = 8; // mpVer (8 bits) | live << 8
+const F_MISC = 8; // MptcpMode (8 bits) | live << 8
 const F_CONN = 9, F_NEXT = 10, F_LAST = 11;
 const LIVE = 1 << 8;
 
@@ -70,8 +82,8 @@ export class FlowTable {
   clientPort(r: number): number { return this.rec[r * W + F_PORT_VIP] & 0xffff; }
   vip(r: number): number { return this.rec[r * W + F_PORT_VIP] >>> 16; }
   clientWord(r: number, i: number): number { return this.rec[r * W + F_ADDR + i]; }
-  mpVer(r: number): number { return this.rec[r * W + F_MISC] & 0xff; }
-  setMpVer(r: number, v: number): void { const i = r * W + F_MISC; this.rec[i] = (this.rec[i] & ~0xff) | v; }
+  mptcpMode(r: number): MptcpMode { return this.rec[r * W + F_MISC] & 0xff; }
+  setMptcpMode(r: number, m: MptcpMode): void { const i = r * W + F_MISC; this.rec[i] = (this.rec[i] & ~0xff) | m; }
   isLive(r: number): boolean { return (this.rec[r * W + F_MISC] & LIVE) !== 0; }
   conn(r: number): number { return this.rec[r * W + F_CONN] | 0; }
   setConn(r: number, c: number): void { this.rec[r * W + F_CONN] = c; }
