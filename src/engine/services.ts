@@ -25,6 +25,9 @@ function words(bytes: Uint8Array, out: Uint32Array, at: number): void {
   }
 }
 
+/** The table of a VIP that has none (no Maglev table for a hash policy, no active backends yet). */
+const NO_TABLE = new Int32Array(0);
+
 function grow<T extends Uint8Array | Uint16Array | Uint32Array | Int32Array>(a: T, n: number): T {
   if (a.length >= n) return a;
   const b = new (a.constructor as new (n: number) => T)(Math.max(n, a.length * 2));
@@ -41,7 +44,7 @@ export class Services {
   vipPort = new Uint16Array(8);
   vipPolicy = new Uint8Array(8);
   vipRemoved = new Uint8Array(8);
-  /** Per VIP: Maglev slot -> position in vipBackends[v] (or -1). */
+  /** Per VIP: Maglev slot -> position in vipBackends[v] (or -1); empty unless the VIP's policy is maglev. */
   vipMaglev: Int32Array[] = [];
   /** Per VIP: global indices of its backends, in config order. */
   vipBackends: number[][] = [];
@@ -49,6 +52,10 @@ export class Services {
   vipActive: Int32Array[] = [];
   private vipIds: string[] = [];
   private vipPolicyNames: Policy[] = [];
+  /** Per VIP: the inputs its tables were built from (see refreshVip). */
+  private vipBuiltFrom: string[] = [];
+  /** Selection tables built so far (one per VIP refresh that changed something): lets tests see what was rebuilt. */
+  tableBuilds = 0;
   // VIP lookup over (address, port); entries are VIP index + 1.
   private vipIndex = new OpenIndex(64);
 
@@ -81,9 +88,13 @@ export class Services {
     this.indexSeed = seed & SMI_MASK;
   }
 
-  /** Brings the table in line with `cfg.vips`, keeping the indices of VIPs and backends that stay. Cold path. */
+  /**
+   * Brings the table in line with `cfg.vips`, keeping the indices of VIPs and backends that stay. Only VIPs whose
+   * selection inputs changed get new tables (refreshVip). Cold path.
+   */
   applyConfig(cfg: EngineConfig): void {
     const wantVips = new Set<number>();
+    const vips = this.vipCount, backends = this.backendCount;
     for (const vc of cfg.vips) {
       const ep = parseEndpoint(vc.address)!;
       const id = formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port!);
@@ -105,11 +116,12 @@ export class Services {
         wantBe.add(b);
       }
       for (const b of this.vipBackends[v]) if (!wantBe.has(b)) { this.beRemoved[b] = 1; this.beWeight[b] = 0; }
-      this.rebuildVip(v);
+      this.refreshVip(v);
     }
     for (let v = 0; v < this.vipCount; v++) if (!wantVips.has(v)) this.vipRemoved[v] = 1;
-    this.rebuildVipSlots();
-    this.rebuildBackendSlots();
+    // Removed VIPs and backends keep their index entries: only additions change the indices.
+    if (this.vipCount !== vips) this.rebuildVipSlots();
+    if (this.backendCount !== backends) this.rebuildBackendSlots();
   }
 
   private rebuildBackendSlots(): void {
@@ -163,9 +175,8 @@ export class Services {
     this.vipPort[v] = port;
     this.vipIds[v] = id;
     this.vipBackends[v] = [];
-    this.vipMaglev[v] = new Int32Array(this.maglevSize).fill(-1);
-    this.vipActive[v] = new Int32Array(0);
-    this.rebuildVipSlots();
+    this.vipMaglev[v] = NO_TABLE;
+    this.vipActive[v] = NO_TABLE;
     return v;
   }
 
@@ -206,12 +217,24 @@ export class Services {
     return b;
   }
 
-  /** Recomputes a VIP's Maglev table and active list after weights, health or membership changed. */
-  rebuildVip(v: number): void {
+  /**
+   * Brings VIP v's selection tables in line with its inputs: whether its policy uses Maglev, and the effective
+   * weight (0 when down or removed) of each of its backends. When none of them changed since the last build the
+   * VIP keeps its table objects; otherwise it gets new ones (the Maglev table only for a maglev VIP). Returns
+   * whether anything was built. Cold path.
+   */
+  refreshVip(v: number): boolean {
     const list = this.vipBackends[v];
-    const mb = list.map((b) => ({ id: this.beIds[b], weight: this.beUp[b] && !this.beRemoved[b] ? this.beWeight[b] : 0 }));
-    buildMaglevTable(mb, this.maglevSize, this.vipMaglev[v]);
-    this.vipActive[v] = Int32Array.from(list.filter((b) => this.beUp[b] && !this.beRemoved[b] && this.beWeight[b] > 0));
+    const maglev = this.vipPolicy[v] === PolicyCode.Maglev;
+    const weights = list.map((b) => (this.beUp[b] && !this.beRemoved[b] ? this.beWeight[b] : 0));
+    // The list only grows and keeps its order, so positions name the backends.
+    const inputs = `${maglev ? 'maglev' : 'hash'} ${weights.join(',')}`;
+    if (inputs === this.vipBuiltFrom[v]) return false;
+    this.vipBuiltFrom[v] = inputs;
+    this.vipMaglev[v] = maglev ? buildMaglevTable(list.map((b, i) => ({ id: this.beIds[b], weight: weights[i] })), this.maglevSize) : NO_TABLE;
+    this.vipActive[v] = Int32Array.from(list.filter((_, i) => weights[i] > 0));
+    this.tableBuilds++;
+    return true;
   }
 
   private rebuildVipSlots(): void {
@@ -252,8 +275,8 @@ export class Services {
     return active[h % active.length];
   }
 
-  setWeight(b: number, weight: number): void { this.beWeight[b] = weight; this.rebuildVip(this.beVip[b]); }
-  setUp(b: number, up: boolean): void { this.beUp[b] = up ? 1 : 0; this.rebuildVip(this.beVip[b]); }
+  setWeight(b: number, weight: number): void { this.beWeight[b] = weight; this.refreshVip(this.beVip[b]); }
+  setUp(b: number, up: boolean): void { this.beUp[b] = up ? 1 : 0; this.refreshVip(this.beVip[b]); }
 
   findBackend(id: string, vip?: number): number {
     for (let b = 0; b < this.backendCount; b++) if (this.beIds[b] === id && (vip === undefined || this.beVip[b] === vip)) return b;
