@@ -4,7 +4,8 @@
 import { pathToFileURL } from 'node:url';
 import { validateEngineConfig } from '../src/engine/config.js';
 import { Engine, Verdict } from '../src/engine/engine.js';
-import { encodeMptcpOption, JoinForm, MptcpSubtype } from '../src/wire/mptcp-options.js';
+import { encodeMptcpOption } from '../src/wire/mptcp-encode.js';
+import { JoinForm, MptcpSubtype } from '../src/wire/mptcp-options.js';
 import { keyToken } from '../src/wire/tokens.js';
 
 export interface BenchResult { id: string; value: number; unit: string; target: string; peers: Record<string, number>; note?: string; spread?: [number, number] }

@@ -4,7 +4,7 @@
 
 import { pathToFileURL } from 'node:url';
 import { buildMaglevTable, MAGLEV_DEFAULT_SIZE, type MaglevBackend } from '../src/engine/maglev.js';
-import { hashString, mix32 } from '../src/engine/flow-hash.js';
+import { hashString, mix32 } from '../src/engine/hash.js';
 
 export interface MaglevBenchResult {
   id: string;

@@ -4,6 +4,7 @@ import { Engine, Verdict } from '../src/engine/engine.js';
 import { validateEngineConfig } from '../src/engine/config.js';
 import { keyToken } from '../src/wire/tokens.js';
 import { DropReason } from '../src/engine/counters.js';
+import { MptcpMode } from '../src/engine/flow-table.js';
 import { MptcpOption, decodeMptcpOption, MptcpSubtype } from '../src/wire/mptcp-options.js';
 import { nextTcpOption, tcpAck, tcpSeq } from '../src/wire/parse.js';
 import { ACK, FIN, RST, SYN, capAck, capData, capSyn, capSynAck, checksumsOk, endpoints, fastclose, joinSyn, tcp, view, dss } from './helpers/packets.js';
@@ -336,6 +337,53 @@ test('MP_FASTCLOSE closes every subflow and removes the token at once', () => {
   assert.equal(e.conns.used, 0);
   assert.equal(e.counters.snapshot().counters.conns_fastclosed, 1);
 });
+
+test('a join subflow speaks its connection\'s MPTCP version; a join of an unknown connection has none known', () => {
+  const e = engine();
+  for (const version of [0, 1]) {
+    const key = 0x70e0n + BigInt(version);
+    handshake(e, '198.18.1.2', 47200 + version, version, key);
+    assert.equal(e.flows.mptcpMode(e.lastFlow), version === 0 ? MptcpMode.V0 : MptcpMode.V1);
+    joinTo(e, '198.18.2.2', 47210 + version, keyToken(version, hi(key), lo(key)));
+    assert.equal(e.flows.mptcpMode(e.lastFlow), version === 0 ? MptcpMode.V0 : MptcpMode.V1, `join of a v${version} connection`);
+  }
+  joinTo(e, '198.18.2.2', 47220, 0x0badf00d);
+  assert.equal(e.flows.mptcpMode(e.lastFlow), MptcpMode.JoinUnknown);
+  send(e, tcp({ src: '198.18.1.2', dst: VIP, sport: 47230, dport: 5201, flags: SYN }));
+  assert.equal(e.flows.mptcpMode(e.lastFlow), MptcpMode.None);
+});
+
+// RFC 6824 section 3.5: "the sender will send a TCP ACK containing the MP_FASTCLOSE option"; v0 has no RST form,
+// so a v0 fast close must be seen on a plain ACK of any subflow, the joins included.
+for (const on of ['first', 'join'] as const) {
+  for (const from of ['client', 'server'] as const) {
+    test(`MPTCP v0: an MP_FASTCLOSE on a plain ACK of the ${on} subflow (from the ${from}) closes the connection`, () => {
+      const e = engine();
+      const key = 0x0fa570n, token = keyToken(0, 0, 0x0fa570);
+      const b = handshake(e, '198.18.1.2', 47100, 0, key);
+      send(e, tcp({ src: '198.18.1.2', dst: VIP, sport: 47100, dport: 5201, flags: ACK, options: [capAck(0, 0x1111n, key)] }));
+      const [v] = joinTo(e, '198.18.2.2', 47101, token);
+      assert.equal(v, Verdict.ToBackend);
+      // The join's handshake completes and data flows on both subflows before the fast close.
+      send(e, tcp({ src: b, dst: '198.18.2.2', sport: 5201, dport: 47101, flags: SYN | ACK }));
+      for (const [client, sport] of [['198.18.1.2', 47100], ['198.18.2.2', 47101]] as const) {
+        send(e, tcp({ src: client, dst: VIP, sport, dport: 5201, flags: ACK, options: [dss(1n)] }));
+        send(e, tcp({ src: client, dst: VIP, sport, dport: 5201, flags: ACK, options: [dss(2n)], payload: 100 }));
+      }
+      const [client, sport] = on === 'first' ? ['198.18.1.2', 47100] : ['198.18.2.2', 47101];
+      const close = from === 'client'
+        ? tcp({ src: client, dst: VIP, sport, dport: 5201, flags: ACK, options: [fastclose(key)] })
+        : tcp({ src: b, dst: client, sport: 5201, dport: sport, flags: ACK, options: [fastclose(0x1111n)] });
+      const [vc] = send(e, close);
+      assert.equal(vc, from === 'client' ? Verdict.ToBackend : Verdict.ToClient);
+      assert.equal(e.findConnection(token), -1, 'token unindexed');
+      assert.equal(e.counters.snapshot().counters.conns_fastclosed, 1);
+      e.tick(T0 + 3000);
+      assert.equal(e.flows.used, 0, 'both subflows closed like after a RST');
+      assert.equal(e.conns.used, 0);
+    });
+  }
+}
 
 test('a SYN on a closed 4-tuple opens a new flow (port reuse)', () => {
   const e = engine();

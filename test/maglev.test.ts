@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { buildMaglevTable, isPrime, MAGLEV_DEFAULT_SIZE, type MaglevBackend } from '../src/engine/maglev.js';
-import { hashString } from '../src/engine/flow-hash.js';
+import { hashString } from '../src/engine/hash.js';
 
 const LARGE_SIZE = 655373; // the paper's larger table size (prime)
 

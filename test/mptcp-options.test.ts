@@ -12,13 +12,10 @@ import {
   JoinForm,
   MptcpOption,
   decodeMptcpOption,
-  encodeMptcpOption,
-  describeMptcpOption,
-  mptcpOptionToSpec,
-  mptcpOptionLength,
   dssBaseLength,
-  type MptcpOptionSpec,
 } from '../src/wire/mptcp-options.js';
+import { encodeMptcpOption, mptcpOptionLength, mptcpOptionToSpec, type MptcpOptionSpec } from '../src/wire/mptcp-encode.js';
+import { describeMptcpOption } from '../src/wire/mptcp-describe.js';
 
 const PAD_BEFORE = 7;
 const PAD_AFTER = 5;

@@ -13,7 +13,8 @@ import { startBalancerProcess, type BalancerProcess } from '../testbed/balancer-
 import { ipn, nstatIn, sysctlIn } from '../testbed/netns.js';
 import { testbedDown, testbedUp, type TestbedHandle } from '../testbed/testbed.js';
 import type { ClientReport } from '../traffic/client.js';
-import { capableSyn, joinSyn, mptcpSyn } from './packets.js';
+import { buildTcpPacket, capSyn, joinSyn } from '../wire/build.js';
+import { TCP_SYN } from '../wire/parse.js';
 import { lineChart, type PlotSeries } from './plot.js';
 import { demoPreflight } from './preflight.js';
 
@@ -155,7 +156,7 @@ export function pickClientAddrs(servers: string[]): { addrs: [string, string]; b
   const engine = new Engine(validateEngineConfig(engineConfig(servers, false)));
   let sport = 40000;
   const where = (src: string, join: boolean): string => {
-    const p = mptcpSyn(src, sport++, VIP, PORT, join ? joinSyn(0x12345678) : capableSyn());
+    const p = buildTcpPacket({ src, sport: sport++, dst: VIP, dport: PORT, flags: TCP_SYN, options: [join ? joinSyn(0x12345678) : capSyn(1)] });
     engine.process(p, 0, p.length, 0);
     if (engine.lastBackend < 0) throw new Error(`the engine sent no backend for a SYN from ${src}`);
     return engine.services.backendId(engine.lastBackend);

@@ -1,6 +1,8 @@
 // The connection table: one record per MPTCP connection whose server token is known (token -> backend),
 // with the list of its subflows. Tokens are unique per server, not across servers (RFC 8684 section 3.2), so a
 // token can be claimed by two live connections on different backends; such a token is marked ambiguous.
+import { hashToken, SMI_MASK } from './hash.js';
+import { OpenIndex } from './open-addressing.js';
 
 export const enum ConnFlag {
   /** MPTCP v1 (RFC 8684); else v0 (RFC 6824). */
@@ -31,11 +33,14 @@ export class ConnTable {
   readonly live: Uint8Array;
   private readonly nextFree: Int32Array;
   private freeHead: number;
-  // Token index: open addressing; entry = record + 1.
-  private readonly index: Int32Array;
-  private readonly mask: number;
+  // Token index: entry = record + 1.
+  private readonly index: OpenIndex;
 
-  constructor(capacity: number, private readonly seed: number) {
+  /** The index seed, as a small integer. */
+  private readonly seed: number;
+
+  constructor(capacity: number, seed: number) {
+    this.seed = seed & SMI_MASK;
     this.capacity = capacity;
     this.token = new Uint32Array(capacity);
     this.backend = new Uint16Array(capacity);
@@ -50,23 +55,14 @@ export class ConnTable {
     for (let i = 0; i < capacity - 1; i++) this.nextFree[i] = i + 1;
     this.nextFree[capacity - 1] = -1;
     this.freeHead = 0;
-    let size = 4;
-    while (size < capacity * 2) size <<= 1;
-    this.index = new Int32Array(size);
-    this.mask = size - 1;
-  }
-
-  /** Slot of a token: seeded so that chosen keys cannot aim at one probe chain. */
-  private home(token: number): number {
-    let h = (token ^ this.seed) >>> 0;
-    h ^= h >>> 16; h = Math.imul(h, 0x7feb352d); h ^= h >>> 15; h = Math.imul(h, 0x846ca68b); h ^= h >>> 16;
-    return h & this.mask;
+    const tokens = this.token, indexSeed = this.seed;
+    this.index = new OpenIndex(capacity * 2, (e) => hashToken(tokens[e - 1], indexSeed));
   }
 
   /** The connection indexed under `token`, or -1. */
   find(token: number): number {
-    const idx = this.index, mask = this.mask;
-    let s = this.home(token);
+    const idx = this.index.slots, mask = this.index.mask;
+    let s = hashToken(token, this.seed) & mask;
     for (;;) {
       const e = idx[s];
       if (e === 0) return -1;
@@ -95,32 +91,14 @@ export class ConnTable {
 
   /** Puts c's token in the index; the caller has checked that no other record holds it. */
   indexToken(c: number): void {
-    const idx = this.index, mask = this.mask;
-    let s = this.home(this.token[c]);
-    while (idx[s] !== 0) s = (s + 1) & mask;
-    idx[s] = c + 1;
+    this.index.insert(hashToken(this.token[c], this.seed), c + 1);
     this.flags[c] |= ConnFlag.Indexed;
   }
 
   unindexToken(c: number): void {
     if (!(this.flags[c] & ConnFlag.Indexed)) return;
     this.flags[c] &= ~ConnFlag.Indexed;
-    const idx = this.index, mask = this.mask;
-    let s = this.home(this.token[c]);
-    while (idx[s] !== c + 1) {
-      if (idx[s] === 0) return;
-      s = (s + 1) & mask;
-    }
-    let hole = s, j = s;
-    for (;;) {
-      j = (j + 1) & mask;
-      const e = idx[j];
-      if (e === 0) break;
-      const home = this.home(this.token[e - 1]);
-      const inRange = hole <= j ? home > hole && home <= j : home > hole || home <= j;
-      if (!inRange) { idx[hole] = e; hole = j; }
-    }
-    idx[hole] = 0;
+    this.index.remove(hashToken(this.token[c], this.seed), c + 1);
   }
 
   free(c: number): void {

@@ -1,14 +1,17 @@
 // Stage 2 of the packet path, and the engine's front door: decide where each packet goes.
 // parse (parse.ts) -> decide (this file: flow table, token table, selection) -> rewrite (rewrite.ts).
+// Lifetimes and expiry are in lifecycle.ts, read-only views of the tables in introspect.ts.
 // Pure: bytes and time in, a verdict and an in-place rewrite out. No I/O, no timers, no allocation per packet
 // for established flows; new flows allocate nothing either except the SHA digest of a learned key.
-import { formatEndpoint, formatIp } from '../wire/addr.js';
 import type { EngineConfig } from './config.js';
 import { ConnFlag, ConnTable } from './conn-table.js';
 import { Counter, Counters, DropReason } from './counters.js';
-import { FlowState, FlowTable, tupleHash } from './flow-table.js';
+import { FlowState, FlowTable, MptcpMode } from './flow-table.js';
+import { hashTuple, SMI_MASK } from './hash.js';
+import { Introspection, type ConnectionInfo } from './introspect.js';
+import { Lifecycle, msTick } from './lifecycle.js';
 import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from '../wire/mptcp-options.js';
-import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/parse.js';
+import { loadAddressWords, nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/parse.js';
 import { natEndpoint, natToBackend, natToClient, stripTcpOption, writeResetForSyn } from './rewrite.js';
 import { Services } from './services.js';
 import { tokenFromKeyBytes } from '../wire/tokens.js';
@@ -32,30 +35,9 @@ export const STEER_LABELS = ['none', 'policy', 'token', 'fallback', 'stateless']
 /** Where keys were learned from (for counters and replay). */
 const enum KeySource { SynAck = 0, Ack = 1, Data = 2 }
 
-
 const CROSS_VIP = FlowState.CrossVip;
 
-export interface ConnectionInfo {
-  index: number;
-  version: number;
-  token: string;
-  serverKey: string;
-  clientKey: string | null;
-  backend: number;
-  vip: number;
-  subflows: string[];
-  ambiguous: boolean;
-  lingering: boolean;
-}
-
-/**
- * Times are kept as milliseconds modulo 2^30 (ages compared modulo 2^30, so timeouts stay below 2^29 ms, 6.2 days):
- * 30-bit values are V8 small integers, so passing them around allocates nothing.
- */
-const TICK_MASK = 0x3fffffff;
-function msTick(nowMs: number): number { return (nowMs >>> 0) & TICK_MASK; }
-
-const hex8 = (n: number) => (n >>> 0).toString(16).padStart(8, '0');
+export type { ConnectionInfo } from './introspect.js';
 
 export class Engine {
   readonly services: Services;
@@ -67,10 +49,10 @@ export class Engine {
   private readonly opt = new MptcpOption();
   /** Packet address words: source in 0..3, destination in 4..7 (IPv4 uses word 0 and 4). */
   private readonly a = new Uint32Array(8);
-  /** The flow-hash seed as a small integer (see tupleHash). */
+  /** The flow-hash seed as a small integer (see hashTuple). */
   private readonly seed: number;
-  private flowHand = 0;
-  private connHand = 0;
+  private readonly life: Lifecycle;
+  private readonly info: Introspection;
 
   // The last decision, for replay and tests (plain fields: reading them allocates nothing).
   outLen = 0;
@@ -95,7 +77,9 @@ export class Engine {
     this.services.applyConfig(cfg);
     this.flows = new FlowTable(cfg.tables.maxFlows);
     this.conns = new ConnTable(cfg.tables.maxConnections, cfg.hashSeed);
-    this.seed = cfg.hashSeed & TICK_MASK;
+    this.seed = cfg.hashSeed & SMI_MASK;
+    this.life = new Lifecycle(this.flows, this.conns, this.counters, cfg.timeouts);
+    this.info = new Introspection(this.services, this.flows, this.conns, this.seed);
   }
 
   get config(): EngineConfig { return this.cfg; }
@@ -104,6 +88,7 @@ export class Engine {
   reconfigure(cfg: EngineConfig): void {
     this.cfg = { ...cfg, tables: this.cfg.tables, hashSeed: this.cfg.hashSeed };
     this.services.applyConfig(this.cfg);
+    this.life.setTimeouts(this.cfg.timeouts);
   }
 
   /**
@@ -129,12 +114,12 @@ export class Engine {
     const st = parsePacket(buf, off, len, v);
     if (st !== ParseStatus.Ok) return this.drop(st as number as DropReason);
     const a = this.a;
-    loadWords(buf, v.srcAddrOff, v.addrLen, a, 0);
-    loadWords(buf, v.dstAddrOff, v.addrLen, a, 4);
+    loadAddressWords(buf, v.srcAddrOff, v.addrLen, a, 0);
+    loadAddressWords(buf, v.dstAddrOff, v.addrLen, a, 4);
     const now = msTick(nowMs);
     const vip = this.services.findVip(a, v.family, v.dstPort);
     if (vip >= 0) return this.inbound(buf, vip, now);
-    const h = tupleHash(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
+    const h = hashTuple(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
     const r = this.flows.lookupOut(h, a, v.srcPort, v.dstPort, this.services.beAddr, this.services.bePort);
     if (r >= 0) return this.outbound(buf, r, now);
     return this.statelessReply(buf);
@@ -185,13 +170,13 @@ export class Engine {
   private inbound(buf: Uint8Array, vip: number, now: number): Verdict {
     const v = this.view, a = this.a, flows = this.flows;
     this.lastVip = vip;
-    const hIn = tupleHash(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
+    const hIn = hashTuple(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
     let r = flows.lookupIn(hIn, a, v.srcPort, vip);
     const tf = v.tcpFlags;
     const isSyn = (tf & (TCP_SYN | TCP_ACK)) === TCP_SYN;
     if (r >= 0 && isSyn && (flows.state(r) & (FlowState.Rst | FlowState.FinClient | FlowState.FinServer)) !== 0) {
       // A new SYN on a closed flow's 4-tuple is a new connection (port reuse), not a retransmission.
-      this.removeFlow(r, now);
+      this.life.removeFlow(r, now);
       this.counters.events[Counter.FlowsReopened]++;
       r = -1;
     }
@@ -217,14 +202,17 @@ export class Engine {
 
   /**
    * Whether an MPTCP flow's packet needs its options read. Keys are read until learned. After that only
-   * MP_FASTCLOSE matters: v1 hosts send it with a RST on every subflow (RFC 8684 section 3.5, Linux does); v0
-   * flows are scanned on every packet. An MP_FASTCLOSE on a plain v1 ACK is not acted on: the peer's RSTs then
-   * close the subflows and the token lingers as after any close.
+   * MP_FASTCLOSE matters. RFC 6824 section 3.5 (v0): "Host A sends an ACK containing the MP_FASTCLOSE option on one
+   * subflow ... On all the other subflows, Host A sends a regular TCP RST", and that one subflow may be a join: v0
+   * flows, joins included, are read on every packet. v1 hosts send it with a RST on every subflow (RFC 8684 section
+   * 3.5 allows both forms; Linux sends the RST form), so v1 flows are read on RSTs only. An MP_FASTCLOSE on a plain v1
+   * ACK is not acted on: the peer's RSTs then close the subflows and the token lingers as after any close.
    */
   private needsScan(r: number, st: number, tcpFlags: number): boolean {
-    const ver = this.flows.mpVer(r);
-    if (ver === 0 || !this.cfg.mptcpAware) return false;
-    return (st & (FlowState.KeysDone | FlowState.ClientSeen)) !== (FlowState.KeysDone | FlowState.ClientSeen) || (tcpFlags & TCP_RST) !== 0 || ver === 1;
+    const mode = this.flows.mptcpMode(r);
+    if (mode === MptcpMode.None || !this.cfg.mptcpAware) return false;
+    return mode === MptcpMode.V0 || (tcpFlags & TCP_RST) !== 0
+      || (st & (FlowState.KeysDone | FlowState.ClientSeen)) !== (FlowState.KeysDone | FlowState.ClientSeen);
   }
 
   /** A non-SYN packet with no flow (table full earlier, or mplb restarted): forward it where its SYN would go. */
@@ -263,8 +251,8 @@ export class Engine {
         b = svc.select(vip, buf, v);
       } else {
         conn = conns.find(joinToken);
-        if (conn >= 0 && (conns.flags[conn] & ConnFlag.Lingering) !== 0 && this.connExpired(conn, now)) {
-          this.freeConn(conn);
+        if (conn >= 0 && (conns.flags[conn] & ConnFlag.Lingering) !== 0 && this.life.connExpired(conn, now)) {
+          this.life.freeConn(conn);
           conn = -1;
         }
         if (conn >= 0 && (conns.flags[conn] & ConnFlag.Ambiguous) === 0) {
@@ -295,14 +283,14 @@ export class Engine {
     }
     if (b < 0) return this.drop(DropReason.NoBackend);
     const bo = b << 2;
-    const hOut = tupleHash(svc.beAddr, bo, svc.bePort[b], a, 0, v.srcPort, this.seed);
+    const hOut = hashTuple(svc.beAddr, bo, svc.bePort[b], a, 0, v.srcPort, this.seed);
     let state = FlowState.SynSeen;
     if (v.family === 6) state |= FlowState.V6;
     if (joinToken >= 0) state |= FlowState.Join | FlowState.KeysDone;
     if (capVer >= 0) state |= FlowState.MpCapable;
     if (svc.beVip[b] !== vip) state |= CROSS_VIP;
     let r = this.flows.insert(hIn, hOut, a, v.srcPort, vip, b, state, now);
-    if (r < 0 && this.evictOne(now)) r = this.flows.insert(hIn, hOut, a, v.srcPort, vip, b, state, now);
+    if (r < 0 && this.life.evictFlow(now)) r = this.flows.insert(hIn, hOut, a, v.srcPort, vip, b, state, now);
     this.lastBackend = b;
     this.lastSteer = steer;
     if (r < 0) {
@@ -313,10 +301,12 @@ export class Engine {
     } else {
       ev[Counter.FlowsCreated]++;
       this.lastFlow = r;
-      // Version 0 and 1 are the ones with a known key hash; other versions are forwarded without steering.
-      if (capVer === 0 || capVer === 1) this.flows.setMpVer(r, capVer + 1);
-      else if (joinToken >= 0) this.flows.setMpVer(r, 2); // joins are scanned for MP_FASTCLOSE
-      if (conn >= 0) this.linkFlow(r, conn);
+      // A join speaks its connection's version; of MP_CAPABLE versions, 0 and 1 are the ones with a known key
+      // hash, others are forwarded without steering.
+      if (joinToken >= 0) this.flows.setMptcpMode(r, conn < 0 ? MptcpMode.JoinUnknown : (conns.flags[conn] & ConnFlag.V1) !== 0 ? MptcpMode.V1 : MptcpMode.V0);
+      else if (capVer === 0) this.flows.setMptcpMode(r, MptcpMode.V0);
+      else if (capVer === 1) this.flows.setMptcpMode(r, MptcpMode.V1);
+      if (conn >= 0) this.life.linkFlow(r, conn);
     }
     if (state & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, svc.beAddrBytes, b << 4, svc.bePort[b]);
     else natToBackend(buf, v, svc, b);
@@ -386,7 +376,7 @@ export class Engine {
     flows.setLastSeen(r, now);
     this.lastFlow = r;
     this.lastVip = flows.vip(r);
-    if (flows.mpVer(r) !== 0 && this.cfg.mptcpAware) {
+    if (flows.mptcpMode(r) !== MptcpMode.None && this.cfg.mptcpAware) {
       if ((tf & TCP_SYN) !== 0 && (st & FlowState.KeysDone) === 0) this.scanSynAck(buf, r, now);
       else if (v.optEnd > v.optOff && this.needsScan(r, st, tf)) this.scanOutbound(buf, r, now);
     }
@@ -437,11 +427,11 @@ export class Engine {
     let ambiguousWith = -1;
     const old = conns.find(token);
     if (old >= 0) {
-      const oldLive = (conns.flags[old] & ConnFlag.Lingering) === 0 || !this.connExpired(old, now);
+      const oldLive = (conns.flags[old] & ConnFlag.Lingering) === 0 || !this.life.connExpired(old, now);
       if (conns.backend[old] === b || !oldLive) {
         // A server never reuses a live token, so the older entry is stale.
         conns.unindexToken(old);
-        if (conns.subflows[old] === 0) this.freeConn(old);
+        if (conns.subflows[old] === 0) this.life.freeConn(old);
         ev[Counter.TokenReplaced]++;
       } else if (src === KeySource.SynAck) {
         flows.orState(r, FlowState.Fallback);
@@ -454,14 +444,14 @@ export class Engine {
       }
     }
     const c = conns.alloc(token, version, b, flows.vip(r), now);
-    if (c < 0 && !this.evictConn(now)) { ev[Counter.ConnTableFull]++; return true; }
+    if (c < 0 && !this.life.evictConn()) { ev[Counter.ConnTableFull]++; return true; }
     const cc = c >= 0 ? c : conns.alloc(token, version, b, flows.vip(r), now);
     if (cc < 0) { ev[Counter.ConnTableFull]++; return true; }
     copyKey(buf, serverKeyOff, conns.keys, cc * 4);
     if (clientKeyOff >= 0) this.storeClientKey(cc, buf, clientKeyOff);
     if (ambiguousWith >= 0) conns.flags[cc] |= ConnFlag.Ambiguous;
     else conns.indexToken(cc);
-    this.linkFlow(r, cc);
+    this.life.linkFlow(r, cc);
     ev[Counter.ConnsCreated]++;
     ev[src === KeySource.SynAck ? Counter.KeysFromSynAck : src === KeySource.Ack ? Counter.KeysFromAck : Counter.KeysFromData]++;
     this.lastKeysConn = cc;
@@ -476,107 +466,7 @@ export class Engine {
   /** MP_FASTCLOSE: the whole connection is gone (RFC 8684 section 3.5); its subflows close like after a RST. */
   private fastclose(r: number, now: number): void {
     this.counters.events[Counter.FastcloseSeen]++;
-    const c = this.flows.conn(r);
-    if (c < 0) { this.flows.orState(r, FlowState.Rst); return; }
-    this.conns.unindexToken(c);
-    this.counters.events[Counter.ConnsFastclosed]++;
-    for (let f = this.conns.firstFlow[c]; f >= 0; f = this.flows.next(f)) {
-      this.flows.orState(f, FlowState.Rst);
-      this.flows.setLastSeen(f, now);
-    }
-  }
-
-  private linkFlow(r: number, c: number): void {
-    const flows = this.flows, conns = this.conns;
-    flows.setConn(r, c);
-    flows.setNext(r, conns.firstFlow[c]);
-    conns.firstFlow[c] = r;
-    if (conns.subflows[c] < 255) conns.subflows[c]++;
-    conns.flags[c] &= ~ConnFlag.Lingering;
-  }
-
-  private removeFlow(r: number, now: number): void {
-    const flows = this.flows, conns = this.conns;
-    const c = flows.conn(r);
-    if (c >= 0) {
-      let prev = -1;
-      for (let f = conns.firstFlow[c]; f >= 0; prev = f, f = flows.next(f)) {
-        if (f !== r) continue;
-        if (prev < 0) conns.firstFlow[c] = flows.next(f);
-        else flows.setNext(prev, flows.next(f));
-        break;
-      }
-      if (conns.subflows[c] > 0) conns.subflows[c]--;
-      if (flows.state(r) & FlowState.Established) conns.flags[c] |= ConnFlag.Established;
-      if (conns.firstFlow[c] < 0) {
-        // The token outlives the last subflow (Linux keeps the connection for net.mptcp.close_timeout), but only
-        // for a connection that got past its handshake: one that never did can have no joins, and lingering it
-        // would let a SYN flood that servers answer fill the table for a minute.
-        if ((conns.flags[c] & (ConnFlag.Indexed | ConnFlag.Established)) === (ConnFlag.Indexed | ConnFlag.Established) && this.cfg.timeouts.tokenLingerMs > 0) {
-          conns.flags[c] |= ConnFlag.Lingering;
-          conns.lastSeen[c] = now;
-        } else {
-          this.freeConn(c);
-        }
-      }
-    }
-    flows.remove(r);
-  }
-
-  private freeConn(c: number): void {
-    // Subflows still pointing here (a replaced token) are detached first.
-    for (let f = this.conns.firstFlow[c]; f >= 0;) {
-      const n = this.flows.next(f);
-      this.flows.setConn(f, -1);
-      this.flows.setNext(f, -1);
-      f = n;
-    }
-    this.conns.free(c);
-  }
-
-  private flowExpired(r: number, now: number): boolean {
-    const st = this.flows.state(r);
-    const t = this.cfg.timeouts;
-    const limit = st & FlowState.Rst ? t.rstMs
-      : (st & FlowState.Closing) === FlowState.Closing ? t.finMs
-        : st & FlowState.Established ? t.establishedMs : t.synMs;
-    return ((now - this.flows.lastSeen(r)) & TICK_MASK) > limit;
-  }
-
-  private connExpired(c: number, now: number): boolean {
-    return ((now - this.conns.lastSeen[c]) & TICK_MASK) > this.cfg.timeouts.tokenLingerMs;
-  }
-
-  /** When the flow table is full: reclaim an expired flow, else evict an embryonic one (never an established flow). */
-  private evictOne(now: number): boolean {
-    const flows = this.flows, cap = flows.capacity;
-    for (let i = 0; i < 64; i++) {
-      const r = this.flowHand;
-      this.flowHand = r + 1 === cap ? 0 : r + 1;
-      if (!flows.isLive(r)) continue;
-      if (this.flowExpired(r, now)) { this.removeFlow(r, now); this.counters.events[Counter.FlowsExpired]++; return true; }
-      if ((flows.state(r) & FlowState.Established) === 0) {
-        this.removeFlow(r, now);
-        this.counters.events[Counter.FlowsEvictedEmbryonic]++;
-        return true;
-      }
-    }
-    return false;
-  }
-
-  /** When the connection table is full: reclaim a lingering connection past its linger. */
-  private evictConn(now: number): boolean {
-    const conns = this.conns, cap = conns.capacity;
-    for (let i = 0; i < 64; i++) {
-      const c = this.connHand;
-      this.connHand = c + 1 === cap ? 0 : c + 1;
-      if (conns.live[c] && (conns.flags[c] & ConnFlag.Lingering) !== 0) {
-        this.freeConn(c);
-        this.counters.events[Counter.ConnsExpired]++;
-        return true;
-      }
-    }
-    return false;
+    this.life.closeConnectionOf(r, now);
   }
 
   /**
@@ -584,97 +474,19 @@ export class Engine {
    * `budget` records of each table, so its cost is bounded whatever the table sizes.
    */
   tick(nowMs: number, budget = Math.max(4096, this.flows.capacity >>> 5)): void {
-    const now = msTick(nowMs);
-    const flows = this.flows, fcap = flows.capacity;
-    const ev = this.counters.events;
-    for (let i = 0; i < budget && flows.used > 0; i++) {
-      const r = this.flowHand;
-      this.flowHand = r + 1 === fcap ? 0 : r + 1;
-      if (flows.isLive(r) && this.flowExpired(r, now)) {
-        const closed = (flows.state(r) & (FlowState.Rst | FlowState.FinClient | FlowState.FinServer)) !== 0;
-        this.removeFlow(r, now);
-        ev[closed ? Counter.FlowsClosed : Counter.FlowsExpired]++;
-      }
-    }
-    const conns = this.conns, ccap = conns.capacity;
-    for (let i = 0; i < budget && conns.used > 0; i++) {
-      const c = this.connHand;
-      this.connHand = c + 1 === ccap ? 0 : c + 1;
-      if (conns.live[c] && conns.firstFlow[c] < 0 && this.connExpired(c, now)) {
-        this.freeConn(c);
-        ev[Counter.ConnsExpired]++;
-      }
-    }
+    this.life.tick(msTick(nowMs), budget);
   }
 
-  // ---- introspection (cold) ----
+  // ---- introspection (cold; introspect.ts) ----
 
   /** Backend of the flow a reply packet belongs to (its source is the VIP, its destination the client), or -1. */
-  backendOfReply(buf: Uint8Array, off: number, len: number): number {
-    const v = this.view;
-    if (parsePacket(buf, off, len, v) !== ParseStatus.Ok) return -1;
-    const a = this.a;
-    // Swap roles: the reply's destination is the client.
-    loadWords(buf, v.dstAddrOff, v.addrLen, a, 0);
-    loadWords(buf, v.srcAddrOff, v.addrLen, a, 4);
-    const vip = this.services.findVip(a, v.family, v.srcPort);
-    if (vip < 0) return -1;
-    const h = tupleHash(a, 0, v.dstPort, a, 4, v.srcPort, this.seed);
-    const r = this.flows.lookupIn(h, a, v.dstPort, vip);
-    return r < 0 ? -1 : this.flows.backend(r);
-  }
-
-  flowDescription(r: number): string {
-    const flows = this.flows, svc = this.services;
-    const vip = flows.vip(r);
-    const n = flows.state(r) & FlowState.V6 ? 16 : 4;
-    const cb = new Uint8Array(16);
-    for (let i = 0; i < 4; i++) {
-      const w = flows.clientWord(r, i);
-      cb[4 * i] = w >>> 24; cb[4 * i + 1] = (w >>> 16) & 0xff; cb[4 * i + 2] = (w >>> 8) & 0xff; cb[4 * i + 3] = w & 0xff;
-    }
-    return `${formatEndpoint(cb, 0, n, flows.clientPort(r))}>${formatEndpoint(svc.vipAddrBytes, vip * 16, n, svc.vipPort[vip])}`;
-  }
-
-  connectionInfo(c: number): ConnectionInfo {
-    const conns = this.conns, k = conns.keys;
-    const subflows: string[] = [];
-    for (let f = conns.firstFlow[c]; f >= 0; f = this.flows.next(f)) subflows.push(this.flowDescription(f));
-    const flags = conns.flags[c];
-    return {
-      index: c,
-      version: flags & ConnFlag.V1 ? 1 : 0,
-      token: hex8(conns.token[c]),
-      serverKey: hex8(k[c * 4]) + hex8(k[c * 4 + 1]),
-      clientKey: flags & ConnFlag.HasClientKey ? hex8(k[c * 4 + 2]) + hex8(k[c * 4 + 3]) : null,
-      backend: conns.backend[c],
-      vip: conns.vip[c],
-      subflows,
-      ambiguous: (flags & ConnFlag.Ambiguous) !== 0,
-      lingering: (flags & ConnFlag.Lingering) !== 0,
-    };
-  }
-
-  /** Live connection indices (cold; for the admin API and replay). */
-  *connectionIndices(): Generator<number> {
-    for (let c = 0; c < this.conns.capacity; c++) if (this.conns.live[c]) yield c;
-  }
-
+  backendOfReply(buf: Uint8Array, off: number, len: number): number { return this.info.backendOfReply(buf, off, len); }
+  flowDescription(r: number): string { return this.info.flowDescription(r); }
+  connectionInfo(c: number): ConnectionInfo { return this.info.connectionInfo(c); }
+  /** Live connection indices (for the admin API and replay). */
+  connectionIndices(): Generator<number> { return this.info.connectionIndices(); }
   findConnection(token: number): number { return this.conns.find(token >>> 0); }
-
-  addressOf(b: number): string {
-    const svc = this.services;
-    const n = svc.vipFamily[svc.beVip[b]] === 4 ? 4 : 16;
-    return formatIp(svc.beAddrBytes, b * 16, n);
-  }
-}
-
-function loadWords(buf: Uint8Array, off: number, n: number, out: Uint32Array, at: number): void {
-  out[at] = ((buf[off] << 24) | (buf[off + 1] << 16) | (buf[off + 2] << 8) | buf[off + 3]) >>> 0;
-  if (n === 4) { out[at + 1] = 0; out[at + 2] = 0; out[at + 3] = 0; return; }
-  out[at + 1] = ((buf[off + 4] << 24) | (buf[off + 5] << 16) | (buf[off + 6] << 8) | buf[off + 7]) >>> 0;
-  out[at + 2] = ((buf[off + 8] << 24) | (buf[off + 9] << 16) | (buf[off + 10] << 8) | buf[off + 11]) >>> 0;
-  out[at + 3] = ((buf[off + 12] << 24) | (buf[off + 13] << 16) | (buf[off + 14] << 8) | buf[off + 15]) >>> 0;
+  addressOf(b: number): string { return this.info.addressOf(b); }
 }
 
 function copyKey(buf: Uint8Array, off: number, keys: Uint32Array, at: number): void {

@@ -2,6 +2,7 @@
 // (client -> VIP, and backend -> client). Records are 12-word rows of one Uint32Array so that a lookup touches
 // one index slot and one record (two cache lines) even when a million flows do not fit in cache.
 // No allocation after construction.
+import { OpenIndex } from './open-addressing.js';
 
 /** Flow state bits (16 bits). */
 export const enum FlowState {
@@ -13,7 +14,7 @@ export const enum FlowState {
   FinServer = 1 << 5,
   Rst = 1 << 6,
   Join = 1 << 7,
-  /** MP_CAPABLE was offered in the SYN (mptcp version in `mpVer`). */
+  /** MP_CAPABLE was offered in the SYN (the flow's MptcpMode says which version). */
   MpCapable = 1 << 8,
   /** Keys have been learned (or the flow fell back / was stripped): no more key scanning. */
   KeysDone = 1 << 9,
@@ -26,41 +27,27 @@ export const enum FlowState {
   Closing = FinClient | FinServer,
 }
 
+/** Which MPTCP a flow speaks: it decides which of its packets have their options read (Engine.needsScan). */
+export const enum MptcpMode {
+  /** Plain TCP, or an MP_CAPABLE version with no known key hash: options are never read. */
+  None = 0,
+  /** RFC 6824: MP_FASTCLOSE comes on an ACK, so every packet is read. A join of a v0 connection is V0 too. */
+  V0 = 1,
+  /** RFC 8684: once the keys are known only RSTs are read (MP_FASTCLOSE comes with a RST). */
+  V1 = 2,
+  /** A join whose connection is not known here (unknown or ambiguous token): read like V1. */
+  JoinUnknown = 3,
+}
+
 /** Direction of an index entry: 0 = client -> VIP (inbound), 1 = backend -> client (outbound). */
 export const DIR_IN = 0, DIR_OUT = 1;
-
-/**
- * Murmur3-style hash of a flow key: endpoint A = words x[xo..xo+3] and port xPort, endpoint B = words y[yo..yo+3]
- * and port yPort. Reads the words itself and returns 30 bits, so that no call on the hot path passes or returns a
- * number outside V8's small-integer range (which would allocate a heap number).
- */
-export function tupleHash(x: Uint32Array, xo: number, xPort: number, y: Uint32Array, yo: number, yPort: number, seed: number): number {
-  let h = seed | 0;
-  const a1 = x[xo + 1], a2 = x[xo + 2], a3 = x[xo + 3], b1 = y[yo + 1], b2 = y[yo + 2], b3 = y[yo + 3];
-  // IPv4 keys have zero high words: three rounds instead of nine (still a function of the whole key).
-  if ((a1 | a2 | a3 | b1 | b2 | b3) === 0) {
-    h = mixIn(h, x[xo]); h = mixIn(h, y[yo]);
-  } else {
-    h = mixIn(h, x[xo]); h = mixIn(h, a1); h = mixIn(h, a2); h = mixIn(h, a3);
-    h = mixIn(h, y[yo]); h = mixIn(h, b1); h = mixIn(h, b2); h = mixIn(h, b3);
-  }
-  h = mixIn(h, (xPort << 16) | yPort);
-  h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16;
-  return h & 0x3fffffff;
-}
-
-function mixIn(h: number, w: number): number {
-  w = Math.imul(w, 0xcc9e2d51); w = (w << 15) | (w >>> 17); w = Math.imul(w, 0x1b873593);
-  h ^= w; h = (h << 13) | (h >>> 19);
-  return (Math.imul(h, 5) + 0xe6546b64) | 0;
-}
 
 // Record layout (words).
 const W = 12;
 const F_HASH_IN = 0, F_HASH_OUT = 1, F_ADDR = 2; // 2..5: client address words
 const F_PORT_VIP = 6; // client port | vip << 16
 const F_BACKEND_STATE = 7; // backend | state << 16
-const F_MISC = 8; // mpVer (8 bits) | live << 8
+const F_MISC = 8; // MptcpMode (8 bits) | live << 8
 const F_CONN = 9, F_NEXT = 10, F_LAST = 11;
 const LIVE = 1 << 8;
 
@@ -68,8 +55,10 @@ export class FlowTable {
   readonly capacity: number;
   used = 0;
   private readonly rec: Uint32Array;
-  // Index: open addressing, linear probing; entry = (record << 1 | dir) + 1, 0 = empty.
-  private readonly index: Int32Array;
+  // Index entry = (record << 1 | dir) + 1; its hash is the record's hash for that direction.
+  private readonly index: OpenIndex;
+  // The index's slots and mask, read by the lookups on every packet.
+  private readonly slots: Int32Array;
   private readonly mask: number;
   private freeHead: number;
 
@@ -77,10 +66,10 @@ export class FlowTable {
     this.capacity = capacity;
     this.rec = new Uint32Array(capacity * W);
     // Two keys per record at a load factor of at most 1/2.
-    let size = 4;
-    while (size < capacity * 4) size <<= 1;
-    this.index = new Int32Array(size);
-    this.mask = size - 1;
+    const rec = this.rec;
+    this.index = new OpenIndex(capacity * 4, (e) => rec[((e - 1) >> 1) * W + (((e - 1) & 1) === DIR_IN ? F_HASH_IN : F_HASH_OUT)]);
+    this.slots = this.index.slots;
+    this.mask = this.index.mask;
     for (let i = 0; i < capacity; i++) this.rec[i * W + F_NEXT] = i + 1 < capacity ? i + 1 : 0xffffffff;
     this.freeHead = 0;
   }
@@ -93,8 +82,8 @@ export class FlowTable {
   clientPort(r: number): number { return this.rec[r * W + F_PORT_VIP] & 0xffff; }
   vip(r: number): number { return this.rec[r * W + F_PORT_VIP] >>> 16; }
   clientWord(r: number, i: number): number { return this.rec[r * W + F_ADDR + i]; }
-  mpVer(r: number): number { return this.rec[r * W + F_MISC] & 0xff; }
-  setMpVer(r: number, v: number): void { const i = r * W + F_MISC; this.rec[i] = (this.rec[i] & ~0xff) | v; }
+  mptcpMode(r: number): MptcpMode { return this.rec[r * W + F_MISC] & 0xff; }
+  setMptcpMode(r: number, m: MptcpMode): void { const i = r * W + F_MISC; this.rec[i] = (this.rec[i] & ~0xff) | m; }
   isLive(r: number): boolean { return (this.rec[r * W + F_MISC] & LIVE) !== 0; }
   conn(r: number): number { return this.rec[r * W + F_CONN] | 0; }
   setConn(r: number, c: number): void { this.rec[r * W + F_CONN] = c; }
@@ -105,7 +94,7 @@ export class FlowTable {
 
   /** Finds the inbound flow (client words a[0..3], client port, VIP v); -1 when absent. Hot path. */
   lookupIn(h: number, a: Uint32Array, aPort: number, v: number): number {
-    const idx = this.index, mask = this.mask, rec = this.rec;
+    const idx = this.slots, mask = this.mask, rec = this.rec;
     const portVip = (aPort | (v << 16)) >>> 0;
     let s = h & mask;
     for (;;) {
@@ -124,7 +113,7 @@ export class FlowTable {
    * destination = the client (words a[4..7], port dPort). Hot path.
    */
   lookupOut(h: number, a: Uint32Array, sPort: number, dPort: number, beAddr: Uint32Array, bePort: Uint16Array): number {
-    const idx = this.index, mask = this.mask, rec = this.rec;
+    const idx = this.slots, mask = this.mask, rec = this.rec;
     let s = h & mask;
     for (;;) {
       const e = idx[s];
@@ -157,50 +146,20 @@ export class FlowTable {
     rec[o + F_CONN] = 0xffffffff;
     rec[o + F_NEXT] = 0xffffffff;
     rec[o + F_LAST] = nowMs;
-    this.place(hIn, ((r << 1) | DIR_IN) + 1);
-    this.place(hOut, ((r << 1) | DIR_OUT) + 1);
+    this.index.insert(hIn, ((r << 1) | DIR_IN) + 1);
+    this.index.insert(hOut, ((r << 1) | DIR_OUT) + 1);
     return r;
-  }
-
-  private place(h: number, entry: number): void {
-    const idx = this.index, mask = this.mask;
-    let s = h & mask;
-    while (idx[s] !== 0) s = (s + 1) & mask;
-    idx[s] = entry;
   }
 
   /** Unindexes and frees a record. The caller unlinks it from its connection first. */
   remove(r: number): void {
     const rec = this.rec, o = r * W;
-    this.unplace(rec[o + F_HASH_IN], ((r << 1) | DIR_IN) + 1);
-    this.unplace(rec[o + F_HASH_OUT], ((r << 1) | DIR_OUT) + 1);
+    this.index.remove(rec[o + F_HASH_IN], ((r << 1) | DIR_IN) + 1);
+    this.index.remove(rec[o + F_HASH_OUT], ((r << 1) | DIR_OUT) + 1);
     rec[o + F_MISC] = 0;
     rec[o + F_BACKEND_STATE] = 0;
     rec[o + F_NEXT] = this.freeHead;
     this.freeHead = r;
     this.used--;
-  }
-
-  /** Backward-shift deletion keeps probe chains intact without tombstones. */
-  private unplace(h: number, entry: number): void {
-    const idx = this.index, mask = this.mask, rec = this.rec;
-    let s = h & mask;
-    while (idx[s] !== entry) {
-      if (idx[s] === 0) return; // not present (cannot happen for a live record)
-      s = (s + 1) & mask;
-    }
-    let hole = s;
-    let j = s;
-    for (;;) {
-      j = (j + 1) & mask;
-      const e = idx[j];
-      if (e === 0) break;
-      const r = (e - 1) >> 1;
-      const home = rec[r * W + (((e - 1) & 1) === DIR_IN ? F_HASH_IN : F_HASH_OUT)] & mask;
-      // Move e into the hole when its home slot is not in the cyclic range (hole, j].
-      const inRange = hole <= j ? home > hole && home <= j : home > hole || home <= j;
-      if (!inRange) { idx[hole] = e; hole = j; }
-    }
-    idx[hole] = 0;
   }
 }

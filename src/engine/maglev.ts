@@ -19,7 +19,7 @@
 // Turn order, and every tie, is by a hash of the id, never by position in the input array, so
 // balancers that list the same backends in a different order build the same slot -> id mapping.
 
-import { hashString } from './flow-hash.js';
+import { hashString } from './hash.js';
 
 export const MAGLEV_DEFAULT_SIZE = 65537;
 

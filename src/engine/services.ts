@@ -5,8 +5,9 @@ import { parseEndpoint, parseIp, formatEndpoint } from '../wire/addr.js';
 import { replaceDelta, fold } from '../wire/checksum.js';
 import type { EngineConfig, Policy } from './config.js';
 import { buildMaglevTable } from './maglev.js';
-import { hashAddrPair, hashFiveTuple, mix32 } from './flow-hash.js';
+import { hashAddrPair, hashEndpoint, hashFiveTuple, SMI_MASK } from './hash.js';
 import type { PacketView } from '../wire/parse.js';
+import { OpenIndex } from './open-addressing.js';
 
 export const enum PolicyCode { Maglev = 0, Hash5Tuple = 1, HashIpPair = 2 }
 const POLICY_CODES: Record<Policy, PolicyCode> = { 'maglev': PolicyCode.Maglev, 'hash-5tuple': PolicyCode.Hash5Tuple, 'hash-ip-pair': PolicyCode.HashIpPair };
@@ -24,6 +25,9 @@ function words(bytes: Uint8Array, out: Uint32Array, at: number): void {
   }
 }
 
+/** The table of a VIP that has none (no Maglev table for a hash policy, no active backends yet). */
+const NO_TABLE = new Int32Array(0);
+
 function grow<T extends Uint8Array | Uint16Array | Uint32Array | Int32Array>(a: T, n: number): T {
   if (a.length >= n) return a;
   const b = new (a.constructor as new (n: number) => T)(Math.max(n, a.length * 2));
@@ -40,7 +44,7 @@ export class Services {
   vipPort = new Uint16Array(8);
   vipPolicy = new Uint8Array(8);
   vipRemoved = new Uint8Array(8);
-  /** Per VIP: Maglev slot -> position in vipBackends[v] (or -1). */
+  /** Per VIP: Maglev slot -> position in vipBackends[v] (or -1); empty unless the VIP's policy is maglev. */
   vipMaglev: Int32Array[] = [];
   /** Per VIP: global indices of its backends, in config order. */
   vipBackends: number[][] = [];
@@ -48,8 +52,12 @@ export class Services {
   vipActive: Int32Array[] = [];
   private vipIds: string[] = [];
   private vipPolicyNames: Policy[] = [];
-  // VIP lookup: open addressing over (address, port); entries are VIP index + 1.
-  private vipSlots = new Int32Array(64);
+  /** Per VIP: the inputs its tables were built from (see refreshVip). */
+  private vipBuiltFrom: string[] = [];
+  /** Selection tables built so far (one per VIP refresh that changed something): lets tests see what was rebuilt. */
+  tableBuilds = 0;
+  // VIP lookup over (address, port); entries are VIP index + 1.
+  private vipIndex = new OpenIndex(64);
 
   // Backends (index = global backend id).
   backendCount = 0;
@@ -69,15 +77,24 @@ export class Services {
   /** Per backend: packets to it, bytes to it, packets from it, bytes from it (float64: never wraps). */
   beStats = new Float64Array(32);
   private beIds: string[] = [];
-  // Backend lookup by (address, port) for replies without a flow: entry = backend + 1, or -1 when the
+  // Backend lookup by (address, port) for replies without a flow: entry = backend + 1, or -(backend + 1) when the
   // same address:port serves several VIPs (the reply's VIP is then unknown).
-  private beSlots = new Int32Array(64);
+  private beIndex = new OpenIndex(64);
 
-  constructor(private readonly maglevSize: number, private readonly seed: number, private readonly defaultPolicy: Policy) {}
+  /** Seed of the VIP and backend indices, as a small integer (the full `seed` is the selection contract). */
+  private readonly indexSeed: number;
 
-  /** Brings the table in line with `cfg.vips`, keeping the indices of VIPs and backends that stay. Cold path. */
+  constructor(private readonly maglevSize: number, private readonly seed: number, private readonly defaultPolicy: Policy) {
+    this.indexSeed = seed & SMI_MASK;
+  }
+
+  /**
+   * Brings the table in line with `cfg.vips`, keeping the indices of VIPs and backends that stay. Only VIPs whose
+   * selection inputs changed get new tables (refreshVip). Cold path.
+   */
   applyConfig(cfg: EngineConfig): void {
     const wantVips = new Set<number>();
+    const vips = this.vipCount, backends = this.backendCount;
     for (const vc of cfg.vips) {
       const ep = parseEndpoint(vc.address)!;
       const id = formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port!);
@@ -99,29 +116,23 @@ export class Services {
         wantBe.add(b);
       }
       for (const b of this.vipBackends[v]) if (!wantBe.has(b)) { this.beRemoved[b] = 1; this.beWeight[b] = 0; }
-      this.rebuildVip(v);
+      this.refreshVip(v);
     }
     for (let v = 0; v < this.vipCount; v++) if (!wantVips.has(v)) this.vipRemoved[v] = 1;
-    this.rebuildVipSlots();
-    this.rebuildBackendSlots();
+    // Removed VIPs and backends keep their index entries: only additions change the indices.
+    if (this.vipCount !== vips) this.rebuildVipSlots();
+    if (this.backendCount !== backends) this.rebuildBackendSlots();
   }
 
   private rebuildBackendSlots(): void {
-    let size = 64;
-    while (size < this.backendCount * 4) size <<= 1;
-    const slots = new Int32Array(size);
+    const index = new OpenIndex(Math.max(64, this.backendCount * 4));
     for (let b = 0; b < this.backendCount; b++) {
-      const a = 4 * b;
-      let s = this.endpointHash(this.beAddr, a, this.bePort[b]) & (size - 1);
-      for (;;) {
-        const e = slots[s];
-        if (e === 0) { slots[s] = b + 1; break; }
-        if (e > 0 && this.sameBackendEndpoint(e - 1, b)) { slots[s] = -(e); break; }
-        if (e < 0 && this.sameBackendEndpoint(-e - 1, b)) break;
-        s = (s + 1) & (size - 1);
-      }
+      const h = hashEndpoint(this.beAddr, 4 * b, this.bePort[b], this.indexSeed);
+      const s = index.findSlot(h, (e) => this.sameBackendEndpoint(Math.abs(e) - 1, b));
+      if (s < 0) index.insert(h, b + 1);
+      else index.slots[s] = -Math.abs(index.slots[s]);
     }
-    this.beSlots = slots;
+    this.beIndex = index;
   }
 
   private sameBackendEndpoint(x: number, y: number): boolean {
@@ -135,9 +146,8 @@ export class Services {
    * several VIPs share that backend endpoint. Used only for replies that have no flow.
    */
   findBackendByEndpoint(a: Uint32Array, port: number): number {
-    const slots = this.beSlots;
-    const mask = slots.length - 1;
-    let s = this.endpointHash(a, 0, port) & mask;
+    const slots = this.beIndex.slots, mask = this.beIndex.mask;
+    let s = hashEndpoint(a, 0, port, this.indexSeed) & mask;
     for (;;) {
       const e = slots[s];
       if (e === 0) return -1;
@@ -165,9 +175,8 @@ export class Services {
     this.vipPort[v] = port;
     this.vipIds[v] = id;
     this.vipBackends[v] = [];
-    this.vipMaglev[v] = new Int32Array(this.maglevSize).fill(-1);
-    this.vipActive[v] = new Int32Array(0);
-    this.rebuildVipSlots();
+    this.vipMaglev[v] = NO_TABLE;
+    this.vipActive[v] = NO_TABLE;
     return v;
   }
 
@@ -208,38 +217,37 @@ export class Services {
     return b;
   }
 
-  /** Recomputes a VIP's Maglev table and active list after weights, health or membership changed. */
-  rebuildVip(v: number): void {
+  /**
+   * Brings VIP v's selection tables in line with its inputs: whether its policy uses Maglev, and the effective
+   * weight (0 when down or removed) of each of its backends. When none of them changed since the last build the
+   * VIP keeps its table objects; otherwise it gets new ones (the Maglev table only for a maglev VIP). Returns
+   * whether anything was built. Cold path.
+   */
+  refreshVip(v: number): boolean {
     const list = this.vipBackends[v];
-    const mb = list.map((b) => ({ id: this.beIds[b], weight: this.beUp[b] && !this.beRemoved[b] ? this.beWeight[b] : 0 }));
-    buildMaglevTable(mb, this.maglevSize, this.vipMaglev[v]);
-    this.vipActive[v] = Int32Array.from(list.filter((b) => this.beUp[b] && !this.beRemoved[b] && this.beWeight[b] > 0));
+    const maglev = this.vipPolicy[v] === PolicyCode.Maglev;
+    const weights = list.map((b) => (this.beUp[b] && !this.beRemoved[b] ? this.beWeight[b] : 0));
+    // The list only grows and keeps its order, so positions name the backends.
+    const inputs = `${maglev ? 'maglev' : 'hash'} ${weights.join(',')}`;
+    if (inputs === this.vipBuiltFrom[v]) return false;
+    this.vipBuiltFrom[v] = inputs;
+    this.vipMaglev[v] = maglev ? buildMaglevTable(list.map((b, i) => ({ id: this.beIds[b], weight: weights[i] })), this.maglevSize) : NO_TABLE;
+    this.vipActive[v] = Int32Array.from(list.filter((_, i) => weights[i] > 0));
+    this.tableBuilds++;
+    return true;
   }
 
   private rebuildVipSlots(): void {
-    let size = 64;
-    while (size < this.vipCount * 4) size <<= 1;
-    const slots = new Int32Array(size);
+    const index = new OpenIndex(Math.max(64, this.vipCount * 4));
     // Removed VIPs stay findable so their established flows continue; they take no new flows.
-    for (let v = 0; v < this.vipCount; v++) {
-      const a = 4 * v;
-      let s = this.endpointHash(this.vipAddr, a, this.vipPort[v]) & (size - 1);
-      while (slots[s] !== 0) s = (s + 1) & (size - 1);
-      slots[s] = v + 1;
-    }
-    this.vipSlots = slots;
-  }
-
-  /** Hash of an address (4 words at w[o]) and port; reads the words itself and returns 30 bits (no heap numbers). */
-  private endpointHash(w: Uint32Array, o: number, port: number): number {
-    return mix32((w[o] ^ Math.imul(w[o + 1], 0x9e3779b1) ^ Math.imul(w[o + 2], 0x85ebca6b) ^ Math.imul(w[o + 3], 0xc2b2ae35) ^ port) >>> 0) & 0x3fffffff;
+    for (let v = 0; v < this.vipCount; v++) index.insert(hashEndpoint(this.vipAddr, 4 * v, this.vipPort[v], this.indexSeed), v + 1);
+    this.vipIndex = index;
   }
 
   /** VIP index for destination words a[4..7] and port, or -1. Hot path. */
   findVip(a: Uint32Array, family: number, port: number): number {
-    const slots = this.vipSlots;
-    const mask = slots.length - 1;
-    let s = this.endpointHash(a, 4, port) & mask;
+    const slots = this.vipIndex.slots, mask = this.vipIndex.mask;
+    let s = hashEndpoint(a, 4, port, this.indexSeed) & mask;
     for (;;) {
       const e = slots[s];
       if (e === 0) return -1;
@@ -267,8 +275,8 @@ export class Services {
     return active[h % active.length];
   }
 
-  setWeight(b: number, weight: number): void { this.beWeight[b] = weight; this.rebuildVip(this.beVip[b]); }
-  setUp(b: number, up: boolean): void { this.beUp[b] = up ? 1 : 0; this.rebuildVip(this.beVip[b]); }
+  setWeight(b: number, weight: number): void { this.beWeight[b] = weight; this.refreshVip(this.beVip[b]); }
+  setUp(b: number, up: boolean): void { this.beUp[b] = up ? 1 : 0; this.refreshVip(this.beVip[b]); }
 
   findBackend(id: string, vip?: number): number {
     for (let b = 0; b < this.backendCount; b++) if (this.beIds[b] === id && (vip === undefined || this.beVip[b] === vip)) return b;

@@ -3,6 +3,7 @@
 import * as koffi from 'koffi';
 import fs from 'node:fs';
 import net from 'node:net';
+import { toHex8 } from '../wire/tokens.js';
 
 export const IPPROTO_MPTCP = 262;
 export const SOL_MPTCP = 284;
@@ -202,7 +203,7 @@ export function getMptcpInfo(s: net.Socket | number): MptcpInfo | undefined {
     subflows,
     subflowsTotal: n >= 81 ? infoBuf.readUInt8(80) : subflows + 1,
     token,
-    tokenHex: token.toString(16).padStart(8, '0'),
+    tokenHex: toHex8(token),
     flags,
     fallback: (flags & MPTCP_INFO_FLAG_FALLBACK) !== 0,
     remoteKeyReceived: (flags & MPTCP_INFO_FLAG_REMOTE_KEY_RECEIVED) !== 0,

@@ -153,3 +153,16 @@ export function nextTcpOption(buf: Uint8Array, pos: number, end: number): number
   }
   return -1;
 }
+
+/**
+ * Reads an address (addrLen 4 or 16 bytes at buf[off]) as big-endian words into out[at..at+3]; IPv4 fills the last
+ * three with 0. Hot path: the words stay in a typed array, never in a variable passed to a call (u32 values above
+ * 2^30 would be boxed).
+ */
+export function loadAddressWords(buf: Uint8Array, off: number, addrLen: number, out: Uint32Array, at: number): void {
+  out[at] = ((buf[off] << 24) | (buf[off + 1] << 16) | (buf[off + 2] << 8) | buf[off + 3]) >>> 0;
+  if (addrLen === 4) { out[at + 1] = 0; out[at + 2] = 0; out[at + 3] = 0; return; }
+  out[at + 1] = ((buf[off + 4] << 24) | (buf[off + 5] << 16) | (buf[off + 6] << 8) | buf[off + 7]) >>> 0;
+  out[at + 2] = ((buf[off + 8] << 24) | (buf[off + 9] << 16) | (buf[off + 10] << 8) | buf[off + 11]) >>> 0;
+  out[at + 3] = ((buf[off + 12] << 24) | (buf[off + 13] << 16) | (buf[off + 14] << 8) | buf[off + 15]) >>> 0;
+}

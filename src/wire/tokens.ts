@@ -85,7 +85,7 @@ export function keyToBigInt(hi: number, lo: number): bigint {
 
 /** Lowercase, 16 digits, no prefix: the form keys take in logs and the admin API. */
 export function keyToHex(hi: number, lo: number): string {
-  return (hi >>> 0).toString(16).padStart(8, '0') + (lo >>> 0).toString(16).padStart(8, '0');
+  return toHex8(hi) + toHex8(lo);
 }
 
 /** Lowercase, 8 digits, no prefix: the form tokens take in logs and the admin API. */

@@ -1,9 +1,10 @@
-// Flow hashes: murmur3_32 agreement with a byte-string reference, golden values, sensitivity, spread.
+// Hashes: the selection hashes agree with a byte-string murmur3_32 reference (golden values, sensitivity, spread);
+// the index hashes are seeded 30-bit small integers.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { hashAddrPair, hashFiveTuple, hashString, mix32 } from '../src/engine/flow-hash.js';
+import { hashAddrPair, hashEndpoint, hashFiveTuple, hashString, hashToken, hashTuple, mix32, SMI_MASK } from '../src/engine/hash.js';
 
 /** Straightforward murmur3 x86_32 over a byte array, written from the reference algorithm. */
 function murmur3Ref(bytes: Uint8Array, seed: number): number {
@@ -263,4 +264,28 @@ test('mix32 is a bijection on a sample and returns unsigned values', () => {
   }
   assert.equal(seen.size, 100_000);
   assert.equal(mix32(-1), mix32(0xffffffff));
+});
+
+test('index hashes are seeded small integers that spread evenly', () => {
+  const next = rng(777);
+  const w = new Uint32Array(8);
+  const tuple = new Uint32Array(64), endpoint = new Uint32Array(64), token = new Uint32Array(64);
+  const n = 100_000;
+  for (let i = 0; i < n; i++) {
+    // IPv4 (high words zero) and IPv6 keys alike.
+    const v6 = (i & 1) === 1;
+    for (let j = 0; j < 8; j++) w[j] = j % 4 === 0 || v6 ? next() : 0;
+    const sp = next() & 0xffff, dp = next() & 0xffff;
+    const hs = [hashTuple(w, 0, sp, w, 4, dp, 5), hashEndpoint(w, 4, dp, 5), hashToken(w[0], 5)];
+    for (const h of hs) assert.ok(h >= 0 && h <= SMI_MASK && Number.isInteger(h));
+    tuple[hs[0] >>> 24]++; endpoint[hs[1] & 63]++; token[hs[2] >>> 24]++;
+  }
+  for (const c of [tuple, endpoint, token]) assert.ok(chiSquare(c, n) < CHI_LIMIT_63, `chi ${chiSquare(c, n)}`);
+  // A different seed moves a key to an unrelated slot.
+  w.fill(0); w[0] = 0x0a000001; w[4] = 0xc6126401;
+  assert.notEqual(hashTuple(w, 0, 1, w, 4, 2, 1), hashTuple(w, 0, 1, w, 4, 2, 2));
+  assert.notEqual(hashEndpoint(w, 4, 80, 1), hashEndpoint(w, 4, 80, 2));
+  assert.notEqual(hashToken(12345, 1), hashToken(12345, 2));
+  // The direction of a tuple matters (each direction has its own index entry).
+  assert.notEqual(hashTuple(w, 0, 1, w, 4, 2, 1), hashTuple(w, 4, 2, w, 0, 1, 1));
 });
