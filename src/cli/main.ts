@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { POLICIES, UNKNOWN_TOKEN_ANSWERS, type Policy, type UnknownTokenAnswer } from '../engine/config.js';
 import { formatReplay, replayCaptures } from '../replay/replay.js';
-import { loadRunConfig, resolveAdminToken } from '../control/run-config.js';
+import { loadRunConfig, resolveAdminToken, resolveStorePassword } from '../control/run-config.js';
 import type { AdminServer } from '../control/admin-server.js';
 import type { Logger } from '../control/logger.js';
 import { createInterface } from 'node:readline';
@@ -77,6 +77,7 @@ async function cmdRun(argv: string[]): Promise<number> {
   const cfg = loadRunConfig(values.config);
   // Checked before anything is set up, so a bad token stops mplb with nothing to undo.
   const token = cfg.admin.enabled ? resolveAdminToken(cfg.admin) : undefined;
+  if (cfg.tokenStore) cfg.tokenStore.password = resolveStorePassword(cfg.tokenStore);
   // The data path comes up first (a restart's gap is what flows feel); the control plane's modules load meanwhile.
   // Loaded here, not at the top, so that `replay` and `help` do not pay for them.
   const control = Promise.all([

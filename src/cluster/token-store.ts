@@ -63,6 +63,8 @@ export class TokenStore {
   private closed = false;
   /** Called when the store comes back after being down (live tokens are published again then). */
   onUp?: () => void;
+  /** Called on every change between up and not up. */
+  onState?: (up: boolean) => void;
 
   constructor(readonly opts: TokenStoreOptions) {
     this.redis = new Redis(opts.url, {
@@ -80,13 +82,22 @@ export class TokenStore {
     });
     this.redis.on('ready', () => {
       const wasDown = this.stateValue === 'down';
-      this.stateValue = 'up';
+      this.setState('up');
       if (wasDown) this.onUp?.();
     });
     this.redis.on('reconnecting', () => { this.counters.reconnects++; });
-    this.redis.on('close', () => { if (!this.closed) this.stateValue = 'down'; });
+    this.redis.on('close', () => { if (!this.closed) this.setState('down'); });
     // ioredis reports connection errors here; without a listener they would be thrown as unhandled.
-    this.redis.on('error', () => { if (this.stateValue === 'connecting') this.stateValue = 'down'; });
+    this.redis.on('error', (e: Error) => { this.lastError = e.message; if (this.stateValue === 'connecting') this.setState('down'); });
+  }
+
+  /** The last connection error (for logs and the dashboard). */
+  lastError = '';
+
+  private setState(s: StoreState): void {
+    const was = this.stateValue === 'up';
+    this.stateValue = s;
+    if (was !== (s === 'up')) this.onState?.(s === 'up');
   }
 
   get state(): StoreState { return this.stateValue; }
@@ -94,7 +105,7 @@ export class TokenStore {
 
   /** Connects once; a store that is down at start is retried in the background (never fatal). */
   async connect(): Promise<void> {
-    try { await this.redis.connect(); } catch { this.stateValue = 'down'; }
+    try { await this.redis.connect(); } catch { this.setState('down'); }
   }
 
   /**
@@ -159,7 +170,8 @@ export class TokenStore {
     return this.lookup(flowKey(this.opts.keyPrefix, subflow));
   }
 
-  private async lookup(key: string): Promise<{ outcome: ReadOutcome; entry?: StoreEntry }> {
+  /** One entry by its key (tokenKey / flowKey). */
+  async lookup(key: string): Promise<{ outcome: ReadOutcome; entry?: StoreEntry }> {
     if (!this.up) return { outcome: 'error' };
     this.counters.reads++;
     try {
@@ -186,3 +198,27 @@ export type StoreWrite =
   | { op: 'set'; key: string; value: string; ttlMs: number }
   | { op: 'expire'; key: string; ttlMs: number }
   | { op: 'del'; key: string };
+
+/** The `tokenStore` section of the config, validated (src/control/run-config.ts), password resolved. */
+export interface TokenStoreConfig {
+  url: string;
+  keyPrefix: string;
+  /** Resolved at start: MPLB_TOKEN_STORE_PASSWORD, else the first line of passwordFile, else none (or in the URL). */
+  password?: string;
+  passwordFile?: string;
+  connectTimeoutMs: number;
+  commandTimeoutMs: number;
+  /** Longest a held join or subflow waits for the store before the unknown-token answer / the policy. */
+  holdMs: number;
+  /** Store lookups per held join within holdMs (a join can arrive just before its token is published). */
+  holdTries: number;
+  holdMaxPackets: number;
+  holdMaxBytes: number;
+  /** Lifetime of a live connection's entries, refreshed every third of it. */
+  ttlMs: number;
+}
+
+export const TOKEN_STORE_DEFAULTS: Omit<TokenStoreConfig, 'url'> = {
+  keyPrefix: 'mplb:', connectTimeoutMs: 1000, commandTimeoutMs: 50, holdMs: 50, holdTries: 3,
+  holdMaxPackets: 1024, holdMaxBytes: 1 << 20, ttlMs: 120_000,
+};

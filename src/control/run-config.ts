@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { ConfigError, validateEngineConfig, type EngineConfig } from '../engine/config.js';
 import { formatEndpoint, parseEndpoint, parseIp } from '../wire/addr.js';
+import { TOKEN_STORE_DEFAULTS, type TokenStoreConfig } from '../cluster/token-store.js';
 
 export interface DeviceConfig {
   /** TUN interface name (max 15 characters). Default "mplb0". */
@@ -70,7 +71,7 @@ export interface LogConfig {
   level: LogLevel;
 }
 
-export interface RunConfig { device: DeviceConfig; engine: EngineConfig; admin: AdminConfig; health: HealthConfig; log: LogConfig }
+export interface RunConfig { device: DeviceConfig; engine: EngineConfig; admin: AdminConfig; health: HealthConfig; log: LogConfig; tokenStore?: TokenStoreConfig }
 
 export const DEVICE_DEFAULTS: DeviceConfig = { name: 'mplb0', mtu: 1500, table: 2710, rulePriority: 10000 };
 export const ADMIN_DEFAULTS: AdminConfig = { enabled: true, address: '127.0.0.1', port: 9740, authReads: false };
@@ -80,7 +81,7 @@ export const LOG_DEFAULTS: LogConfig = { level: 'info' };
 export const MIN_TOKEN_LENGTH = 16;
 
 const ENGINE_KEYS = ['vips', 'policy', 'mptcpAware', 'unknownTokenAnswer', 'tables', 'timeouts', 'hashSeed'];
-const OWN_KEYS = ['device', 'admin', 'health', 'log'];
+const OWN_KEYS = ['device', 'admin', 'health', 'log', 'tokenStore'];
 
 function mapping(v: unknown, path: string, allowed: readonly string[]): Record<string, unknown> {
   if (v === undefined || v === null) return {};
@@ -173,6 +174,44 @@ export function validateLogConfig(v: unknown, path = 'log'): LogConfig {
   return { level: pick(m.level, `${path}.level`, LOG_LEVELS, LOG_DEFAULTS.level) };
 }
 
+/** `tokenStore`: the shared token store of a tier of balancers (absent: each balancer steers on its own). */
+export function validateTokenStoreConfig(v: unknown, path = 'tokenStore'): TokenStoreConfig | undefined {
+  if (v === undefined || v === null) return undefined;
+  const m = mapping(v, path, ['url', 'keyPrefix', 'passwordFile', 'connectTimeoutMs', 'commandTimeoutMs', 'holdMs', 'holdTries', 'holdMaxPackets', 'holdMaxBytes', 'ttlMs']);
+  const d = TOKEN_STORE_DEFAULTS;
+  if (typeof m.url !== 'string' || !/^rediss?:\/\/[^\s/]+(:\d{1,5})?(\/\d{1,2})?$/.test(m.url)) {
+    throw new ConfigError(`${path}.url`, `must be redis://HOST:PORT (optionally /DB), got ${JSON.stringify(m.url)?.slice(0, 100)}`);
+  }
+  const keyPrefix = m.keyPrefix ?? d.keyPrefix;
+  if (typeof keyPrefix !== 'string' || !/^[A-Za-z0-9:_.-]{1,64}$/.test(keyPrefix)) throw new ConfigError(`${path}.keyPrefix`, 'must be 1-64 letters, digits or ":_.-" (balancers of one tier share it)');
+  const out: TokenStoreConfig = {
+    url: m.url, keyPrefix,
+    connectTimeoutMs: int(m.connectTimeoutMs, `${path}.connectTimeoutMs`, 10, 60_000, d.connectTimeoutMs),
+    commandTimeoutMs: int(m.commandTimeoutMs, `${path}.commandTimeoutMs`, 1, 10_000, d.commandTimeoutMs),
+    holdMs: int(m.holdMs, `${path}.holdMs`, 1, 2000, d.holdMs),
+    holdTries: int(m.holdTries, `${path}.holdTries`, 1, 10, d.holdTries),
+    holdMaxPackets: int(m.holdMaxPackets, `${path}.holdMaxPackets`, 1, 65536, d.holdMaxPackets),
+    holdMaxBytes: int(m.holdMaxBytes, `${path}.holdMaxBytes`, 65536 + 64, 64 << 20, d.holdMaxBytes),
+    ttlMs: int(m.ttlMs, `${path}.ttlMs`, 1000, 86_400_000, d.ttlMs),
+  };
+  if (m.passwordFile !== undefined) {
+    if (typeof m.passwordFile !== 'string' || m.passwordFile === '') throw new ConfigError(`${path}.passwordFile`, 'must be a file path');
+    out.passwordFile = m.passwordFile;
+  }
+  return out;
+}
+
+/** The store's password: MPLB_TOKEN_STORE_PASSWORD, else the first line of tokenStore.passwordFile, else none. */
+export function resolveStorePassword(ts: TokenStoreConfig, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (env.MPLB_TOKEN_STORE_PASSWORD) return env.MPLB_TOKEN_STORE_PASSWORD;
+  if (!ts.passwordFile) return undefined;
+  let text: string;
+  try { text = readFileSync(ts.passwordFile, 'utf8'); } catch (e) { throw new ConfigError('tokenStore.passwordFile', `cannot read ${ts.passwordFile}: ${(e as Error).message}`); }
+  const pw = text.split('\n')[0].trim();
+  if (pw === '') throw new ConfigError('tokenStore.passwordFile', `${ts.passwordFile} is empty`);
+  return pw;
+}
+
 export function validateRunConfig(doc: unknown): RunConfig {
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new ConfigError('(root)', 'must be a mapping with at least "vips"');
   const d = doc as Record<string, unknown>;
@@ -194,7 +233,10 @@ export function validateRunConfig(doc: unknown): RunConfig {
   const rulePriority = int(dev.rulePriority, 'device.rulePriority', 1, 32764, DEVICE_DEFAULTS.rulePriority);
   const engineDoc = Object.fromEntries(Object.entries(d).filter(([k]) => !OWN_KEYS.includes(k)));
   const engine = validateEngineConfig(engineDoc);
-  return { device: { name, mtu, table, rulePriority }, engine, admin: validateAdminConfig(d.admin), health: validateHealthConfig(d.health, engine), log: validateLogConfig(d.log) };
+  const out: RunConfig = { device: { name, mtu, table, rulePriority }, engine, admin: validateAdminConfig(d.admin), health: validateHealthConfig(d.health, engine), log: validateLogConfig(d.log) };
+  const tokenStore = validateTokenStoreConfig(d.tokenStore);
+  if (tokenStore) out.tokenStore = tokenStore;
+  return out;
 }
 
 /** Reads and validates a YAML config file; YAML syntax errors name the line and column. */

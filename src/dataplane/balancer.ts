@@ -2,6 +2,7 @@
 // The packet loop runs in a worker thread; this (main) thread keeps the control plane.
 import { existsSync } from 'node:fs';
 import type { EngineConfig } from '../engine/config.js';
+import type { TokenStoreConfig } from '../cluster/token-store.js';
 import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
 import { TunError } from '../io/tun.js';
 import type { EngineChannel } from './control-protocol.js';
@@ -27,6 +28,8 @@ export interface BalancerDevice {
 export interface BalancerConfig {
   device: BalancerDevice;
   engine: EngineConfig;
+  /** A shared token store for balancers in parallel (password resolved); read at start only. */
+  tokenStore?: TokenStoreConfig;
 }
 
 export interface Balancer {
@@ -121,6 +124,7 @@ export async function startBalancer(cfg: BalancerConfig, opts: { txQueueLen?: nu
     // Bursts from split super-packets overflow the default 500-packet queue.
     txQueueLen: opts.txQueueLen ?? 4000,
     engine: cfg.engine,
+    tokenStore: cfg.tokenStore,
     vnetHdr: d.mode === 'offload',
     offloads: d.offloads,
     queues: d.queues,

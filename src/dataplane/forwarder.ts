@@ -45,7 +45,15 @@ export interface ForwarderOptions {
   observe?: (batch: PacketBatch, slot: number, verdict: Verdict) => void;
   /** Called when the engine throws (a bug): the packet is dropped as `engine_error`. */
   onEngineError?: (err: unknown, packet: Uint8Array) => void;
+  /**
+   * Called for a packet the engine held (Verdict.Hold: the shared token store must be asked): true when it was
+   * copied out to be released later (`release`); false, and the engine answers it at once without the store.
+   */
+  onHold?: (slot: Uint8Array, headerBytes: number, len: number, flags: number, nowMs: number) => boolean;
 }
+
+/** A packet given back after a hold: device header + IP packet, and its slot flags. */
+export interface ReleasedPacket { readonly bytes: Uint8Array; readonly headerBytes: number; readonly flags: number }
 
 export class Forwarder {
   readonly batch: PacketBatch;
@@ -55,6 +63,9 @@ export class Forwarder {
   private nextTick = -Infinity;
   private readonly observe?: ForwarderOptions['observe'];
   private readonly onEngineError?: ForwarderOptions['onEngineError'];
+  private readonly onHold?: ForwarderOptions['onHold'];
+  /** One slot for packets released after a hold (rare: joins and moved subflows that needed the store). */
+  private releaseBatch?: PacketBatch;
 
   constructor(readonly engine: Engine, readonly device: PacketDevice, opts: ForwarderOptions = {}) {
     this.max = opts.batchMax ?? 64;
@@ -63,6 +74,7 @@ export class Forwarder {
     this.counters = opts.counters ?? new Float64Array(LoopCounter.Count);
     this.observe = opts.observe;
     this.onEngineError = opts.onEngineError;
+    this.onHold = opts.onHold;
   }
 
   /** Expires engine state when a tick is due at `nowMs`. */
@@ -114,13 +126,12 @@ export class Forwarder {
       const flags = b.flags[i];
       if (flags & SlotIn.Gso) gso++;
       const view = b.views[i];
-      let v: Verdict;
-      try {
-        v = engine.process(view, H, len, now, (flags & SlotIn.PartialCsum) !== 0);
-      } catch (e) {
-        engine.counters.countEngineError();
-        this.onEngineError?.(e, view.slice(H, H + Math.min(len, 64)));
-        v = Verdict.Drop;
+      let v = this.process(view, H, len, now, flags);
+      if (v === Verdict.Hold) {
+        if (this.onHold && this.onHold(view, H, len, flags, now)) continue; // written when released
+        engine.noHold = true; // not kept: answered now, as without a store
+        v = this.process(view, H, len, now, flags);
+        engine.noHold = false;
       }
       if (v === Verdict.Reply) {
         // A reply is at most as long as what it answers (a RST for a SYN), so it fits the slot.
@@ -133,5 +144,31 @@ export class Forwarder {
       if (this.observe) this.observe(b, i, v);
     }
     this.counters[LoopCounter.GsoPackets] += gso;
+  }
+
+  private process(view: Uint8Array, H: number, len: number, now: number, flags: number): Verdict {
+    try {
+      return this.engine.process(view, H, len, now, (flags & SlotIn.PartialCsum) !== 0);
+    } catch (e) {
+      this.engine.counters.countEngineError();
+      this.onEngineError?.(e, view.slice(H, H + Math.min(len, 64)));
+      return Verdict.Drop;
+    }
+  }
+
+  /**
+   * A held packet comes back with the store's answer already given to the engine (adopted token or flow, or none):
+   * the engine decides it without holding again, and it is written like any other.
+   */
+  release(p: ReleasedPacket, nowMs: number): void {
+    const b = (this.releaseBatch ??= new PacketBatch(1, this.batch.headerBytes));
+    if (p.headerBytes !== b.headerBytes || p.bytes.length > b.slotBytes) return;
+    b.reset();
+    b.views[0].set(p.bytes, 0);
+    b.push(p.bytes.length - p.headerBytes, p.flags, 0);
+    this.engine.noHold = true;
+    try { this.decide(b, nowMs); } finally { this.engine.noHold = false; }
+    const w = this.device.write(b);
+    if (w < 0) { this.counters[LoopCounter.WriteErrors]++; this.counters[LoopCounter.LastErrno] = -w; }
   }
 }

@@ -3,6 +3,9 @@
 import { Worker } from 'node:worker_threads';
 import { COUNTERS_BYTES, Counters } from '../engine/counters.js';
 import type { EngineConfig } from '../engine/config.js';
+import type { TokenStoreConfig } from '../cluster/token-store.js';
+import { SYNC_COUNTER_LABELS, SyncCounter, type StoreAnswer, type StoreRequests } from './store-sync.js';
+import { TokenStore } from '../cluster/token-store.js';
 import { openTun, createEventFd, signalEventFd, closeFd, TunDevice, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 } from '../io/tun.js';
 import { validVnetHdrBytes } from '../wire/vnet-hdr.js';
 import { ControlRequestError, engineStats, type ControlOp, type ControlReq, type ControlRes, type EngineChannel } from './control-protocol.js';
@@ -18,6 +21,8 @@ export interface PacketLoopOptions {
   txQueueLen?: number;
   /** The engine's config (validated again in the worker). */
   engine: EngineConfig;
+  /** A shared token store for balancers in parallel: the worker talks to it between batches. */
+  tokenStore?: TokenStoreConfig;
   /** Use this already-open device instead of creating one (the loop makes it non-blocking and closes it on stop). */
   tun?: TunDevice;
   tickIntervalMs?: number;
@@ -58,6 +63,8 @@ export interface PacketLoopStats {
   spinHits: number;
   /** Longest control round trip seen by the main thread (ms). */
   maxControlMs: number;
+  /** The shared token store's state and counters (absent without a store). */
+  store?: Record<string, number>;
   /** Data path shape: TUN queues, virtio header bytes (0 = off), offload bits. */
   queues: number;
   vnetHdrBytes: number;
@@ -87,6 +94,15 @@ export class PacketLoopError extends Error {
 }
 
 const DEFAULT_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+
+/** The store client's own counters, with metric-style names. */
+function storeClientCounters(s: TokenStore): Record<string, number> {
+  const c = s.counters;
+  return {
+    store_writes: c.writes, store_write_errors: c.writeErrors, store_reads: c.reads, store_read_errors: c.readErrors,
+    store_invalid_values: c.invalidValues, store_reconnects: c.reconnects,
+  };
+}
 const CONTROL_TIMEOUT_MS = 5000;
 
 export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLoop> {
@@ -128,6 +144,8 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
   const engineSab = new SharedArrayBuffer(COUNTERS_BYTES);
   const loopSab = new SharedArrayBuffer(LOOP_COUNTERS_BYTES);
   const flagsSab = new SharedArrayBuffer(Flag.Count * 4);
+  const storeSab = new SharedArrayBuffer(SyncCounter.Count * 8);
+  const storeCounters = new Float64Array(storeSab);
   const engineCounters = new Counters(engineSab);
   const loopCounters = new Float64Array(loopSab);
   const flags = new Int32Array(flagsSab);
@@ -138,6 +156,8 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     vnetHdrBytes: tun.vnetHdrBytes,
     wakeFd,
     engine: opts.engine,
+    tokenStore: opts.tokenStore,
+    storeCounters: storeSab,
     engineCounters: engineSab,
     loopCounters: loopSab,
     flags: flagsSab,
@@ -159,6 +179,31 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
   });
   const describeError = () => (workerError ? `: ${workerError.message}` : '');
 
+  // The shared token store's client: here, on the main thread, whose event loop waits on its socket. The worker
+  // sends what to write and what to look up; answers go back with a wake-up, so a held join waits one round trip.
+  const ts = opts.tokenStore;
+  const store = ts ? new TokenStore({ url: ts.url, keyPrefix: ts.keyPrefix, password: ts.password, connectTimeoutMs: ts.connectTimeoutMs, commandTimeoutMs: ts.commandTimeoutMs }) : undefined;
+  const toWorker = (m: StoreAnswer) => {
+    if (exitCode !== undefined) return;
+    worker.postMessage(m);
+    if (!closedFds) signalEventFd(wakeFd);
+  };
+  const serveStore = async (m: StoreRequests) => {
+    if (!store) return;
+    if (m.writes.length > 0) void store.writeBatch(m.writes);
+    for (const p of m.publish) {
+      void store.publishToken(p.token, p.entry, ts!.ttlMs).then((r) => { if (r === 'collision') toWorker({ type: 'store-collision', token: p.token }); });
+    }
+    if (m.lookups.length > 0) {
+      const answers = await Promise.all(m.lookups.map(async (l) => ({ id: l.id, ...(await store.lookup(l.key)) })));
+      toWorker({ type: 'store-answers', answers });
+    }
+  };
+  if (store) {
+    let everUp = false;
+    store.onState = (up) => { toWorker({ type: 'store-state', up, republish: up && everUp }); if (up) everUp = true; };
+  }
+
   const pending = new Map<number, { resolve: (v: never) => void; reject: (e: Error) => void; t0: number; timer: NodeJS.Timeout }>();
   let maxControlMs = 0;
   let nextId = 1;
@@ -177,6 +222,7 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
       if (m.type === 'ready') { clearTimeout(timer); resolve(); return; }
       if (m.type === 'start-failed') { clearTimeout(timer); reject(new PacketLoopError('LOOP_START_FAILED', `packet loop could not start: ${m.error}`)); return; }
       if (m.type === 'engine-error') { opts.onEngineError?.(m); return; }
+      if (m.type === 'store') { void serveStore(m); return; }
       if (m.type !== 'result') return;
       const p = pending.get(m.id);
       if (!p) return;
@@ -211,8 +257,12 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     await ready;
   } catch (e) {
     await stop();
+    await store?.close();
     throw e;
   }
+  // Not waited for: a store that is down at start is retried in the background; steering is local meanwhile.
+  if (store) void store.connect();
+  void exited.then(() => store?.close());
 
   const call = <K extends ControlOp>(op: K, req: ControlReq<K>): Promise<ControlRes<K>> => {
     if (exitCode !== undefined || stopping) return Promise.reject(new PacketLoopError('LOOP_STOPPED', 'packet loop is stopped'));
@@ -250,6 +300,7 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
       gsoPackets: L[LoopCounter.GsoPackets],
       spinHits: L[LoopCounter.SpinHits],
       maxControlMs,
+      ...(store ? { store: { ...Object.fromEntries(SYNC_COUNTER_LABELS.map((l, i) => [l, storeCounters[i]])), ...storeClientCounters(store) } } : {}),
       queues: nQueues,
       vnetHdrBytes: tun.vnetHdrBytes,
       offloads,

@@ -8,6 +8,7 @@ import { TunDevice, pollReadable, drainEventFd } from '../io/tun.js';
 import { ControlRequestError, handleControl } from './control-protocol.js';
 import { Forwarder, LoopCounter } from './forwarder.js';
 import { TunPacketDevice } from './tun-device.js';
+import { StoreSync } from './store-sync.js';
 import { Flag, type MainMessage, type WorkerInit, type WorkerMessage } from './worker-messages.js';
 
 const init = workerData as WorkerInit;
@@ -30,14 +31,26 @@ function onEngineError(e: unknown, head: Uint8Array): void {
   unreported = 0;
 }
 
+let sync: StoreSync | undefined;
+
 function main(): void {
   let engine: Engine;
   let forwarders: Forwarder[];
   try {
     engine = new Engine(validateEngineConfig(init.engine, 'engine'), init.engineCounters);
+    const onHold = (slot: Uint8Array, h: number, len: number, flags: number, now: number) => sync?.hold(slot, h, len, flags, now) ?? false;
     forwarders = init.tunFds.map((fd) => new Forwarder(engine, new TunPacketDevice(TunDevice.fromFd(fd, init.tunName, init.tunFlags, init.vnetHdrBytes)), {
-      counters: loopCounters, batchMax: init.batchMax, tickMs: init.tickIntervalMs, onEngineError,
+      counters: loopCounters, batchMax: init.batchMax, tickMs: init.tickIntervalMs, onEngineError, onHold,
     }));
+    const ts = init.tokenStore;
+    if (ts) {
+      // Held packets go out through the first queue's forwarder (one engine decides for every queue). The store
+      // client runs on the main thread; this thread only exchanges messages with it.
+      sync = new StoreSync(engine, forwarders[0], {
+        keyPrefix: ts.keyPrefix, maxPackets: ts.holdMaxPackets, maxBytes: ts.holdMaxBytes, maxWaitMs: ts.holdMs, tries: ts.holdTries,
+        ttlMs: ts.ttlMs, lingerMs: engine.config.timeouts.tokenLingerMs,
+      }, new Float64Array(init.storeCounters), post);
+    }
   } catch (e) {
     post({ type: 'start-failed', error: errText(e) });
     port.close();
@@ -45,7 +58,7 @@ function main(): void {
   }
 
   port.on('message', (m: MainMessage) => {
-    if (m.type !== 'call') return;
+    if (m.type !== 'call') { sync?.onMessage(m, nowMs()); return; }
     try {
       post({ type: 'result', id: m.id, ok: true, value: handleControl(engine, m.op, m.req as never) });
     } catch (e) {
@@ -79,7 +92,9 @@ async function loop(forwarders: Forwarder[]): Promise<void> {
       loopCounters[LoopCounter.MaxBatch] = 0;
     }
     forwarders[0].maybeTick(nowMs());
-    const ready = pollReadable(pollFds, IDLE_POLL_MS, pollScratch);
+    sync?.step(nowMs());
+    // The main thread wakes this one (wakeFd) when it posts a store answer; a retry waits at most a few ms.
+    const ready = pollReadable(pollFds, sync && sync.pool.size > 0 ? 2 : IDLE_POLL_MS, pollScratch);
     if (ready & WAKE_BIT) drainEventFd(init.wakeFd);
     let ok = true, got = 0;
     const budgetEnd = performance.now() + init.sliceBudgetMs;

@@ -1,6 +1,8 @@
 // What the main thread and the packet worker send each other (structured clone), and what they share.
 import type { EngineConfig } from '../engine/config.js';
+import type { TokenStoreConfig } from '../cluster/token-store.js';
 import type { ControlOp, ControlReq, ControlRes } from './control-protocol.js';
+import type { StoreAnswer, StoreRequests } from './store-sync.js';
 
 /** Data handed to the worker at start. */
 export interface WorkerInit {
@@ -12,6 +14,10 @@ export interface WorkerInit {
   /** eventfd that wakes the worker out of poll() (control requests, stop). */
   wakeFd: number;
   engine: EngineConfig;
+  /** The shared token store, when balancers run in parallel (password resolved). */
+  tokenStore?: TokenStoreConfig;
+  /** Shared memory behind the store's counters (SyncCounter). */
+  storeCounters: SharedArrayBuffer;
   /** Shared memory behind the engine's Counters and the loop's counters (LoopCounter). */
   engineCounters: SharedArrayBuffer;
   loopCounters: SharedArrayBuffer;
@@ -26,7 +32,7 @@ export interface WorkerInit {
 export const enum Flag { stop = 0, resetMax = 1, Count = 2 }
 
 /** Main -> worker. */
-export type MainMessage = { [K in ControlOp]: { type: 'call'; id: number; op: K; req: ControlReq<K> } }[ControlOp];
+export type MainMessage = { [K in ControlOp]: { type: 'call'; id: number; op: K; req: ControlReq<K> } }[ControlOp] | StoreAnswer;
 
 /** Worker -> main. */
 export type WorkerMessage =
@@ -35,4 +41,5 @@ export type WorkerMessage =
   | { type: 'result'; id: number; ok: true; value: ControlRes<ControlOp> }
   | { type: 'result'; id: number; ok: false; error: string; refused: boolean }
   | { type: 'engine-error'; error: string; head: string; suppressed: number }
+  | StoreRequests
   | { type: 'stopped' };

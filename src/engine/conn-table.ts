@@ -16,6 +16,8 @@ export const enum ConnFlag {
   HasClientKey = 1 << 4,
   /** One of its subflows got past the handshake (only such connections linger). */
   Established = 1 << 5,
+  /** Taken from the shared token store: its keys were learned by another balancer, which owns its store entry. */
+  Remote = 1 << 6,
 }
 
 export class ConnTable {

@@ -66,6 +66,12 @@ export const enum Counter {
   MptcpOptionUnknownSubtype,
   TcpOptionsMalformed,
   FastcloseSeen,
+  /** Packets held while the shared token store was asked (counted in packets_in once released). */
+  PacketsHeld,
+  /** Connections taken from the shared token store (a join whose first subflow passed another balancer). */
+  ConnsAdopted,
+  /** Subflows with no local flow given a flow entry: the store's backend, or the policy's when it had none. */
+  FlowsAdopted,
   Count,
 }
 export const COUNTER_LABELS: readonly string[] = [
@@ -77,6 +83,7 @@ export const COUNTER_LABELS: readonly string[] = [
   'joins_ambiguous_token', 'joins_vip_mismatch', 'joins_unaware',
   'token_collision_stripped', 'token_collision_ambiguous', 'token_replaced',
   'mptcp_option_malformed', 'mptcp_option_unknown_subtype', 'tcp_options_malformed', 'fastclose_seen',
+  'packets_held', 'conns_adopted', 'flows_adopted',
 ];
 
 /** Bytes of shared memory that back one Counters (events, then drops). */

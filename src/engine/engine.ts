@@ -14,6 +14,8 @@ import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, T
 import { loadAddressWords, nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/parse.js';
 import { natEndpoint, natToBackend, natToClient, stripTcpOption, writeResetForSyn } from './rewrite.js';
 import { Services } from './services.js';
+import { HoldKind, StoreEvent, StoreEventRing } from './store-events.js';
+import { formatEndpoint } from '../wire/addr.js';
 import { tokenFromKeyBytes } from '../wire/tokens.js';
 
 export const enum Verdict {
@@ -25,8 +27,10 @@ export const enum Verdict {
   ToClient = 2,
   /** Replaced by an answer to its sender (a RST); `outLen` is its length. */
   Reply = 3,
+  /** Left untouched, to be held while the shared token store is asked (`lastHold` says for what). */
+  Hold = 4,
 }
-export const VERDICT_LABELS = ['drop', 'to_backend', 'to_client', 'reply'] as const;
+export const VERDICT_LABELS = ['drop', 'to_backend', 'to_client', 'reply', 'hold'] as const;
 
 /** How the backend of the last new flow was chosen. */
 export const enum Steer { None = 0, Policy = 1, Token = 2, UnknownTokenHashed = 3, Stateless = 4 }
@@ -69,6 +73,19 @@ export class Engine {
   /** Connection whose keys the last packet taught us, or -1. */
   lastKeysConn = -1;
 
+  // The shared token store (src/dataplane/store-sync.ts drives these; without a store they stay off).
+  /** What the engine tells the store, drained between batches. */
+  readonly storeEvents = new StoreEventRing();
+  /** The store is up: a join with an unknown token, or a packet with no flow, is held (Verdict.Hold) to ask it. */
+  holdEnabled = false;
+  /** Set by the forwarder while it replays a released (or refused) held packet: decide it without holding. */
+  noHold = false;
+  /** What the last Hold waits for, and the subflow it was for ("client:port>vip:port"). */
+  lastHold: HoldKind | 0 = 0;
+  lastHoldSubflow = '';
+  /** The store's backend for the next packet with no flow (a released HoldKind.Flow), or -1. */
+  private pinBackend = -1;
+
   /** `sharedCounters`: back the counters with this memory, so another thread can read them (see Counters). */
   constructor(cfg: EngineConfig, sharedCounters?: SharedArrayBuffer) {
     this.cfg = cfg;
@@ -78,7 +95,7 @@ export class Engine {
     this.flows = new FlowTable(cfg.tables.maxFlows);
     this.conns = new ConnTable(cfg.tables.maxConnections, cfg.hashSeed);
     this.seed = cfg.hashSeed & SMI_MASK;
-    this.life = new Lifecycle(this.flows, this.conns, this.counters, cfg.timeouts);
+    this.life = new Lifecycle(this.flows, this.conns, this.counters, cfg.timeouts, this.storeEvents);
     this.info = new Introspection(this.services, this.flows, this.conns, this.seed);
   }
 
@@ -109,6 +126,7 @@ export class Engine {
     this.lastSteer = Steer.None;
     this.lastJoin = false;
     this.lastKeysConn = -1;
+    this.lastHold = 0;
     const v = this.view;
     v.partialCsum = partialCsum;
     const st = parsePacket(buf, off, len, v);
@@ -183,7 +201,7 @@ export class Engine {
     if (r < 0) {
       if (this.services.vipRemoved[vip]) return this.drop(DropReason.NoService);
       if (isSyn) return this.newFlow(buf, vip, hIn, now);
-      return this.midstream(buf, vip);
+      return this.midstream(buf, vip, hIn, now);
     }
     let st = flows.state(r);
     if (tf & TCP_RST) st |= FlowState.Rst;
@@ -215,17 +233,53 @@ export class Engine {
       || (st & (FlowState.KeysDone | FlowState.ClientSeen)) !== (FlowState.KeysDone | FlowState.ClientSeen);
   }
 
-  /** A non-SYN packet with no flow (table full earlier, or mplb restarted): forward it where its SYN would go. */
-  private midstream(buf: Uint8Array, vip: number): Verdict {
+  /**
+   * A non-SYN packet with no flow (table full earlier, mplb restarted, or the subflow moved here from another
+   * balancer): forward it where its SYN would go. With a shared token store the store is asked first (a join's
+   * subflow went where its token said, not where it hashes), and the answer becomes a local flow.
+   */
+  private midstream(buf: Uint8Array, vip: number, hIn: number, now: number): Verdict {
     const ev = this.counters.events;
+    let b = this.pinBackend;
+    this.pinBackend = -1;
+    if (b < 0 && this.holdEnabled && !this.noHold) return this.hold(HoldKind.Flow, buf);
     ev[Counter.MidstreamNoFlow]++;
     if (this.cfg.mptcpAware && this.findMpCapableKeys(buf)) ev[Counter.KeysForUnopenedFlow]++;
-    const b = this.services.select(vip, buf, this.view);
+    if (b < 0) b = this.services.select(vip, buf, this.view);
     if (b < 0) return this.drop(DropReason.NoBackend);
     this.lastBackend = b;
     this.lastSteer = Steer.Stateless;
-    natToBackend(buf, this.view, this.services, b);
+    // Asked the store once: keep the answer, so this subflow's next packets are not held again.
+    if (this.holdEnabled || this.noHold) this.adoptFlow(vip, b, hIn, now);
+    if (this.services.beVip[b] !== vip) natEndpoint(buf, this.view, this.view.dstAddrOff, this.view.l4Off + 2, this.services.beAddrBytes, b << 4, this.services.bePort[b]);
+    else natToBackend(buf, this.view, this.services, b);
     return this.countIn(b);
+  }
+
+  /** A flow entry for a subflow that arrived established (the store's backend, or the policy's). */
+  private adoptFlow(vip: number, b: number, hIn: number, now: number): void {
+    const v = this.view, svc = this.services;
+    const hOut = hashTuple(svc.beAddr, b << 2, svc.bePort[b], this.a, 0, v.srcPort, this.seed);
+    let state = FlowState.SynSeen | FlowState.SynAckSeen | FlowState.Established | FlowState.KeysDone | FlowState.ClientSeen;
+    if (v.family === 6) state |= FlowState.V6;
+    if (svc.beVip[b] !== vip) state |= CROSS_VIP;
+    const r = this.flows.insert(hIn, hOut, this.a, v.srcPort, vip, b, state, now);
+    if (r < 0) return; // table full: stays stateless
+    this.counters.events[Counter.FlowsAdopted]++;
+    this.lastFlow = r;
+  }
+
+  /** Leaves the packet untouched for the store to be asked; it is counted in once, when it is released. */
+  private hold(kind: HoldKind, buf: Uint8Array): Verdict {
+    const v = this.view, ev = this.counters.events;
+    ev[Counter.PacketsIn]--;
+    ev[Counter.BytesIn] -= this.outLen;
+    ev[Counter.PacketsHeld]++;
+    this.lastHold = kind;
+    if (kind === HoldKind.Flow) {
+      this.lastHoldSubflow = `${formatEndpoint(buf, v.srcAddrOff, v.addrLen, v.srcPort)}>${formatEndpoint(buf, v.dstAddrOff, v.addrLen, v.dstPort)}`;
+    }
+    return Verdict.Hold;
   }
 
   private newFlow(buf: Uint8Array, vip: number, hIn: number, now: number): Verdict {
@@ -261,6 +315,9 @@ export class Engine {
           this.lastJoinConnBackend = b;
           ev[Counter.JoinsSteeredByToken]++;
           if (conns.vip[conn] !== vip) ev[Counter.JoinsVipMismatch]++;
+        } else if (conn < 0 && this.holdEnabled && !this.noHold) {
+          // Unknown here: its first subflow may have passed another balancer. Ask the shared store.
+          return this.hold(HoldKind.Token, buf);
         } else {
           ev[Counter.JoinsUnknownToken]++;
           if (conn >= 0) ev[Counter.JoinsAmbiguousToken]++;
@@ -306,7 +363,11 @@ export class Engine {
       if (joinToken >= 0) this.flows.setMptcpMode(r, conn < 0 ? MptcpMode.JoinUnknown : (conns.flags[conn] & ConnFlag.V1) !== 0 ? MptcpMode.V1 : MptcpMode.V0);
       else if (capVer === 0) this.flows.setMptcpMode(r, MptcpMode.V0);
       else if (capVer === 1) this.flows.setMptcpMode(r, MptcpMode.V1);
-      if (conn >= 0) this.life.linkFlow(r, conn);
+      if (conn >= 0) {
+        this.life.linkFlow(r, conn);
+        // So that the subflow stays on its backend if ECMP moves it to another balancer.
+        if (steer === Steer.Token) this.storeEvents.push(StoreEvent.JoinSteered, r, conn);
+      }
     }
     if (state & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, svc.beAddrBytes, b << 4, svc.bePort[b]);
     else natToBackend(buf, v, svc, b);
@@ -450,7 +511,10 @@ export class Engine {
     copyKey(buf, serverKeyOff, conns.keys, cc * 4);
     if (clientKeyOff >= 0) this.storeClientKey(cc, buf, clientKeyOff);
     if (ambiguousWith >= 0) conns.flags[cc] |= ConnFlag.Ambiguous;
-    else conns.indexToken(cc);
+    else {
+      conns.indexToken(cc);
+      this.storeEvents.push(StoreEvent.TokenLearned, cc, token);
+    }
     this.life.linkFlow(r, cc);
     ev[Counter.ConnsCreated]++;
     ev[src === KeySource.SynAck ? Counter.KeysFromSynAck : src === KeySource.Ack ? Counter.KeysFromAck : Counter.KeysFromData]++;
@@ -475,6 +539,61 @@ export class Engine {
    */
   tick(nowMs: number, budget = Math.max(4096, this.flows.capacity >>> 5)): void {
     this.life.tick(msTick(nowMs), budget);
+  }
+
+  // ---- the shared token store (cold: called by store-sync.ts between batches) ----
+
+  /** What the store should hold for connection c, or undefined when it is not steerable (gone, ambiguous). */
+  storeInfo(c: number): { token: number; vip: string; backend: string; version: number; ours: boolean } | undefined {
+    const conns = this.conns;
+    if (c < 0 || c >= conns.capacity || !conns.live[c]) return undefined;
+    const f = conns.flags[c];
+    if ((f & ConnFlag.Indexed) === 0 || (f & ConnFlag.Ambiguous) !== 0) return undefined;
+    const svc = this.services;
+    return { token: conns.token[c], vip: svc.vipId(conns.vip[c]), backend: svc.backendId(conns.backend[c]), version: f & ConnFlag.V1 ? 1 : 0, ours: (f & ConnFlag.Remote) === 0 };
+  }
+
+  /** Subflows of connection c that were steered here by token (the ones published as subflow entries). */
+  *joinSubflows(c: number): Generator<number> {
+    for (let f = this.conns.firstFlow[c]; f >= 0; f = this.flows.next(f)) if (this.flows.state(f) & FlowState.Join) yield f;
+  }
+
+  /** Another balancer holds this token for a different backend: nobody may steer joins by it. */
+  markTokenAmbiguous(token: number): void {
+    const c = this.conns.find(token >>> 0);
+    if (c >= 0) this.conns.flags[c] |= ConnFlag.Ambiguous;
+  }
+
+  /**
+   * A connection learned by another balancer, from the store: joins for its token are steered to its backend.
+   * False when the entry names a VIP or backend this balancer does not have (refused) or the table is full.
+   */
+  adoptConnection(token: number, e: { vip: string; backend: string; version: number }, nowMs: number): boolean {
+    const b = this.resolveBackend(e);
+    if (b < 0) return false;
+    const conns = this.conns, now = msTick(nowMs);
+    if (conns.find(token >>> 0) >= 0) return true; // learned meanwhile
+    let c = conns.alloc(token >>> 0, e.version, b, this.services.beVip[b], now);
+    if (c < 0 && this.life.evictConn()) c = conns.alloc(token >>> 0, e.version, b, this.services.beVip[b], now);
+    if (c < 0) { this.counters.events[Counter.ConnTableFull]++; return false; }
+    conns.flags[c] |= ConnFlag.Remote | ConnFlag.Established;
+    conns.indexToken(c);
+    this.counters.events[Counter.ConnsAdopted]++;
+    return true;
+  }
+
+  /** The store's backend for the next packet without a flow (a released subflow hold). */
+  pinNextFlow(e: { vip: string; backend: string }): boolean {
+    this.pinBackend = this.resolveBackend(e);
+    return this.pinBackend >= 0;
+  }
+
+  private resolveBackend(e: { vip: string; backend: string }): number {
+    const svc = this.services;
+    const v = svc.findVipById(e.vip);
+    if (v < 0 || svc.vipRemoved[v]) return -1;
+    const b = svc.findBackend(e.backend, v);
+    return b >= 0 && !svc.beRemoved[b] ? b : -1;
   }
 
   // ---- introspection (cold; introspect.ts) ----

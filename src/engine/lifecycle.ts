@@ -6,6 +6,7 @@ import type { EngineConfig } from './config.js';
 import { ConnFlag, type ConnTable } from './conn-table.js';
 import { Counter, type Counters } from './counters.js';
 import { FlowState, type FlowTable } from './flow-table.js';
+import { StoreEvent, type StoreEventRing } from './store-events.js';
 
 /**
  * Times are kept as milliseconds modulo 2^30 (ages compared modulo 2^30, so timeouts stay below 2^29 ms, 6.2 days):
@@ -27,6 +28,7 @@ export class Lifecycle {
     private readonly conns: ConnTable,
     private readonly counters: Counters,
     private timeouts: EngineConfig['timeouts'],
+    private readonly storeEvents: StoreEventRing,
   ) {}
 
   setTimeouts(t: EngineConfig['timeouts']): void { this.timeouts = t; }
@@ -75,6 +77,8 @@ export class Lifecycle {
         if ((conns.flags[c] & (ConnFlag.Indexed | ConnFlag.Established)) === (ConnFlag.Indexed | ConnFlag.Established) && this.timeouts.tokenLingerMs > 0) {
           conns.flags[c] |= ConnFlag.Lingering;
           conns.lastSeen[c] = now;
+          // Only the balancer that learned the token shortens its store entry: others may hold live subflows.
+          if ((conns.flags[c] & ConnFlag.Remote) === 0) this.storeEvents.push(StoreEvent.ConnLinger, c, conns.token[c]);
         } else {
           this.freeConn(c);
         }
@@ -102,6 +106,7 @@ export class Lifecycle {
     const c = this.flows.conn(r);
     if (c < 0) { this.flows.orState(r, FlowState.Rst); return; }
     this.conns.unindexToken(c);
+    this.storeEvents.push(StoreEvent.ConnClosed, c, this.conns.token[c]);
     this.counters.events[Counter.ConnsFastclosed]++;
     for (let f = this.conns.firstFlow[c]; f >= 0; f = this.flows.next(f)) {
       this.flows.orState(f, FlowState.Rst);

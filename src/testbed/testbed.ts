@@ -275,6 +275,25 @@ export function restoreBalancer(h: TestbedHandle, i: number): void {
   writeState(h);
 }
 
+/**
+ * With redis: kills the store outright (SIGKILL: no goodbye to its clients) when `kill`, then starts it again on
+ * the same address, port and password; the state file follows, so teardown stops the new one.
+ */
+export function killRedis(h: TestbedHandle): void {
+  const r = h.redis;
+  if (!r) throw new TestbedError('TESTBED_BAD_OPTION', `testbed ${h.runId} has no redis`);
+  try { process.kill(r.pid, 'SIGKILL'); } catch { /* gone already */ }
+  for (const t0 = Date.now(); !processGone(r.pid) && Date.now() - t0 < 2000;) { /* wait for the kernel to reap it */ }
+}
+
+export function restartRedis(h: TestbedHandle): void {
+  const r = h.redis;
+  if (!r) throw new TestbedError('TESTBED_BAD_OPTION', `testbed ${h.runId} has no redis`);
+  if (!processGone(r.pid)) stopRedis(r);
+  h.redis = startRedis(r.ns, { host: r.host, port: r.port, password: r.password, dir: r.dir });
+  writeState(h);
+}
+
 function attachMethods(h: TestbedHandle): TestbedHandle {
   Object.defineProperties(h, {
     withdrawBalancer: { value: (i: number, o?: WithdrawOptions) => withdrawBalancer(h, i, o), enumerable: false, configurable: true },
