@@ -44,7 +44,7 @@ export const DIR_IN = 0, DIR_OUT = 1;
 
 // Record layout (words).
 const W = 12;
-const F_HASH_IN = 0, F_HASH_OUT = 1, F_ADDR = 2; // 2..5: client address words
+const F_HASH_IN = 0, F_HASH_OUT = 1, F_ADDR = 2; // hash of direction d at F_HASH_IN + d; 2..5: client address words
 const F_PORT_VIP = 6; // client port | vip << 16
 const F_BACKEND_STATE = 7; // backend | state << 16
 const F_MISC = 8; // MptcpMode (8 bits) | live << 8
@@ -67,7 +67,7 @@ export class FlowTable {
     this.rec = new Uint32Array(capacity * W);
     // Two keys per record at a load factor of at most 1/2.
     const rec = this.rec;
-    this.index = new OpenIndex(capacity * 4, (e) => rec[((e - 1) >> 1) * W + (((e - 1) & 1) === DIR_IN ? F_HASH_IN : F_HASH_OUT)]);
+    this.index = new OpenIndex(capacity * 4, (e) => rec[((e - 1) >> 1) * W + F_HASH_IN + ((e - 1) & 1)]);
     this.slots = this.index.slots;
     this.mask = this.index.mask;
     for (let i = 0; i < capacity; i++) this.rec[i * W + F_NEXT] = i + 1 < capacity ? i + 1 : 0xffffffff;
@@ -94,18 +94,8 @@ export class FlowTable {
 
   /** Finds the inbound flow (client words a[0..3], client port, VIP v); -1 when absent. Hot path. */
   lookupIn(h: number, a: Uint32Array, aPort: number, v: number): number {
-    const idx = this.slots, mask = this.mask, rec = this.rec;
-    const portVip = (aPort | (v << 16)) >>> 0;
-    let s = h & mask;
-    for (;;) {
-      const e = idx[s];
-      if (e === 0) return -1;
-      const r = (e - 1) >> 1;
-      const o = r * W;
-      if (((e - 1) & 1) === DIR_IN && rec[o + F_HASH_IN] === h && rec[o + F_PORT_VIP] === portVip
-        && rec[o + F_ADDR] === a[0] && rec[o + F_ADDR + 1] === a[1] && rec[o + F_ADDR + 2] === a[2] && rec[o + F_ADDR + 3] === a[3]) return r;
-      s = (s + 1) & mask;
-    }
+    const s = this.probe(h & this.mask, h, DIR_IN, a, 0, aPort, v);
+    return s < 0 ? -1 : (this.slots[s] - 1) >> 1;
   }
 
   /**
@@ -113,20 +103,30 @@ export class FlowTable {
    * destination = the client (words a[4..7], port dPort). Hot path.
    */
   lookupOut(h: number, a: Uint32Array, sPort: number, dPort: number, beAddr: Uint32Array, bePort: Uint16Array): number {
+    const mask = this.mask;
+    // One client address:port can have flows to several VIPs: the backend tells them apart.
+    for (let s = this.probe(h & mask, h, DIR_OUT, a, 4, dPort, -1); s >= 0; s = this.probe((s + 1) & mask, h, DIR_OUT, a, 4, dPort, -1)) {
+      const r = (this.slots[s] - 1) >> 1;
+      const b = this.backend(r), bo = b << 2;
+      if (bePort[b] === sPort && beAddr[bo] === a[0] && beAddr[bo + 1] === a[1] && beAddr[bo + 2] === a[2] && beAddr[bo + 3] === a[3]) return r;
+    }
+    return -1;
+  }
+
+  /**
+   * The first slot at or after s in hash h's chain whose entry is direction `dir` of a record with that hash, client
+   * words a[ao..ao+3], client port `port` and, when vip >= 0, VIP `vip`; -1 at the end of the chain. Every argument
+   * is a small integer (hot path).
+   */
+  private probe(s: number, h: number, dir: number, a: Uint32Array, ao: number, port: number, vip: number): number {
     const idx = this.slots, mask = this.mask, rec = this.rec;
-    let s = h & mask;
-    for (;;) {
+    for (;; s = (s + 1) & mask) {
       const e = idx[s];
       if (e === 0) return -1;
-      const r = (e - 1) >> 1;
-      const o = r * W;
-      if (((e - 1) & 1) === DIR_OUT && rec[o + F_HASH_OUT] === h && (rec[o + F_PORT_VIP] & 0xffff) === dPort
-        && rec[o + F_ADDR] === a[4] && rec[o + F_ADDR + 1] === a[5] && rec[o + F_ADDR + 2] === a[6] && rec[o + F_ADDR + 3] === a[7]) {
-        const b = rec[o + F_BACKEND_STATE] & 0xffff;
-        const bo = b << 2;
-        if (bePort[b] === sPort && beAddr[bo] === a[0] && beAddr[bo + 1] === a[1] && beAddr[bo + 2] === a[2] && beAddr[bo + 3] === a[3]) return r;
-      }
-      s = (s + 1) & mask;
+      const o = ((e - 1) >> 1) * W;
+      const pv = rec[o + F_PORT_VIP];
+      if (((e - 1) & 1) === dir && rec[o + F_HASH_IN + dir] === h && (pv & 0xffff) === port && (vip < 0 || pv >>> 16 === vip)
+        && rec[o + F_ADDR] === a[ao] && rec[o + F_ADDR + 1] === a[ao + 1] && rec[o + F_ADDR + 2] === a[ao + 2] && rec[o + F_ADDR + 3] === a[ao + 3]) return s;
     }
   }
 

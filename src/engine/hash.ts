@@ -9,8 +9,7 @@
 //     hashString    = murmur3(UTF-8(s))
 // - Index hashes (hashTuple, hashEndpoint, hashToken) only place entries in this process's open-addressing
 //   indices: they may change, but stay seeded and return 30 bits, so that no call on the hot path passes or
-//   returns a number outside V8's small-integer range (which would allocate a heap number). All three are one
-//   leaf loop of the same murmur3 round and finalizer (hashKey).
+//   returns a number outside V8's small-integer range (which would allocate a heap number).
 
 const C1 = 0xcc9e2d51;
 const C2 = 0x1b873593;
@@ -134,47 +133,46 @@ export function hashString(s: string, seed: number): number {
 }
 
 // ---- index hashes (this process only: 30 bits, seeded) ----
+// Leaves on purpose, with the round and the finalizer written out instead of calling mixWord and fmix: V8 inlines all
+// of a leaf or none of it, and every argument and the result are small integers. With calls inside, V8's inlining
+// budget in a big caller (the engine's process or inbound) could run out halfway, and a 32-bit word passed to a call
+// that is not inlined is boxed as a heap number (the no-alloc test caught it in about 1 run of 15).
 
-/**
- * The one loop of the index hashes: murmur3 rounds over xn words of x, yn words of y, then the two ports, and fmix32,
- * cut to 30 bits. A leaf on purpose (the rounds are written out, no calls): V8 inlines all of it or none of it, and
- * every argument and the result are small integers. With calls inside, V8's inlining budget in a big caller (the
- * engine's process or inbound) could run out halfway, and a 32-bit word passed to a call is boxed as a heap number.
- */
-function hashKey(x: Uint32Array, xo: number, xn: number, y: Uint32Array, yo: number, yn: number, xPort: number, yPort: number, seed: number): number {
-  let h = seed | 0;
-  const n = xn + yn;
-  for (let i = 0; i <= n; i++) {
-    let k = i < xn ? x[xo + i] : i < n ? y[yo + i - xn] : (xPort << 16) | yPort;
-    k = Math.imul(k, C1);
-    k = (k << 15) | (k >>> 17);
-    h ^= Math.imul(k, C2);
-    h = (h << 13) | (h >>> 19);
-    h = (Math.imul(h, 5) + 0xe6546b64) | 0;
+/** murmur3 rounds over n word pairs (x[xo + i], y[yo + i]), then the two ports; fmix32; 30 bits. */
+function hashKey(x: Uint32Array, xo: number, y: Uint32Array, yo: number, n: number, xPort: number, yPort: number, seed: number): number {
+  let h = seed | 0, k = 0;
+  for (let i = 0; i < n; i++) {
+    k = Math.imul(x[xo + i], C1); h ^= Math.imul((k << 15) | (k >>> 17), C2); h = (Math.imul((h << 13) | (h >>> 19), 5) + 0xe6546b64) | 0;
+    k = Math.imul(y[yo + i], C1); h ^= Math.imul((k << 15) | (k >>> 17), C2); h = (Math.imul((h << 13) | (h >>> 19), 5) + 0xe6546b64) | 0;
   }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
+  k = Math.imul((xPort << 16) | yPort, C1); h ^= Math.imul((k << 15) | (k >>> 17), C2); h = (Math.imul((h << 13) | (h >>> 19), 5) + 0xe6546b64) | 0;
+  h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35);
   return (h ^ (h >>> 16)) & SMI_MASK;
 }
 
 /**
  * Flow-table key: endpoint A = words x[xo..xo+3] and port xPort, endpoint B = words y[yo..yo+3] and port yPort.
- * Hot path: every packet.
+ * Clients choose these keys (and a SYN flood inserts them), so every word goes through a full round. Hot path.
  */
 export function hashTuple(x: Uint32Array, xo: number, xPort: number, y: Uint32Array, yo: number, yPort: number, seed: number): number {
-  // IPv4 keys have zero high words: one word per address instead of four (still a function of the whole key).
+  // IPv4 keys have zero high words: one pair of words instead of four (still a function of the whole key).
   const n = (x[xo + 1] | x[xo + 2] | x[xo + 3] | y[yo + 1] | y[yo + 2] | y[yo + 3]) === 0 ? 1 : 4;
-  return hashKey(x, xo, n, y, yo, n, xPort, yPort, seed);
+  return hashKey(x, xo, y, yo, n, xPort, yPort, seed);
 }
 
-/** Service-index key: an address (words w[o..o+3]) and a port. Hot path: the VIP lookup of every packet. */
+/**
+ * Service-index key: an address (words w[o..o+3]) and a port, folded into one word, then fmix32. Cheaper than
+ * hashKey, and enough here: only configured VIPs and backends are ever inserted, so traffic cannot lengthen a probe
+ * chain whatever keys it looks up. Hot path: the VIP lookup of every packet.
+ */
 export function hashEndpoint(w: Uint32Array, o: number, port: number, seed: number): number {
-  return hashKey(w, o, (w[o + 1] | w[o + 2] | w[o + 3]) === 0 ? 1 : 4, w, o, 0, 0, port, seed);
+  let h = seed ^ w[o] ^ Math.imul(w[o + 1], 0x9e3779b1) ^ Math.imul(w[o + 2], 0x85ebca6b) ^ Math.imul(w[o + 3], 0xc2b2ae35) ^ port;
+  h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35);
+  return (h ^ (h >>> 16)) & SMI_MASK;
 }
 
 const tokenWord = new Uint32Array(1);
+const zeroWord = new Uint32Array(1);
 
 /**
  * Token-index key. Tokens come from keys that clients choose, so the slot must depend on a seed, or chosen keys
@@ -182,5 +180,5 @@ const tokenWord = new Uint32Array(1);
  */
 export function hashToken(token: number, seed: number): number {
   tokenWord[0] = token;
-  return hashKey(tokenWord, 0, 1, tokenWord, 0, 0, 0, 0, seed);
+  return hashKey(tokenWord, 0, zeroWord, 0, 1, 0, 0, seed);
 }

@@ -18,17 +18,20 @@ export interface BackendInfo {
 }
 export interface VipInfo { index: number; id: string; policy: Policy; backends: number[]; removed: boolean }
 
-function words(bytes: Uint8Array, out: Uint32Array, at: number): void {
-  out.fill(0, at, at + 4);
-  for (let i = 0; i < bytes.length; i += 4) {
-    out[at + (i >> 2)] = ((bytes[i] << 24) | (bytes[i + 1] << 16) | (bytes[i + 2] << 8) | bytes[i + 3]) >>> 0;
+/** Stores address i (4 or 16 bytes) as 4 big-endian words and as 16 bytes (zero-padded), the two forms the hot path reads. */
+function storeAddress(bytes: Uint8Array, words: Uint32Array, padded: Uint8Array, i: number): void {
+  words.fill(0, 4 * i, 4 * i + 4);
+  for (let j = 0; j < bytes.length; j += 4) {
+    words[4 * i + (j >> 2)] = ((bytes[j] << 24) | (bytes[j + 1] << 16) | (bytes[j + 2] << 8) | bytes[j + 3]) >>> 0;
   }
+  padded.fill(0, 16 * i, 16 * i + 16);
+  padded.set(bytes, 16 * i);
 }
 
 /** The table of a VIP that has none (no Maglev table for a hash policy, no active backends yet). */
 const NO_TABLE = new Int32Array(0);
 
-function grow<T extends Uint8Array | Uint16Array | Uint32Array | Int32Array>(a: T, n: number): T {
+function grow<T extends Uint8Array | Uint16Array | Uint32Array | Int32Array | Float64Array>(a: T, n: number): T {
   if (a.length >= n) return a;
   const b = new (a.constructor as new (n: number) => T)(Math.max(n, a.length * 2));
   b.set(a);
@@ -169,9 +172,7 @@ export class Services {
     this.vipPolicy = grow(this.vipPolicy, v + 1);
     this.vipRemoved = grow(this.vipRemoved, v + 1);
     this.vipFamily[v] = bytes.length === 4 ? 4 : 6;
-    words(bytes, this.vipAddr, 4 * v);
-    this.vipAddrBytes.fill(0, 16 * v, 16 * v + 16);
-    this.vipAddrBytes.set(bytes, 16 * v);
+    storeAddress(bytes, this.vipAddr, this.vipAddrBytes, v);
     this.vipPort[v] = port;
     this.vipIds[v] = id;
     this.vipBackends[v] = [];
@@ -193,11 +194,9 @@ export class Services {
     this.beDeltaIpOut = grow(this.beDeltaIpOut, b + 1);
     this.beDeltaTcpIn = grow(this.beDeltaTcpIn, b + 1);
     this.beDeltaTcpOut = grow(this.beDeltaTcpOut, b + 1);
-    if (this.beStats.length < 4 * (b + 1)) { const n = new Float64Array(Math.max(8 * (b + 1), this.beStats.length * 2)); n.set(this.beStats); this.beStats = n; }
+    this.beStats = grow(this.beStats, 4 * (b + 1));
     this.beVip[b] = v;
-    words(bytes, this.beAddr, 4 * b);
-    this.beAddrBytes.fill(0, 16 * b, 16 * b + 16);
-    this.beAddrBytes.set(bytes, 16 * b);
+    storeAddress(bytes, this.beAddr, this.beAddrBytes, b);
     this.bePort[b] = port;
     this.beUp[b] = 1;
     this.beIds[b] = id;
