@@ -71,6 +71,9 @@ export class Metrics {
     counter('mplb_packet_loop_batches_total', 'Batches the packet worker read (packets are counted by the engine: mplb_packets_total).');
     counter('mplb_packet_loop_gso_packets_total', 'Reads that were GSO super-packets (up to 64 KiB, one engine decision each).');
     counter('mplb_packet_loop_busy_seconds_total', 'Time the packet worker spent processing batches.');
+    gauge('mplb_token_store_up', '1 while the shared token store answers; 0 while steering is local-only (absent without a tokenStore).', ['store']);
+    counter('mplb_token_store_events_total', 'Shared token store: joins and subflows held, found, retried, timed out; reads, writes, errors, refused values, collisions.', ['event']);
+    counter('mplb_token_store_hold_wait_bucket', 'Packets released after a hold by how long they waited (le = upper bound in ms, cumulative as in a histogram).', ['le']);
     gauge('mplb_control_round_trip_max_seconds', 'Longest control message round trip to the packet worker, since start.');
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'mplb_' });
   }
@@ -145,6 +148,16 @@ export class Metrics {
       setTotal(c.mplb_packet_loop_gso_packets_total, {}, l.gsoPackets);
       setTotal(c.mplb_packet_loop_busy_seconds_total, {}, l.busyMs / 1000);
       g.mplb_control_round_trip_max_seconds.set(l.maxControlMs / 1000);
+      if (l.store) {
+        g.mplb_token_store_up.set({ store: 'redis' }, l.store.store_up ?? 0);
+        let cum = 0;
+        for (const [k, v] of Object.entries(l.store)) {
+          const m = /^hold_wait_(le|gt)_(.+)ms$/.exec(k);
+          if (!m) { if (k !== 'store_up') setTotal(c.mplb_token_store_events_total, { event: k }, v); continue; }
+          cum += v;
+          setTotal(c.mplb_token_store_hold_wait_bucket, { le: m[1] === 'gt' ? '+Inf' : m[2] }, cum);
+        }
+      }
     }
   }
 }
