@@ -566,3 +566,24 @@ test('PUT /api/v1/timeouts keeps a drained backend drained, and undrain restores
     assert.equal((await engineBackends(env.port)).find((x) => x.id === B2)!.weight, 7);
   } finally { await env.admin.close(); }
 });
+
+test('IPv6 backends: any spelling finds one backend (drain, weight, delete); a second spelling of it is refused', async () => {
+  const cfg = validateRunConfig({ vips: [{ address: '[2001:db8::1]:443', backends: [{ address: '2001:DB8:0:0::2' }, { address: '2001:db8::3' }] }], tables: { maxFlows: 1024, maxConnections: 1024 } });
+  const env = await setup({ cfg });
+  try {
+    const v = enc('[2001:db8::1]:443');
+    const b = (spelling: string, rest = '') => `/api/v1/vips/${v}/backends/${enc(spelling)}${rest}`;
+    const d = await call(env, 'POST', b('[2001:db8::2]:443', '/drain'));
+    assert.deepEqual([d.status, d.body.id, d.body.draining], [200, '[2001:db8::2]:443', true], d.text);
+    assert.equal((await call(env, 'PUT', b('2001:0db8::0:2', '/weight'), { body: { weight: 4 } })).body.weight, 4);
+    // Adding it again in another spelling, alone or twice in one new VIP.
+    const dup = await call(env, 'POST', `/api/v1/vips/${v}/backends`, { body: { address: '2001:db8:0::2' } });
+    assert.equal(dup.status, 409, dup.text);
+    const twice = await call(env, 'POST', '/api/v1/vips', { body: { address: '[2001:db8::9]:443', backends: [{ address: '2001:db8::2' }, { address: '2001:DB8::2' }] } });
+    assert.equal(twice.status, 400, twice.text);
+    assert.match(twice.body.error, /duplicate backend \[2001:db8::2\]:443/);
+    const rm = await call(env, 'DELETE', b('[2001:DB8::0002]:443'));
+    assert.deepEqual([rm.status, rm.body.removed], [200, '[2001:db8::2]:443'], rm.text);
+    assert.deepEqual(env.ctl.config.engine.vips.map((x) => x.backends.map((y) => y.address)), [['2001:db8::3']]);
+  } finally { await env.admin.close(); }
+});

@@ -6,7 +6,7 @@ import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
 import { TunError } from '../io/tun.js';
 import type { EngineChannel } from './control-protocol.js';
 import { startPacketLoop, type PacketLoop, type PacketLoopOptions } from './packet-loop.js';
-import { createRoutes, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, type RouteSet, type RoutesHandle } from './routes.js';
+import { checkRoutableAddresses, createRoutes, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, type RouteSet, type RoutesHandle } from './routes.js';
 
 /** An environment problem that stops `mplb run`, with a stable code and a message that says what to do. */
 export class BalancerError extends Error {
@@ -114,6 +114,7 @@ export function datapathFromEnv(env: NodeJS.ProcessEnv = process.env): DatapathO
 
 export async function startBalancer(cfg: BalancerConfig, opts: { txQueueLen?: number; datapath?: DatapathOptions; onEngineError?: PacketLoopOptions['onEngineError'] } = {}): Promise<Balancer> {
   preflight();
+  checkRoutableAddresses(cfg.engine, 'engine');
   const dp = { ...DATAPATH_DEFAULTS, ...datapathFromEnv(), ...(opts.datapath ?? {}) };
   const start = (d: typeof dp) => startPacketLoop({
     tunName: cfg.device.name,
@@ -173,6 +174,9 @@ export async function startBalancer(cfg: BalancerConfig, opts: { txQueueLen?: nu
         if (!sameDevice(next.device, b.config.device)) {
           throw new BalancerError('ERELOAD', 'device.* (name, mtu, table, rulePriority) cannot change on reload: restart mplb');
         }
+        // Loopback, multicast, a backend on a VIP's address...: refused (ConfigError, a 400 for the admin API) before
+        // any route changes. Config files are checked at validation; this covers the API's additions too.
+        checkRoutableAddresses(next.engine, 'engine');
         // New routes first; the engine moves only once they are in; old routes go last. A failure at any step
         // before the commit leaves routes, rules, sysctls and the engine as they were.
         const change = await routes.change(addresses(next));

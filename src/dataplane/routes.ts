@@ -10,6 +10,8 @@
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
+import { ConfigError, type EngineConfig } from '../engine/config.js';
+import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
 
 export const DEFAULT_TABLE = 2710;
 export const DEFAULT_RULE_PRIORITY = 10000;
@@ -120,6 +122,56 @@ export function planRoutes(from: RouteSet, to: RouteSet, opts: RoutesOptions): R
 
 function byRemovalOrder(items: RouteItem[]): RouteItem[] {
   return items.map((item, i) => ({ item, i })).sort((x, y) => y.item.rank - x.item.rank || y.i - x.i).map((x) => x.item);
+}
+
+// ---- addresses the routes can carry ----
+
+/** Why `a` cannot be a VIP or a backend behind the TUN (kernel routing), or undefined. */
+function unroutable(a: Uint8Array): string | undefined {
+  if (a.length === 4) {
+    if (a.every((x) => x === 0)) return 'is the unspecified address';
+    if (a[0] === 0) return 'is in 0.0.0.0/8 ("this network"), which is never routed';
+    if (a.every((x) => x === 255)) return 'is the limited broadcast address';
+    if (a[0] >= 224 && a[0] <= 239) return 'is a multicast address (224.0.0.0/4): TCP cannot connect to it';
+    if (a[0] === 127) return 'is a loopback address (127.0.0.0/8): the kernel keeps it on the host and never routes it through the TUN';
+    return undefined;
+  }
+  if (a.every((x) => x === 0)) return 'is the unspecified address';
+  if (a.slice(0, 15).every((x) => x === 0) && a[15] === 1) return 'is the loopback address (::1): the kernel keeps it on the host and never routes it through the TUN';
+  if (a[0] === 0xff) return 'is a multicast address (ff00::/8): TCP cannot connect to it';
+  if (a.slice(0, 10).every((x) => x === 0) && a[10] === 0xff && a[11] === 0xff) return 'is an IPv4-mapped IPv6 address: use the IPv4 address and an IPv4 VIP';
+  return undefined;
+}
+
+/**
+ * Refuses addresses that cannot work behind mplb's TUN and routes: unspecified, broadcast, multicast and loopback
+ * VIPs and backends, and a backend whose address is a VIP's (its packets would be routed back into the TUN).
+ * Used by `mplb run`'s config validation and by every Balancer change (so the admin API too); replays and
+ * in-process engines may use any address. `path` prefixes the field paths (e.g. "engine").
+ */
+export function checkRoutableAddresses(engine: EngineConfig, path = ''): void {
+  const p = (k: string) => (path ? `${path}.${k}` : k);
+  const vipAt = new Map<string, string>();
+  engine.vips.forEach((v, i) => {
+    const ep = parseEndpoint(v.address)!;
+    const why = unroutable(ep.addr.bytes);
+    if (why) throw new ConfigError(p(`vips[${i}].address`), `${formatIp(ep.addr.bytes, 0, ep.addr.bytes.length)} ${why}`);
+    const ip = formatIp(ep.addr.bytes, 0, ep.addr.bytes.length);
+    if (!vipAt.has(ip)) vipAt.set(ip, v.address);
+  });
+  engine.vips.forEach((v, i) => {
+    const own = parseEndpoint(v.address)!.addr.bytes;
+    v.backends.forEach((b, j) => {
+      const a = parseIp(b.address)!.bytes;
+      const ip = formatIp(a, 0, a.length);
+      const bp = p(`vips[${i}].backends[${j}].address`);
+      const why = unroutable(a);
+      if (why) throw new ConfigError(bp, `${ip} ${why}`);
+      if (ip === formatIp(own, 0, own.length)) throw new ConfigError(bp, `${ip} is the VIP's own address: packets to it would be routed back into the TUN`);
+      const other = vipAt.get(ip);
+      if (other !== undefined) throw new ConfigError(bp, `${ip} is the address of VIP ${other}: packets to it would be routed back into the TUN`);
+    });
+  });
 }
 
 // ---- running `ip -batch` ----
