@@ -399,7 +399,7 @@ test('without a configured token changes get 403; with authReads reads need the 
 
 test('admin config: defaults, validation, and where the token comes from', () => {
   const c = validateRunConfig(doc());
-  assert.deepEqual(c.admin, { enabled: true, address: '127.0.0.1', port: 9740, authReads: false });
+  assert.deepEqual(c.admin, { enabled: true, address: '127.0.0.1', port: 9740, authReads: false, allowedHosts: [] });
   assert.deepEqual(c.log, { level: 'info' });
   const refuses = (d: unknown, path: string, re: RegExp) => assert.throws(() => validateRunConfig(d), (e: unknown) => e instanceof ConfigError && e.path === path && re.test(e.reason));
   refuses({ ...doc(), admin: { port: 70000 } }, 'admin.port', /0-65535/);
@@ -407,6 +407,9 @@ test('admin config: defaults, validation, and where the token comes from', () =>
   refuses({ ...doc(), admin: { token: 'short' } }, 'admin.token', /at least 16/);
   refuses({ ...doc(), admin: { tokn: 'x' } }, 'admin.tokn', /unknown field/);
   refuses({ ...doc(), admin: { authReads: 'yes' } }, 'admin.authReads', /true or false/);
+  refuses({ ...doc(), admin: { allowedHosts: 'lb1:9740' } }, 'admin.allowedHosts', /list of Host header values/);
+  refuses({ ...doc(), admin: { allowedHosts: ['lb1.example.com:9740', 'http://lb1/'] } }, 'admin.allowedHosts[1]', /Host header value/);
+  assert.deepEqual(validateRunConfig({ ...doc(), admin: { allowedHosts: ['lb1.example.com:9740', '[2001:db8::5]:9740'] } }).admin.allowedHosts, ['lb1.example.com:9740', '[2001:db8::5]:9740']);
   refuses({ ...doc(), log: { level: 'loud' } }, 'log.level', /one of fatal, error, warn, info, debug, trace, silent/);
   const dir = mkdtempSync(join(tmpdir(), 'mplb-admin-'));
   try {

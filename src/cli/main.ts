@@ -105,13 +105,14 @@ async function cmdRun(argv: string[]): Promise<number> {
     for (const l of [log, healthLog, adminLog]) l.level = level;
     admin?.setToken(newToken);
     admin?.setAuthReads(next.admin.authReads);
+    admin?.setAllowedHosts(next.admin.allowedHosts);
     if (restartNeeded.length > 0) log.warn({ fields: restartNeeded }, 'these settings changed in the file but take effect on restart only; their running values are kept');
     log.info({ vips: next.engine.vips.length, keptDrained }, 'config reloaded');
   };
   try {
     if (cfg.admin.enabled) {
       admin = await startAdminServer({
-        controller: ctl, address: cfg.admin.address, port: cfg.admin.port, token, authReads: cfg.admin.authReads,
+        controller: ctl, address: cfg.admin.address, port: cfg.admin.port, token, authReads: cfg.admin.authReads, allowedHosts: cfg.admin.allowedHosts,
         health, loopStats: () => b.loop.stats(), reload, logger: adminLog,
       });
     }

@@ -30,6 +30,11 @@ export interface AdminConfig {
   tokenFile?: string;
   /** Reads (GET, /metrics, the dashboard's data) need the token too. Default false. */
   authReads: boolean;
+  /**
+   * Host header values served besides the listen address (and localhost, 127.0.0.1, [::1] on loopback), e.g.
+   * "lb1.example.com:9740". Any other Host gets 421 (DNS rebinding). Default none.
+   */
+  allowedHosts: string[];
 }
 
 export const HEALTH_CHECKS = ['tcp', 'mptcp'] as const;
@@ -74,7 +79,7 @@ export interface LogConfig {
 export interface RunConfig { device: DeviceConfig; engine: EngineConfig; admin: AdminConfig; health: HealthConfig; log: LogConfig }
 
 export const DEVICE_DEFAULTS: DeviceConfig = { name: 'mplb0', mtu: 1500, table: 2710, rulePriority: 10000 };
-export const ADMIN_DEFAULTS: AdminConfig = { enabled: true, address: '127.0.0.1', port: 9740, authReads: false };
+export const ADMIN_DEFAULTS: AdminConfig = { enabled: true, address: '127.0.0.1', port: 9740, authReads: false, allowedHosts: [] };
 export const HEALTH_DEFAULTS: HealthConfig = { enabled: false, intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, check: 'tcp', vips: {} };
 export const LOG_DEFAULTS: LogConfig = { level: 'info' };
 /** Largest config file read (bytes): 2,000 VIPs with two backends each take about 200 KB. */
@@ -130,11 +135,18 @@ export function endpointId(address: string, port: number): string {
 }
 
 export function validateAdminConfig(v: unknown, path = 'admin'): AdminConfig {
-  const m = mapping(v, path, ['enabled', 'address', 'port', 'token', 'tokenFile', 'authReads']);
+  const m = mapping(v, path, ['enabled', 'address', 'port', 'token', 'tokenFile', 'authReads', 'allowedHosts']);
   const d = ADMIN_DEFAULTS;
   const address = m.address ?? d.address;
   if (typeof address !== 'string' || !parseIp(address)) throw new ConfigError(`${path}.address`, `must be an IP address (e.g. 127.0.0.1), got ${show(address)}`);
-  const out: AdminConfig = { enabled: bool(m.enabled, `${path}.enabled`, d.enabled), address, port: int(m.port, `${path}.port`, 0, 65535, d.port), authReads: bool(m.authReads, `${path}.authReads`, d.authReads) };
+  const out: AdminConfig = { enabled: bool(m.enabled, `${path}.enabled`, d.enabled), address, port: int(m.port, `${path}.port`, 0, 65535, d.port), authReads: bool(m.authReads, `${path}.authReads`, d.authReads), allowedHosts: [] };
+  if (m.allowedHosts !== undefined) {
+    if (!Array.isArray(m.allowedHosts)) throw new ConfigError(`${path}.allowedHosts`, `must be a list of Host header values ("name:port"), got ${show(m.allowedHosts)}`);
+    out.allowedHosts = m.allowedHosts.map((h, i) => {
+      if (typeof h !== 'string' || !/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(h) || h.length > 270) throw new ConfigError(`${path}.allowedHosts[${i}]`, `must be a Host header value "name:port" (or "[v6]:port"; no port means 80), got ${show(h)}`);
+      return h;
+    });
+  }
   if (m.token !== undefined) {
     if (typeof m.token !== 'string' || m.token.length < MIN_TOKEN_LENGTH || /\s/.test(m.token)) throw new ConfigError(`${path}.token`, `must be a string of at least ${MIN_TOKEN_LENGTH} characters without spaces`);
     out.token = m.token;
