@@ -55,9 +55,12 @@ test('bad configs are refused with the field path and the reason', () => {
   refuses({ ...ok, device: { table: '2711' } }, 'device.table', /integer/);
   refuses({ ...ok, device: { rulePriority: 32765 } }, 'device.rulePriority', /integer 1-32764/);
   refuses({ ...ok, device: { rulePriority: 0 } }, 'device.rulePriority', /integer 1-32764/);
-  refuses({ ...ok, device: { tabel: 2711 } }, 'device.tabel', /unknown field \(allowed: name, mtu, table, rulePriority\)/);
+  refuses({ ...ok, device: { tabel: 2711 } }, 'device.tabel', /unknown field \(allowed: name, mtu, table, rulePriority, stateFile\)/);
   assert.deepEqual(validateRunConfig({ ...ok, device: { table: 2711, rulePriority: 10100 } }).device, { name: 'mplb0', mtu: 1500, table: 2711, rulePriority: 10100 });
   refuses({ ...ok, bogus: {} }, 'bogus', /unknown field/);
+  refuses({ ...ok, device: { stateFile: 'relative.json' } }, 'device.stateFile', /absolute file path/);
+  assert.equal(validateRunConfig({ ...ok, device: { stateFile: '/var/lib/mplb/mplb0.json' } }).device.stateFile, '/var/lib/mplb/mplb0.json');
+  assert.equal('stateFile' in validateRunConfig(ok).device, false, 'no stateFile: routes.ts picks the default per device and namespace');
   assert.throws(() => validateEngineConfig([]), /must be a mapping/);
 });
 

@@ -15,6 +15,11 @@ export interface DeviceConfig {
   table: number;
   /** Priority of the "iif TUN" rule; backend rules use priority + 1. Default 10000. One per instance, too. */
   rulePriority: number;
+  /**
+   * What a restart after a crash needs: the sysctls' values from before mplb and the routes and rules it installed.
+   * Default /run/mplb/<name>.<network namespace inode>.json. One per instance.
+   */
+  stateFile?: string;
 }
 
 export interface AdminConfig {
@@ -201,7 +206,7 @@ export function validateRunConfig(doc: unknown): RunConfig {
   }
   const dev = (d.device ?? {}) as Record<string, unknown>;
   if (typeof dev !== 'object' || Array.isArray(dev)) throw new ConfigError('device', 'must be a mapping');
-  const DEVICE_KEYS = ['name', 'mtu', 'table', 'rulePriority'];
+  const DEVICE_KEYS = ['name', 'mtu', 'table', 'rulePriority', 'stateFile'];
   for (const k of Object.keys(dev)) if (!DEVICE_KEYS.includes(k)) throw new ConfigError(`device.${cut(k)}`, `unknown field (allowed: ${DEVICE_KEYS.join(', ')})`);
   const name = dev.name ?? DEVICE_DEFAULTS.name;
   if (typeof name !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new ConfigError('device.name', `must be an interface name of 1-15 letters, digits, '_', '.', '-', got ${show(name)}`);
@@ -212,10 +217,14 @@ export function validateRunConfig(doc: unknown): RunConfig {
   if (table >= 253 && table <= 255) throw new ConfigError('device.table', `must not be 253-255 (the kernel's default, main and local tables), got ${table}`);
   // priority + 1 is used too, and both must come before the main table's rule (32766).
   const rulePriority = int(dev.rulePriority, 'device.rulePriority', 1, 32764, DEVICE_DEFAULTS.rulePriority);
+  const stateFile = dev.stateFile;
+  if (stateFile !== undefined && (typeof stateFile !== 'string' || !stateFile.startsWith('/') || stateFile.length > 4096 || stateFile.endsWith('/'))) {
+    throw new ConfigError('device.stateFile', `must be an absolute file path, got ${show(stateFile)}`);
+  }
   const engineDoc = Object.fromEntries(Object.entries(d).filter(([k]) => !OWN_KEYS.includes(k)));
   const engine = validateEngineConfig(engineDoc);
   checkRoutableAddresses(engine);
-  return { device: { name, mtu, table, rulePriority }, engine, admin: validateAdminConfig(d.admin), health: validateHealthConfig(d.health, engine), log: validateLogConfig(d.log) };
+  return { device: { name, mtu, table, rulePriority, ...(stateFile === undefined ? {} : { stateFile }) }, engine, admin: validateAdminConfig(d.admin), health: validateHealthConfig(d.health, engine), log: validateLogConfig(d.log) };
 }
 
 /** The file's text; refused (before reading it) when it is larger than MAX_CONFIG_BYTES. */
