@@ -16,7 +16,7 @@ usage:
       run the balancer (root, Linux): a TUN device and routes in the current network namespace, the admin
       API, /metrics and dashboard on http://127.0.0.1:9740/ (admin.*), health checks (health.*), JSON logs on
       stderr (log.level or MPLB_LOG_LEVEL). Changes through the API need MPLB_ADMIN_TOKEN or admin.token.
-      SIGHUP reloads the config; SIGINT/SIGTERM remove the device and routes and exit.
+      SIGHUP reloads the config; SIGINT/SIGTERM remove the device and routes and exit (during the start too).
       --control-stdin: answer 'stats', 'connections', 'quit' lines on stdin with JSON lines on stdout.
       --keep-guard: on exit leave blackhole routes for the VIPs and backend replies, so that a restarted mplb
       finds its clients' connections alive (the next start takes them over; stop once without it to remove them).
