@@ -399,7 +399,7 @@ test('without a configured token changes get 403; with authReads reads need the 
 
 test('admin config: defaults, validation, and where the token comes from', () => {
   const c = validateRunConfig(doc());
-  assert.deepEqual(c.admin, { enabled: true, address: '127.0.0.1', port: 9740, authReads: false });
+  assert.deepEqual(c.admin, { enabled: true, address: '127.0.0.1', port: 9740, authReads: false, allowedHosts: [] });
   assert.deepEqual(c.log, { level: 'info' });
   const refuses = (d: unknown, path: string, re: RegExp) => assert.throws(() => validateRunConfig(d), (e: unknown) => e instanceof ConfigError && e.path === path && re.test(e.reason));
   refuses({ ...doc(), admin: { port: 70000 } }, 'admin.port', /0-65535/);
@@ -407,6 +407,9 @@ test('admin config: defaults, validation, and where the token comes from', () =>
   refuses({ ...doc(), admin: { token: 'short' } }, 'admin.token', /at least 16/);
   refuses({ ...doc(), admin: { tokn: 'x' } }, 'admin.tokn', /unknown field/);
   refuses({ ...doc(), admin: { authReads: 'yes' } }, 'admin.authReads', /true or false/);
+  refuses({ ...doc(), admin: { allowedHosts: 'lb1:9740' } }, 'admin.allowedHosts', /list of Host header values/);
+  refuses({ ...doc(), admin: { allowedHosts: ['lb1.example.com:9740', 'http://lb1/'] } }, 'admin.allowedHosts[1]', /Host header value/);
+  assert.deepEqual(validateRunConfig({ ...doc(), admin: { allowedHosts: ['lb1.example.com:9740', '[2001:db8::5]:9740'] } }).admin.allowedHosts, ['lb1.example.com:9740', '[2001:db8::5]:9740']);
   refuses({ ...doc(), log: { level: 'loud' } }, 'log.level', /one of fatal, error, warn, info, debug, trace, silent/);
   const dir = mkdtempSync(join(tmpdir(), 'mplb-admin-'));
   try {
@@ -564,5 +567,26 @@ test('PUT /api/v1/timeouts keeps a drained backend drained, and undrain restores
     const u = await call(env, 'POST', bpath(B2, '/undrain'));
     assert.deepEqual([u.status, u.body.weight, u.body.draining], [200, 7, false]);
     assert.equal((await engineBackends(env.port)).find((x) => x.id === B2)!.weight, 7);
+  } finally { await env.admin.close(); }
+});
+
+test('IPv6 backends: any spelling finds one backend (drain, weight, delete); a second spelling of it is refused', async () => {
+  const cfg = validateRunConfig({ vips: [{ address: '[2001:db8::1]:443', backends: [{ address: '2001:DB8:0:0::2' }, { address: '2001:db8::3' }] }], tables: { maxFlows: 1024, maxConnections: 1024 } });
+  const env = await setup({ cfg });
+  try {
+    const v = enc('[2001:db8::1]:443');
+    const b = (spelling: string, rest = '') => `/api/v1/vips/${v}/backends/${enc(spelling)}${rest}`;
+    const d = await call(env, 'POST', b('[2001:db8::2]:443', '/drain'));
+    assert.deepEqual([d.status, d.body.id, d.body.draining], [200, '[2001:db8::2]:443', true], d.text);
+    assert.equal((await call(env, 'PUT', b('2001:0db8::0:2', '/weight'), { body: { weight: 4 } })).body.weight, 4);
+    // Adding it again in another spelling, alone or twice in one new VIP.
+    const dup = await call(env, 'POST', `/api/v1/vips/${v}/backends`, { body: { address: '2001:db8:0::2' } });
+    assert.equal(dup.status, 409, dup.text);
+    const twice = await call(env, 'POST', '/api/v1/vips', { body: { address: '[2001:db8::9]:443', backends: [{ address: '2001:db8::2' }, { address: '2001:DB8::2' }] } });
+    assert.equal(twice.status, 400, twice.text);
+    assert.match(twice.body.error, /duplicate backend \[2001:db8::2\]:443/);
+    const rm = await call(env, 'DELETE', b('[2001:DB8::0002]:443'));
+    assert.deepEqual([rm.status, rm.body.removed], [200, '[2001:db8::2]:443'], rm.text);
+    assert.deepEqual(env.ctl.config.engine.vips.map((x) => x.backends.map((y) => y.address)), [['2001:db8::3']]);
   } finally { await env.admin.close(); }
 });

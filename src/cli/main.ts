@@ -2,9 +2,7 @@
 // The mplb command: a thin layer that parses arguments and calls into the replay, data plane and testbed modules.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { POLICIES, UNKNOWN_TOKEN_ANSWERS, type Policy, type UnknownTokenAnswer } from '../engine/config.js';
-import { formatReplay, replayCaptures } from '../replay/replay.js';
-import { loadRunConfig, resolveAdminToken, resolveStorePassword } from '../control/run-config.js';
+import type { Policy, UnknownTokenAnswer } from '../engine/config.js';
 import type { AdminServer } from '../control/admin-server.js';
 import type { Logger } from '../control/logger.js';
 import { createInterface } from 'node:readline';
@@ -18,7 +16,7 @@ usage:
       run the balancer (root, Linux): a TUN device and routes in the current network namespace, the admin
       API, /metrics and dashboard on http://127.0.0.1:9740/ (admin.*), health checks (health.*), JSON logs on
       stderr (log.level or MPLB_LOG_LEVEL). Changes through the API need MPLB_ADMIN_TOKEN or admin.token.
-      SIGHUP reloads the config; SIGINT/SIGTERM remove the device and routes and exit.
+      SIGHUP reloads the config; SIGINT/SIGTERM remove the device and routes and exit (during the start too).
       --control-stdin: answer 'stats', 'connections', 'quit' lines on stdin with JSON lines on stdout.
       --keep-guard: on exit leave blackhole routes for the VIPs and backend replies, so that a restarted mplb
       finds its clients' connections alive (the next start takes them over; stop once without it to remove them).
@@ -35,7 +33,8 @@ usage:
 /** A usage error: printed without a stack trace, exit code 2. */
 export class UsageError extends Error {}
 
-function cmdReplay(argv: string[]): number {
+async function cmdReplay(argv: string[]): Promise<number> {
+  const [{ POLICIES, UNKNOWN_TOKEN_ANSWERS }, { formatReplay, replayCaptures }] = await Promise.all([import('../engine/config.js'), import('../replay/replay.js')]);
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -71,90 +70,144 @@ function cmdReplay(argv: string[]): number {
   return 0;
 }
 
+/**
+ * SIGTERM, SIGINT and SIGHUP for `mplb run`, from its first step: without handlers the default action would end the
+ * process mid-start and leave routes, guards and sysctls behind (an 'exit' handler does not run on a signal). Until
+ * the start completes a stop request aborts it at its next step (what was set up is undone, exit 0) and a SIGHUP is
+ * remembered and applied once running; after that `running()` gives them their usual meaning.
+ */
+class RunSignals {
+  readonly abort = new AbortController();
+  private onStop?: (code: number) => void;
+  private onReload?: () => void;
+  private reloadWanted = false;
+  constructor() {
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => this.stop(sig));
+    process.on('SIGHUP', () => { if (this.onReload) this.onReload(); else this.reloadWanted = true; });
+  }
+  stop(reason: string): void {
+    if (this.onStop) this.onStop(0);
+    else if (!this.abort.signal.aborted) this.abort.abort(reason);
+  }
+  /**
+   * Throws StartAborted when a stop was asked for: awaited between the steps of the start. A signal is handled on the
+   * event loop, so one that came during a synchronous step (the YAML parse) is seen only after a turn of the loop.
+   */
+  async check(StartAborted: new (signal: string) => Error): Promise<void> {
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    if (this.abort.signal.aborted) throw new StartAborted(String(this.abort.signal.reason));
+  }
+  running(stop: (code: number) => void, reload: () => void): void {
+    this.onStop = stop;
+    this.onReload = reload;
+    if (this.reloadWanted) reload();
+  }
+}
+
 async function cmdRun(argv: string[]): Promise<number> {
+  const signals = new RunSignals();
+  const t0 = performance.now();
   const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, 'control-stdin': { type: 'boolean', default: false }, 'keep-guard': { type: 'boolean', default: false } } });
   if (!values.config) throw new UsageError('run needs --config FILE');
-  const cfg = loadRunConfig(values.config);
-  // Checked before anything is set up, so a bad token stops mplb with nothing to undo.
-  const token = cfg.admin.enabled ? resolveAdminToken(cfg.admin) : undefined;
-  if (cfg.tokenStore) cfg.tokenStore.password = resolveStorePassword(cfg.tokenStore);
-  // The data path comes up first (a restart's gap is what flows feel); the control plane's modules load meanwhile.
-  // Loaded here, not at the top, so that `replay` and `help` do not pay for them.
-  const control = Promise.all([
-    import('../control/controller.js'), import('../control/health.js'), import('../control/logger.js'), import('../control/admin-server.js'),
-  ]);
-  control.catch(() => undefined);
-  const { startBalancer } = await import('../dataplane/balancer.js');
-  // Engine exceptions are bugs: logged (rate-limited in the worker) once the logger exists, counted always.
-  let onEngineError = (e: { error: string; head: string; suppressed: number }): void => { process.stderr.write(`mplb: engine error: ${e.error} (packet ${e.head})\n`); };
-  const b = await startBalancer(cfg, { onEngineError: (e) => onEngineError(e) });
-  let mods: Awaited<typeof control>;
-  try { mods = await control; } catch (e) { await b.stop(); throw e; }
-  const [{ Controller }, { HealthChecker }, { createLogger, logLevel }, { reloadConfig, startAdminServer }] = mods;
-  let log: Logger;
-  try { log = createLogger({ level: logLevel(cfg.log) }); } catch (e) { await b.stop(); throw e; }
-  onEngineError = (e) => log.error({ err: e.error, packetHead: e.head, suppressed: e.suppressed }, 'engine error: packet dropped (engine_error)');
-  // Every change (admin API, health verdicts, SIGHUP) goes through one Controller so they compose.
-  const ctl = new Controller(b, cfg);
-  // pino children keep their own level: all three are set on reload.
-  const healthLog = log.child({ component: 'health' }), adminLog = log.child({ component: 'admin' });
-  const health = new HealthChecker({ controller: ctl, logger: healthLog });
-  let admin: AdminServer | undefined;
+  // Loaded here, not at the top, so that `replay` and `help` do not pay for them (and the handlers above come first).
+  const [{ loadRunConfig, resolveAdminToken, resolveStorePassword }, { StartAborted, startBalancer }] = await Promise.all([import('../control/run-config.js'), import('../dataplane/balancer.js')]);
   const say = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
-  const reload = async () => {
-    const next = loadRunConfig(values.config!);
-    const newToken = resolveAdminToken(next.admin);
-    const { keptDrained, restartNeeded } = await reloadConfig(ctl, next);
-    const level = logLevel(next.log);
-    for (const l of [log, healthLog, adminLog]) l.level = level;
-    admin?.setToken(newToken);
-    admin?.setAuthReads(next.admin.authReads);
-    if (restartNeeded.length > 0) log.warn({ fields: restartNeeded }, 'these settings changed in the file but take effect on restart only; their running values are kept');
-    log.info({ vips: next.engine.vips.length, keptDrained }, 'config reloaded');
+  /** Undo steps of the start so far, newest last. */
+  const undo: Array<() => Promise<void>> = [];
+  const abandon = async (e: unknown): Promise<never> => {
+    for (const u of undo.reverse()) await u().catch(() => undefined);
+    if (e instanceof StartAborted) {
+      process.stderr.write(`mplb: ${e.message}\n`);
+      if (values['control-stdin']) say({ event: 'stopped' });
+      process.exit(0);
+    }
+    throw e;
   };
+  let cfg: ReturnType<typeof loadRunConfig>, token: string | undefined;
   try {
+    await signals.check(StartAborted);
+    cfg = loadRunConfig(values.config);
+    const configMs = performance.now() - t0;
+    // Checked before anything is set up, so a bad token stops mplb with nothing to undo.
+    token = cfg.admin.enabled ? resolveAdminToken(cfg.admin) : undefined;
+    if (cfg.tokenStore) cfg.tokenStore.password = resolveStorePassword(cfg.tokenStore);
+    await signals.check(StartAborted);
+    // The data path comes up first (a restart's gap is what flows feel); the control plane's modules load meanwhile.
+    const control = Promise.all([
+      import('../control/controller.js'), import('../control/health.js'), import('../control/logger.js'), import('../control/admin-server.js'),
+    ]);
+    control.catch(() => undefined);
+    // Engine exceptions are bugs: logged (rate-limited in the worker) once the logger exists, counted always.
+    let onEngineError = (e: { error: string; head: string; suppressed: number }): void => { process.stderr.write(`mplb: engine error: ${e.error} (packet ${e.head})\n`); };
+    const b = await startBalancer(cfg, { onEngineError: (e) => onEngineError(e), signal: signals.abort.signal });
+    undo.push(() => b.stop());
+    const mods = await control;
+    await signals.check(StartAborted);
+    const [{ Controller }, { HealthChecker }, { createLogger, logLevel }, { reloadConfig, startAdminServer }] = mods;
+    const log: Logger = createLogger({ level: logLevel(cfg.log) });
+    onEngineError = (e) => log.error({ err: e.error, packetHead: e.head, suppressed: e.suppressed }, 'engine error: packet dropped (engine_error)');
+    // Every change (admin API, health verdicts, SIGHUP) goes through one Controller so they compose.
+    const ctl = new Controller(b, cfg);
+    // pino children keep their own level: all three are set on reload.
+    const healthLog = log.child({ component: 'health' }), adminLog = log.child({ component: 'admin' });
+    const health = new HealthChecker({ controller: ctl, logger: healthLog });
+    let admin: AdminServer | undefined;
+    const reload = async () => {
+      const next = loadRunConfig(values.config!);
+      const newToken = resolveAdminToken(next.admin);
+      const { keptDrained, restartNeeded } = await reloadConfig(ctl, next);
+      const level = logLevel(next.log);
+      for (const l of [log, healthLog, adminLog]) l.level = level;
+      admin?.setToken(newToken);
+      admin?.setAuthReads(next.admin.authReads);
+      admin?.setAllowedHosts(next.admin.allowedHosts);
+      if (restartNeeded.length > 0) log.warn({ fields: restartNeeded }, 'these settings changed in the file but take effect on restart only; their running values are kept');
+      log.info({ vips: next.engine.vips.length, keptDrained }, 'config reloaded');
+    };
+    const adminStart = performance.now();
     if (cfg.admin.enabled) {
       admin = await startAdminServer({
-        controller: ctl, address: cfg.admin.address, port: cfg.admin.port, token, authReads: cfg.admin.authReads,
+        controller: ctl, address: cfg.admin.address, port: cfg.admin.port, token, authReads: cfg.admin.authReads, allowedHosts: cfg.admin.allowedHosts,
         health, loopStats: () => b.loop.stats(), reload, logger: adminLog,
       });
+      const a = admin;
+      undo.push(() => a.close());
+    }
+    await signals.check(StartAborted);
+    health.start();
+    const startMs = { total: Math.round(performance.now() - t0), config: Math.round(configMs), ...b.startTimings, admin: Math.round(performance.now() - adminStart) };
+    const vipText = cfg.engine.vips.length > 20 ? `${cfg.engine.vips.length} VIPs` : cfg.engine.vips.map((v) => `${v.address} -> ${v.backends.map((x) => `${x.address}:${x.port}`).join(', ')}`).join('; ');
+    log.info({ tun: b.tunName, policy: cfg.engine.policy, mptcpAware: cfg.engine.mptcpAware, vips: vipText, admin: admin?.url ?? 'off', health: cfg.health.enabled ? `${cfg.health.check} every ${cfg.health.intervalMs} ms` : 'off', startMs }, 'mplb running');
+    let stopping = false;
+    const stop = async (code: number) => {
+      if (stopping) return;
+      stopping = true;
+      log.info('stopping');
+      // Not waiting for a probe in flight: the data path (TUN, routes) goes first.
+      void health.stop();
+      await admin?.close();
+      await b.stop({ keepGuard: values['keep-guard'] });
+      if (values['control-stdin']) say({ event: 'stopped' });
+      process.exit(code);
+    };
+    signals.running((code) => void stop(code), () => {
+      reload().catch((e: Error) => log.error({ err: e.message }, 'reload refused, old config kept'));
+    });
+    if (values['control-stdin']) {
+      say({ event: 'ready', pid: process.pid, tun: b.tunName, admin: admin?.url, startMs });
+      const rl = createInterface({ input: process.stdin });
+      rl.on('line', (line) => {
+        const [cmd, arg] = line.trim().split(/\s+/);
+        const reply = (p: Promise<unknown>) => p.then((v) => say({ event: cmd, value: v }), (e: Error) => say({ event: 'error', command: cmd, message: e.message }));
+        if (cmd === 'stats') reply(Promise.resolve({ loop: b.loop.stats(), engine: b.engine.stats() }));
+        else if (cmd === 'connections') reply(b.engine.call('connections', { limit: 1000, offset: Number(arg ?? 0) }));
+        else if (cmd === 'quit') void stop(0);
+        else if (cmd) say({ event: 'error', command: cmd, message: 'unknown command (stats, connections [offset], quit)' });
+      });
+      rl.on('close', () => void stop(0));
     }
   } catch (e) {
-    await b.stop();
-    throw e;
-  }
-  health.start();
-  const vipText = cfg.engine.vips.map((v) => `${v.address} -> ${v.backends.map((x) => `${x.address}:${x.port}`).join(', ')}`).join('; ');
-  log.info({ tun: b.tunName, policy: cfg.engine.policy, mptcpAware: cfg.engine.mptcpAware, vips: vipText, admin: admin?.url ?? 'off', health: cfg.health.enabled ? `${cfg.health.check} every ${cfg.health.intervalMs} ms` : 'off' }, 'mplb running');
-  let stopping = false;
-  const stop = async (code: number) => {
-    if (stopping) return;
-    stopping = true;
-    log.info('stopping');
-    // Not waiting for a probe in flight: the data path (TUN, routes) goes first.
-    void health.stop();
-    await admin?.close();
-    await b.stop({ keepGuard: values['keep-guard'] });
-    if (values['control-stdin']) say({ event: 'stopped' });
-    process.exit(code);
-  };
-  process.on('SIGINT', () => void stop(0));
-  process.on('SIGTERM', () => void stop(0));
-  process.on('SIGHUP', () => {
-    reload().catch((e: Error) => log.error({ err: e.message }, 'reload refused, old config kept'));
-  });
-  if (values['control-stdin']) {
-    say({ event: 'ready', pid: process.pid, tun: b.tunName, admin: admin?.url });
-    const rl = createInterface({ input: process.stdin });
-    rl.on('line', (line) => {
-      const [cmd, arg] = line.trim().split(/\s+/);
-      const reply = (p: Promise<unknown>) => p.then((v) => say({ event: cmd, value: v }), (e: Error) => say({ event: 'error', command: cmd, message: e.message }));
-      if (cmd === 'stats') reply(Promise.resolve({ loop: b.loop.stats(), engine: b.engine.stats() }));
-      else if (cmd === 'connections') reply(b.engine.call('connections', { limit: 1000, offset: Number(arg ?? 0) }));
-      else if (cmd === 'quit') void stop(0);
-      else if (cmd) say({ event: 'error', command: cmd, message: 'unknown command (stats, connections [offset], quit)' });
-    });
-    rl.on('close', () => void stop(0));
+    return abandon(e);
   }
   await new Promise<never>(() => undefined);
   return 0;

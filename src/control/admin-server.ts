@@ -7,13 +7,14 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { AddressInfo } from 'node:net';
 import { ControlError, type BackendView, type Controller, type VipView } from './controller.js';
-import { ConfigError, ENGINE_DEFAULTS, type BackendConfig, type EngineConfig, type VipConfig } from '../engine/config.js';
+import { ConfigError, cut, ENGINE_DEFAULTS, type BackendConfig, type EngineConfig, type VipConfig } from '../engine/config.js';
 import type { RunConfig } from './run-config.js';
 import type { HealthChecker } from './health.js';
 import { Metrics, snapshot } from './metrics.js';
 import type { PacketLoopStats } from '../dataplane/packet-loop.js';
 import { RoutesError } from '../dataplane/routes.js';
 import { silentLogger, type Logger } from './logger.js';
+import { formatIp, parseIp } from '../wire/addr.js';
 
 export { resolveAdminToken } from './run-config.js';
 
@@ -34,6 +35,12 @@ export interface AdminServerOptions {
   logger?: Logger;
   /** Node process metrics in /metrics. Default true. */
   processMetrics?: boolean;
+  /** Host header values served besides the listen address (and localhost names on loopback), e.g. "lb1.example.com:9740". */
+  allowedHosts?: readonly string[];
+  /** A request's headers must arrive within this (ms). Default 5000. */
+  headersTimeoutMs?: number;
+  /** A whole request (headers and body) must arrive within this (ms). Default 10000. */
+  requestTimeoutMs?: number;
 }
 
 export interface AdminServer {
@@ -43,6 +50,7 @@ export interface AdminServer {
   readonly metrics: Metrics;
   setToken(token: string | undefined): void;
   setAuthReads(on: boolean): void;
+  setAllowedHosts(hosts: readonly string[]): void;
   close(): Promise<void>;
 }
 
@@ -113,6 +121,37 @@ function send(res: http.ServerResponse, status: number, body: unknown, headers: 
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
+const isLoopback = (a: Uint8Array) => (a.length === 4 ? a[0] === 127 : a.slice(0, 15).every((x) => x === 0) && a[15] === 1);
+const isWildcard = (a: Uint8Array) => a.every((x) => x === 0);
+
+/**
+ * Whether a request's Host header names this server (the defence against DNS rebinding: a page on an attacker's name
+ * that resolves to 127.0.0.1 sends Host: <that name>). Served: the listen address in any spelling, with the listen
+ * port (no port only when it is 80); on loopback also localhost, 127.0.0.1 and [::1]; on a wildcard address (0.0.0.0,
+ * ::) any IP literal and localhost (a rebinding page cannot make a browser send an IP literal that is not its own
+ * origin); and the `extra` values exactly (case-insensitive). Nothing else.
+ */
+export function hostAllowed(host: string | undefined, listen: { address: string; port: number }, extra: readonly string[] = []): boolean {
+  if (host === undefined || host === '') return false;
+  const h = host.toLowerCase();
+  if (extra.some((x) => x.toLowerCase() === h)) return true;
+  const m = /^(?:\[([0-9a-f:.]+)\]|([a-z0-9.-]+))(?::(\d{1,5}))?$/.exec(h);
+  if (!m) return false;
+  const port = m[3] === undefined ? 80 : Number(m[3]);
+  if (port !== listen.port) return false;
+  const own = parseIp(listen.address);
+  if (!own) return false;
+  const name = m[1] ?? m[2];
+  if (name === 'localhost') return isLoopback(own.bytes) || isWildcard(own.bytes);
+  // Bracketed: IPv6 only; bare: IPv4 only (a bare IPv6 address cannot carry a port).
+  const ip = parseIp(name);
+  if (!ip || (m[1] !== undefined) !== (ip.family === 6) || name.includes('%')) return false;
+  if (isWildcard(own.bytes)) return true;
+  const text = formatIp(ip.bytes, 0, ip.bytes.length);
+  if (text === formatIp(own.bytes, 0, own.bytes.length)) return true;
+  return isLoopback(own.bytes) && (text === '127.0.0.1' || text === '::1');
+}
+
 interface Ctx {
   req: http.IncomingMessage;
   url: URL;
@@ -141,6 +180,9 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
   const log = opts.logger ?? silentLogger;
   let tokenDigest = opts.token ? digest(opts.token) : undefined;
   let authReads = opts.authReads ?? false;
+  let allowedHosts = [...(opts.allowedHosts ?? [])];
+  /** The bound port (known once listening; port 0 picks one). */
+  let listenPort = -1;
   const metrics = new Metrics({ controller: ctl, health: opts.health, loopStats: opts.loopStats, processMetrics: opts.processMetrics });
   const dashboard = loadDashboard();
   if (dashboard.error) log.warn(dashboard.error);
@@ -268,6 +310,12 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
   ];
 
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    // First of all, on every path: a page on another name (DNS rebinding) gets nothing, not even the dashboard.
+    // 421 Misdirected Request: "this server does not serve that authority"; not an authorisation matter (403), and
+    // no token makes it right.
+    if (!hostAllowed(req.headers.host, { address, port: listenPort }, allowedHosts)) {
+      throw new HttpError(421, `Host ${JSON.stringify(cut(req.headers.host ?? '(none)'))} is not this admin server: use http://${hostPart}:${listenPort}/ (or list the name in admin.allowedHosts)`, { connection: 'close' });
+    }
     const url = new URL(req.url ?? '/', 'http://admin');
     const path = url.pathname;
     const method = req.method ?? 'GET';
@@ -309,7 +357,13 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
   };
   const unauthorized = () => new HttpError(401, 'missing or wrong bearer token (Authorization: Bearer <admin token>)', { 'www-authenticate': 'Bearer realm="mplb"' });
 
-  const server = http.createServer((req, res) => {
+  const headersTimeout = opts.headersTimeoutMs ?? 5_000, requestTimeout = opts.requestTimeoutMs ?? 10_000;
+  const server = http.createServer({
+    headersTimeout, requestTimeout,
+    // Node enforces both timeouts only when it sweeps its connections, every 30 s by default (a slow client then
+    // held a connection ~23 s past a 5 s headersTimeout): sweep often enough that the configured times hold.
+    connectionsCheckingInterval: Math.max(50, Math.min(500, Math.floor(Math.min(headersTimeout, requestTimeout) / 10))),
+  }, (req, res) => {
     const t0 = performance.now();
     handle(req, res).catch((e: unknown) => {
       let status = 500, message = (e as Error)?.message ?? String(e), headers: Record<string, string> = {};
@@ -325,14 +379,13 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
       } else log.error({ method: req.method, url: req.url, err: message }, 'admin request failed');
       if (!res.headersSent) send(res, status, code ? { error: message, status, code } : { error: message, status }, headers);
       else res.destroy();
-      if (status === 401 || status === 403) log.warn({ method: req.method, url: req.url, status, from: req.socket.remoteAddress }, 'admin request refused');
+      if (status === 401 || status === 403 || status === 421) log.warn({ method: req.method, url: cut(req.url ?? '', 200), status, host: cut(req.headers.host ?? '', 200), from: req.socket.remoteAddress }, 'admin request refused');
     }).finally(() => {
       log.debug({ method: req.method, url: req.url, status: res.statusCode, ms: Math.round(performance.now() - t0) }, 'admin request');
     });
   });
-  server.requestTimeout = 10_000;
-  server.headersTimeout = 5_000;
   const address = opts.address ?? '127.0.0.1';
+  const hostPart = address.includes(':') ? `[${address}]` : address;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port ?? 9740, address, () => { server.off('error', reject); resolve(); });
@@ -340,7 +393,8 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
     throw Object.assign(new Error(`admin server cannot listen on ${address}:${opts.port ?? 9740}: ${e.code === 'EADDRINUSE' ? 'address in use (set admin.port)' : e.message}`), { code: 'EADMIN' });
   });
   const port = (server.address() as AddressInfo).port;
-  const host = address.includes(':') ? `[${address}]` : address;
+  listenPort = port;
+  const host = hostPart;
   log.info({ url: `http://${host}:${port}/`, changes: tokenDigest ? 'need the bearer token' : 'disabled (no token)', reads: authReads ? 'need the token' : 'open' }, 'admin server listening');
   return {
     url: `http://${host}:${port}`,
@@ -349,6 +403,7 @@ export async function startAdminServer(opts: AdminServerOptions): Promise<AdminS
     metrics,
     setToken(t) { tokenDigest = t ? digest(t) : undefined; },
     setAuthReads(on) { authReads = on; },
+    setAllowedHosts(hosts) { allowedHosts = [...hosts]; },
     close: () => new Promise<void>((resolve) => {
       server.close(() => resolve());
       server.closeAllConnections();

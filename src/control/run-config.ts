@@ -1,10 +1,11 @@
 // The `mplb run` config file (YAML): the engine's settings plus the device, the admin server, health checks and
 // logging. Refused with the field path and reason.
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
-import { ConfigError, validateEngineConfig, type EngineConfig } from '../engine/config.js';
+import { ConfigError, cut, show, validateEngineConfig, type EngineConfig } from '../engine/config.js';
 import { formatEndpoint, parseEndpoint, parseIp } from '../wire/addr.js';
 import { TOKEN_STORE_DEFAULTS, type TokenStoreConfig } from '../cluster/token-store.js';
+import { checkRoutableAddresses } from '../dataplane/routes.js';
 
 export interface DeviceConfig {
   /** TUN interface name (max 15 characters). Default "mplb0". */
@@ -15,6 +16,11 @@ export interface DeviceConfig {
   table: number;
   /** Priority of the "iif TUN" rule; backend rules use priority + 1. Default 10000. One per instance, too. */
   rulePriority: number;
+  /**
+   * What a restart after a crash needs: the sysctls' values from before mplb and the routes and rules it installed.
+   * Default /run/mplb/<name>.<network namespace inode>.json. One per instance.
+   */
+  stateFile?: string;
 }
 
 export interface AdminConfig {
@@ -30,6 +36,11 @@ export interface AdminConfig {
   tokenFile?: string;
   /** Reads (GET, /metrics, the dashboard's data) need the token too. Default false. */
   authReads: boolean;
+  /**
+   * Host header values served besides the listen address (and localhost, 127.0.0.1, [::1] on loopback), e.g.
+   * "lb1.example.com:9740". Any other Host gets 421 (DNS rebinding). Default none.
+   */
+  allowedHosts: string[];
 }
 
 export const HEALTH_CHECKS = ['tcp', 'mptcp'] as const;
@@ -74,9 +85,16 @@ export interface LogConfig {
 export interface RunConfig { device: DeviceConfig; engine: EngineConfig; admin: AdminConfig; health: HealthConfig; log: LogConfig; tokenStore?: TokenStoreConfig }
 
 export const DEVICE_DEFAULTS: DeviceConfig = { name: 'mplb0', mtu: 1500, table: 2710, rulePriority: 10000 };
-export const ADMIN_DEFAULTS: AdminConfig = { enabled: true, address: '127.0.0.1', port: 9740, authReads: false };
+export const ADMIN_DEFAULTS: AdminConfig = { enabled: true, address: '127.0.0.1', port: 9740, authReads: false, allowedHosts: [] };
 export const HEALTH_DEFAULTS: HealthConfig = { enabled: false, intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, check: 'tcp', vips: {} };
 export const LOG_DEFAULTS: LogConfig = { level: 'info' };
+/** Largest config file read (bytes): 2,000 VIPs with two backends each take about 200 KB. */
+export const MAX_CONFIG_BYTES = 1024 * 1024;
+/**
+ * The yaml library's alias budget (its default): an anchor may be used about 99 times. More (a "billion laughs" file,
+ * where aliases nest to expand exponentially) is refused with a ReferenceError, which becomes a ConfigError here.
+ */
+const MAX_YAML_ALIASES = 100;
 /** Shortest admin token accepted: long enough that guessing over HTTP is hopeless. */
 export const MIN_TOKEN_LENGTH = 16;
 
@@ -87,25 +105,25 @@ function mapping(v: unknown, path: string, allowed: readonly string[]): Record<s
   if (v === undefined || v === null) return {};
   if (typeof v !== 'object' || Array.isArray(v)) throw new ConfigError(path, 'must be a mapping');
   const m = v as Record<string, unknown>;
-  for (const k of Object.keys(m)) if (!allowed.includes(k)) throw new ConfigError(`${path}.${k}`, `unknown field (allowed: ${allowed.join(', ')})`);
+  for (const k of Object.keys(m)) if (!allowed.includes(k)) throw new ConfigError(`${path}.${cut(k)}`, `unknown field (allowed: ${allowed.join(', ')})`);
   return m;
 }
 
 function int(v: unknown, path: string, min: number, max: number, def: number): number {
   if (v === undefined) return def;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new ConfigError(path, `must be an integer ${min}-${max}, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new ConfigError(path, `must be an integer ${min}-${max}, got ${show(v)}`);
   return v;
 }
 
 function bool(v: unknown, path: string, def: boolean): boolean {
   if (v === undefined) return def;
-  if (typeof v !== 'boolean') throw new ConfigError(path, `must be true or false, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'boolean') throw new ConfigError(path, `must be true or false, got ${show(v)}`);
   return v;
 }
 
 function pick<T extends string>(v: unknown, path: string, allowed: readonly T[], def: T): T {
   if (v === undefined) return def;
-  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw new ConfigError(path, `must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw new ConfigError(path, `must be one of ${allowed.join(', ')}, got ${show(v)}`);
   return v as T;
 }
 
@@ -123,11 +141,18 @@ export function endpointId(address: string, port: number): string {
 }
 
 export function validateAdminConfig(v: unknown, path = 'admin'): AdminConfig {
-  const m = mapping(v, path, ['enabled', 'address', 'port', 'token', 'tokenFile', 'authReads']);
+  const m = mapping(v, path, ['enabled', 'address', 'port', 'token', 'tokenFile', 'authReads', 'allowedHosts']);
   const d = ADMIN_DEFAULTS;
   const address = m.address ?? d.address;
-  if (typeof address !== 'string' || !parseIp(address)) throw new ConfigError(`${path}.address`, `must be an IP address (e.g. 127.0.0.1), got ${JSON.stringify(address)}`);
-  const out: AdminConfig = { enabled: bool(m.enabled, `${path}.enabled`, d.enabled), address, port: int(m.port, `${path}.port`, 0, 65535, d.port), authReads: bool(m.authReads, `${path}.authReads`, d.authReads) };
+  if (typeof address !== 'string' || !parseIp(address)) throw new ConfigError(`${path}.address`, `must be an IP address (e.g. 127.0.0.1), got ${show(address)}`);
+  const out: AdminConfig = { enabled: bool(m.enabled, `${path}.enabled`, d.enabled), address, port: int(m.port, `${path}.port`, 0, 65535, d.port), authReads: bool(m.authReads, `${path}.authReads`, d.authReads), allowedHosts: [] };
+  if (m.allowedHosts !== undefined) {
+    if (!Array.isArray(m.allowedHosts)) throw new ConfigError(`${path}.allowedHosts`, `must be a list of Host header values ("name:port"), got ${show(m.allowedHosts)}`);
+    out.allowedHosts = m.allowedHosts.map((h, i) => {
+      if (typeof h !== 'string' || !/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/.test(h) || h.length > 270) throw new ConfigError(`${path}.allowedHosts[${i}]`, `must be a Host header value "name:port" (or "[v6]:port"; no port means 80), got ${show(h)}`);
+      return h;
+    });
+  }
   if (m.token !== undefined) {
     if (typeof m.token !== 'string' || m.token.length < MIN_TOKEN_LENGTH || /\s/.test(m.token)) throw new ConfigError(`${path}.token`, `must be a string of at least ${MIN_TOKEN_LENGTH} characters without spaces`);
     out.token = m.token;
@@ -155,7 +180,7 @@ export function validateHealthConfig(v: unknown, engine: EngineConfig, path = 'h
   const known = new Map(engine.vips.map((x) => [canonicalEndpoint(x.address), x.address]));
   if (m.vips !== undefined && (typeof m.vips !== 'object' || m.vips === null || Array.isArray(m.vips))) throw new ConfigError(`${path}.vips`, 'must be a mapping of "addr:port" to overrides');
   for (const [key, raw] of Object.entries((m.vips ?? {}) as Record<string, unknown>)) {
-    const p = `${path}.vips["${key}"]`;
+    const p = `${path}.vips["${cut(key)}"]`;
     const vip = known.get(canonicalEndpoint(key));
     // A typo here would silently check the wrong thing: the key must name a configured VIP.
     if (vip === undefined) throw new ConfigError(p, `names no VIP in vips (have: ${[...known.values()].join(', ') || 'none'})`);
@@ -216,37 +241,68 @@ export function validateRunConfig(doc: unknown): RunConfig {
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new ConfigError('(root)', 'must be a mapping with at least "vips"');
   const d = doc as Record<string, unknown>;
   for (const k of Object.keys(d)) {
-    if (!OWN_KEYS.includes(k) && !ENGINE_KEYS.includes(k)) throw new ConfigError(k, `unknown field (allowed: ${[...OWN_KEYS, ...ENGINE_KEYS].join(', ')})`);
+    if (!OWN_KEYS.includes(k) && !ENGINE_KEYS.includes(k)) throw new ConfigError(cut(k), `unknown field (allowed: ${[...OWN_KEYS, ...ENGINE_KEYS].join(', ')})`);
   }
   const dev = (d.device ?? {}) as Record<string, unknown>;
   if (typeof dev !== 'object' || Array.isArray(dev)) throw new ConfigError('device', 'must be a mapping');
-  const DEVICE_KEYS = ['name', 'mtu', 'table', 'rulePriority'];
-  for (const k of Object.keys(dev)) if (!DEVICE_KEYS.includes(k)) throw new ConfigError(`device.${k}`, `unknown field (allowed: ${DEVICE_KEYS.join(', ')})`);
+  const DEVICE_KEYS = ['name', 'mtu', 'table', 'rulePriority', 'stateFile'];
+  for (const k of Object.keys(dev)) if (!DEVICE_KEYS.includes(k)) throw new ConfigError(`device.${cut(k)}`, `unknown field (allowed: ${DEVICE_KEYS.join(', ')})`);
   const name = dev.name ?? DEVICE_DEFAULTS.name;
-  if (typeof name !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new ConfigError('device.name', `must be an interface name of 1-15 letters, digits, '_', '.', '-', got ${JSON.stringify(name)}`);
+  if (typeof name !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new ConfigError('device.name', `must be an interface name of 1-15 letters, digits, '_', '.', '-', got ${show(name)}`);
   const mtu = dev.mtu ?? DEVICE_DEFAULTS.mtu;
-  if (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 576 || mtu > 65535) throw new ConfigError('device.mtu', `must be an integer 576-65535, got ${JSON.stringify(mtu)}`);
+  if (typeof mtu !== 'number' || !Number.isInteger(mtu) || mtu < 576 || mtu > 65535) throw new ConfigError('device.mtu', `must be an integer 576-65535, got ${show(mtu)}`);
   const table = int(dev.table, 'device.table', 1, 0xffffffff, DEVICE_DEFAULTS.table);
   // 253-255 are the kernel's default, main and local tables.
   if (table >= 253 && table <= 255) throw new ConfigError('device.table', `must not be 253-255 (the kernel's default, main and local tables), got ${table}`);
   // priority + 1 is used too, and both must come before the main table's rule (32766).
   const rulePriority = int(dev.rulePriority, 'device.rulePriority', 1, 32764, DEVICE_DEFAULTS.rulePriority);
+  const stateFile = dev.stateFile;
+  if (stateFile !== undefined && (typeof stateFile !== 'string' || !stateFile.startsWith('/') || stateFile.length > 4096 || stateFile.endsWith('/'))) {
+    throw new ConfigError('device.stateFile', `must be an absolute file path, got ${show(stateFile)}`);
+  }
   const engineDoc = Object.fromEntries(Object.entries(d).filter(([k]) => !OWN_KEYS.includes(k)));
   const engine = validateEngineConfig(engineDoc);
-  const out: RunConfig = { device: { name, mtu, table, rulePriority }, engine, admin: validateAdminConfig(d.admin), health: validateHealthConfig(d.health, engine), log: validateLogConfig(d.log) };
+  checkRoutableAddresses(engine);
+  const out: RunConfig = { device: { name, mtu, table, rulePriority, ...(stateFile === undefined ? {} : { stateFile }) }, engine, admin: validateAdminConfig(d.admin), health: validateHealthConfig(d.health, engine), log: validateLogConfig(d.log) };
   const tokenStore = validateTokenStoreConfig(d.tokenStore);
   if (tokenStore) out.tokenStore = tokenStore;
   return out;
 }
 
-/** Reads and validates a YAML config file; YAML syntax errors name the line and column. */
+/** The file's text; refused (before reading it) when it is larger than MAX_CONFIG_BYTES. */
+function readConfigText(file: string): string {
+  let fd: number;
+  try { fd = openSync(file, 'r'); } catch (e) { throw new ConfigError(file, `cannot read: ${(e as Error).message}`); }
+  try {
+    const tooBig = (size: number) => new ConfigError(file, `the file is ${size} bytes, more than the ${MAX_CONFIG_BYTES}-byte limit of a config file`);
+    let st;
+    try { st = fstatSync(fd); } catch (e) { throw new ConfigError(file, `cannot read: ${(e as Error).message}`); }
+    if (st.isFile() && st.size > MAX_CONFIG_BYTES) throw tooBig(st.size);
+    // Read at most one byte past the cap, so a file that grows (or a pipe) cannot make this read without end.
+    const buf = Buffer.alloc(MAX_CONFIG_BYTES + 1);
+    let n = 0;
+    try {
+      for (let r; n < buf.length && (r = readSync(fd, buf, n, buf.length - n, null)) > 0;) n += r;
+    } catch (e) { throw new ConfigError(file, `cannot read: ${(e as Error).message}`); }
+    if (n > MAX_CONFIG_BYTES) throw new ConfigError(file, `the file is more than the ${MAX_CONFIG_BYTES}-byte limit of a config file`);
+    return buf.toString('utf8', 0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Reads and validates a YAML config file (at most MAX_CONFIG_BYTES). YAML syntax errors name the line and column;
+ * an alias bomb and any other YAML failure are config errors too, never a stack trace.
+ */
 export function loadRunConfig(file: string): RunConfig {
-  let text: string;
-  try { text = readFileSync(file, 'utf8'); } catch (e) { throw new ConfigError(file, `cannot read: ${(e as Error).message}`); }
+  const text = readConfigText(file);
   let doc: unknown;
-  try { doc = parseYaml(text); } catch (e) {
-    if (e instanceof YAMLParseError) throw new ConfigError(file, `YAML syntax: ${e.message.split('\n')[0]}`);
-    throw e;
+  try { doc = parseYaml(text, { maxAliasCount: MAX_YAML_ALIASES }); } catch (e) {
+    if (e instanceof YAMLParseError) throw new ConfigError(file, `YAML syntax: ${cut(e.message.split('\n')[0], 200)}`);
+    // yaml throws a ReferenceError when aliases would expand past maxAliasCount ("billion laughs").
+    if (e instanceof ReferenceError && /alias/i.test(e.message)) throw new ConfigError(file, `YAML aliases expand past the limit of ${MAX_YAML_ALIASES} alias uses (weighted by the anchored nodes), which stops "billion laughs" alias bombs; write the repeated values out`);
+    throw new ConfigError(file, `YAML: ${cut(String((e as Error)?.message ?? e).split('\n')[0], 200)}`);
   }
   return validateRunConfig(doc);
 }

@@ -7,12 +7,21 @@ import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
 import { TunError } from '../io/tun.js';
 import type { EngineChannel } from './control-protocol.js';
 import { startPacketLoop, type PacketLoop, type PacketLoopOptions } from './packet-loop.js';
-import { createRoutes, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, type RouteSet, type RoutesHandle } from './routes.js';
+import { checkRoutableAddresses, createRoutes, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, type RouteSet, type RoutesHandle } from './routes.js';
 
 /** An environment problem that stops `mplb run`, with a stable code and a message that says what to do. */
 export class BalancerError extends Error {
   constructor(readonly code: string, message: string) { super(message); this.name = 'BalancerError'; }
 }
+
+/** The start was stopped by a signal (SIGTERM, SIGINT) before it completed; what it had set up is gone again. */
+export class StartAborted extends Error {
+  readonly code = 'EABORTED';
+  constructor(readonly signal: string) { super(`stopped by ${signal} during the start; everything it had set up was removed`); this.name = 'StartAborted'; }
+}
+
+/** Where a start's time went (ms), for the "running" log line. */
+export interface StartTimings { dataplaneMs: number; routesMs: number }
 
 /** The TUN device and its routing; none of it can change on reload. */
 export interface BalancerDevice {
@@ -22,6 +31,8 @@ export interface BalancerDevice {
   table?: number;
   /** Priority of the "iif TUN" rule; backend rules use priority + 1 (default 10000); one per instance. */
   rulePriority?: number;
+  /** What a restart needs to restore the sysctls and remove stale routes (routes.ts); default per device and namespace. */
+  stateFile?: string;
 }
 
 /** What the data plane needs from a config; the control plane's RunConfig is a structural superset. */
@@ -38,6 +49,7 @@ export interface Balancer {
   config: BalancerConfig;
   /** The engine in the packet worker: typed control calls, counters from shared memory. */
   readonly engine: EngineChannel;
+  readonly startTimings: StartTimings;
   /**
    * Applies a new config: routes follow the VIP and backend sets (only the difference changes), engine changes live
    * (flows and tokens kept). Changes apply one at a time. A change whose routes cannot be added is refused with the
@@ -62,7 +74,7 @@ function addresses(cfg: BalancerConfig): RouteSet {
   return { vips: [...vips], backends: [...backends] };
 }
 
-const sameDevice = (a: BalancerDevice, b: BalancerDevice) => a.name === b.name && a.mtu === b.mtu
+const sameDevice = (a: BalancerDevice, b: BalancerDevice) => a.name === b.name && a.mtu === b.mtu && a.stateFile === b.stateFile
   && (a.table ?? DEFAULT_TABLE) === (b.table ?? DEFAULT_TABLE) && (a.rulePriority ?? DEFAULT_RULE_PRIORITY) === (b.rulePriority ?? DEFAULT_RULE_PRIORITY);
 
 /** Checks what `mplb run` needs before touching anything. */
@@ -115,8 +127,27 @@ export function datapathFromEnv(env: NodeJS.ProcessEnv = process.env): DatapathO
   return o;
 }
 
-export async function startBalancer(cfg: BalancerConfig, opts: { txQueueLen?: number; datapath?: DatapathOptions; onEngineError?: PacketLoopOptions['onEngineError'] } = {}): Promise<Balancer> {
+export interface StartOptions {
+  txQueueLen?: number;
+  datapath?: DatapathOptions;
+  onEngineError?: PacketLoopOptions['onEngineError'];
+  /**
+   * Stops the start at its next step (its reason, e.g. "SIGTERM", names the cause): what was set up is undone and the
+   * start rejects with StartAborted. A step in progress finishes first (the engine build in the worker, one ip batch).
+   */
+  signal?: AbortSignal;
+}
+
+export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}): Promise<Balancer> {
+  const aborted = () => {
+    if (opts.signal?.aborted) throw new StartAborted(String(opts.signal.reason ?? 'a signal'));
+  };
   preflight();
+  checkRoutableAddresses(cfg.engine, 'engine');
+  // A turn of the event loop first, so that a signal that came during the caller's synchronous work is seen.
+  if (opts.signal) await new Promise<void>((resolve) => setImmediate(resolve));
+  aborted();
+  const t0 = performance.now();
   const dp = { ...DATAPATH_DEFAULTS, ...datapathFromEnv(), ...(opts.datapath ?? {}) };
   const start = (d: typeof dp) => startPacketLoop({
     tunName: cfg.device.name,
@@ -130,6 +161,9 @@ export async function startBalancer(cfg: BalancerConfig, opts: { txQueueLen?: nu
     queues: d.queues,
     spinUs: d.spinUs,
     onEngineError: opts.onEngineError,
+    // The engine builds a Maglev table per VIP in the worker before it is ready: 2,000 VIPs take seconds. A start
+    // that takes long is no hazard now that a signal stops it: the timeout is only for a worker that hangs.
+    startTimeoutMs: 10_000 + 20 * cfg.engine.vips.length,
   });
   let loop: PacketLoop;
   try {
@@ -138,11 +172,14 @@ export async function startBalancer(cfg: BalancerConfig, opts: { txQueueLen?: nu
     // A kernel or container without multi-queue/virtio-header TUN support: run the plain path rather than not at all.
     if (!(e instanceof TunError) || e.code !== 'TUN_IOCTL_FAILED' || (dp.mode === 'plain' && dp.queues === 1)) throw e;
     process.stderr.write(`mplb: the ${dp.mode} data path with ${dp.queues} queue(s) could not start (${e.message}); using the plain single-queue path\n`);
+    if (opts.signal?.aborted) throw new StartAborted(String(opts.signal.reason ?? 'a signal'));
     loop = await start({ ...dp, mode: 'plain', queues: 1 });
   }
+  const t1 = performance.now();
   let routes: RoutesHandle;
   try {
-    routes = createRoutes({ tunName: loop.tunName, table: cfg.device.table, rulePriority: cfg.device.rulePriority });
+    aborted();
+    routes = createRoutes({ tunName: loop.tunName, table: cfg.device.table, rulePriority: cfg.device.rulePriority, stateFile: cfg.device.stateFile });
   } catch (e) {
     await loop.stop();
     throw e;
@@ -153,11 +190,15 @@ export async function startBalancer(cfg: BalancerConfig, opts: { txQueueLen?: nu
   try {
     const first = await routes.change(addresses(cfg));
     for (const p of await first.commit()) process.stderr.write(`mplb: ${p}\n`);
+    aborted();
   } catch (e) {
+    // A failed change took its own additions back; an abort after it removes what it installed (sysctls too).
+    routes.undo();
     process.off('exit', undoOnExit);
     await loop.stop();
     throw e;
   }
+  const startTimings: StartTimings = { dataplaneMs: Math.round(t1 - t0), routesMs: Math.round(performance.now() - t1) };
   let stopped = false;
   // Changes apply one at a time, each against the state the previous one left.
   let queue: Promise<unknown> = Promise.resolve();
@@ -171,12 +212,16 @@ export async function startBalancer(cfg: BalancerConfig, opts: { txQueueLen?: nu
     loop,
     config: cfg,
     engine: loop.engine,
+    startTimings,
     reload(next) {
       return serial(async () => {
         if (stopped) throw new BalancerError('ESTOPPED', 'mplb is stopping: the change was not applied');
         if (!sameDevice(next.device, b.config.device)) {
           throw new BalancerError('ERELOAD', 'device.* (name, mtu, table, rulePriority) cannot change on reload: restart mplb');
         }
+        // Loopback, multicast, a backend on a VIP's address...: refused (ConfigError, a 400 for the admin API) before
+        // any route changes. Config files are checked at validation; this covers the API's additions too.
+        checkRoutableAddresses(next.engine, 'engine');
         // New routes first; the engine moves only once they are in; old routes go last. A failure at any step
         // before the commit leaves routes, rules, sysctls and the engine as they were.
         const change = await routes.change(addresses(next));

@@ -10,6 +10,9 @@
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
+import { ConfigError, type EngineConfig } from '../engine/config.js';
+import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
 
 export const DEFAULT_TABLE = 2710;
 export const DEFAULT_RULE_PRIORITY = 10000;
@@ -34,6 +37,25 @@ export interface RoutesOptions {
   rulePriority?: number;
   /** Set ip_forward=1 and rp_filter=0 (default true); old values come back on undo. */
   setSysctls?: boolean;
+  /**
+   * Where the sysctls' values from before mplb and the routes and rules it installed are kept, so that a restart
+   * after a crash or SIGKILL can put the sysctls back and remove what the dead run left (default
+   * `defaultStateFile(tunName)`; false: none). Written before anything changes, removed once nothing is left.
+   */
+  stateFile?: string | false;
+}
+
+/** This process's network namespace id (the nsfs inode), or "unknown". */
+function netnsId(): string {
+  try { return /\[(\d+)\]/.exec(fs.readlinkSync('/proc/self/ns/net'))?.[1] ?? 'unknown'; } catch { return 'unknown'; }
+}
+
+/**
+ * `/run/mplb/<tun>.<netns inode>.json`: one file per device and network namespace (/run is shared by all namespaces,
+ * and the testbed runs an mplb0 in each of several), gone at reboot with the tmpfs.
+ */
+export function defaultStateFile(tunName: string): string {
+  return `/run/mplb/${tunName}.${netnsId()}.json`;
 }
 
 /** One route or rule: the `ip -batch` lines (family given to the process) that add and remove it. */
@@ -57,7 +79,7 @@ export interface RoutePlan {
   remove: RouteItem[];
 }
 
-export type RoutesErrorCode = 'ROUTES_IP_MISSING' | 'ROUTES_EPERM' | 'ROUTES_EXISTS' | 'ROUTES_IN_USE' | 'ROUTES_BAD_ADDRESS' | 'ROUTES_BUSY' | 'ROUTES_FAILED';
+export type RoutesErrorCode = 'ROUTES_IP_MISSING' | 'ROUTES_EPERM' | 'ROUTES_EXISTS' | 'ROUTES_IN_USE' | 'ROUTES_BAD_ADDRESS' | 'ROUTES_BUSY' | 'ROUTES_FAILED' | 'ROUTES_STATE';
 
 export class RoutesError extends Error {
   readonly code: RoutesErrorCode;
@@ -120,6 +142,56 @@ export function planRoutes(from: RouteSet, to: RouteSet, opts: RoutesOptions): R
 
 function byRemovalOrder(items: RouteItem[]): RouteItem[] {
   return items.map((item, i) => ({ item, i })).sort((x, y) => y.item.rank - x.item.rank || y.i - x.i).map((x) => x.item);
+}
+
+// ---- addresses the routes can carry ----
+
+/** Why `a` cannot be a VIP or a backend behind the TUN (kernel routing), or undefined. */
+function unroutable(a: Uint8Array): string | undefined {
+  if (a.length === 4) {
+    if (a.every((x) => x === 0)) return 'is the unspecified address';
+    if (a[0] === 0) return 'is in 0.0.0.0/8 ("this network"), which is never routed';
+    if (a.every((x) => x === 255)) return 'is the limited broadcast address';
+    if (a[0] >= 224 && a[0] <= 239) return 'is a multicast address (224.0.0.0/4): TCP cannot connect to it';
+    if (a[0] === 127) return 'is a loopback address (127.0.0.0/8): the kernel keeps it on the host and never routes it through the TUN';
+    return undefined;
+  }
+  if (a.every((x) => x === 0)) return 'is the unspecified address';
+  if (a.slice(0, 15).every((x) => x === 0) && a[15] === 1) return 'is the loopback address (::1): the kernel keeps it on the host and never routes it through the TUN';
+  if (a[0] === 0xff) return 'is a multicast address (ff00::/8): TCP cannot connect to it';
+  if (a.slice(0, 10).every((x) => x === 0) && a[10] === 0xff && a[11] === 0xff) return 'is an IPv4-mapped IPv6 address: use the IPv4 address and an IPv4 VIP';
+  return undefined;
+}
+
+/**
+ * Refuses addresses that cannot work behind mplb's TUN and routes: unspecified, broadcast, multicast and loopback
+ * VIPs and backends, and a backend whose address is a VIP's (its packets would be routed back into the TUN).
+ * Used by `mplb run`'s config validation and by every Balancer change (so the admin API too); replays and
+ * in-process engines may use any address. `path` prefixes the field paths (e.g. "engine").
+ */
+export function checkRoutableAddresses(engine: EngineConfig, path = ''): void {
+  const p = (k: string) => (path ? `${path}.${k}` : k);
+  const vipAt = new Map<string, string>();
+  engine.vips.forEach((v, i) => {
+    const ep = parseEndpoint(v.address)!;
+    const why = unroutable(ep.addr.bytes);
+    if (why) throw new ConfigError(p(`vips[${i}].address`), `${formatIp(ep.addr.bytes, 0, ep.addr.bytes.length)} ${why}`);
+    const ip = formatIp(ep.addr.bytes, 0, ep.addr.bytes.length);
+    if (!vipAt.has(ip)) vipAt.set(ip, v.address);
+  });
+  engine.vips.forEach((v, i) => {
+    const own = parseEndpoint(v.address)!.addr.bytes;
+    v.backends.forEach((b, j) => {
+      const a = parseIp(b.address)!.bytes;
+      const ip = formatIp(a, 0, a.length);
+      const bp = p(`vips[${i}].backends[${j}].address`);
+      const why = unroutable(a);
+      if (why) throw new ConfigError(bp, `${ip} ${why}`);
+      if (ip === formatIp(own, 0, own.length)) throw new ConfigError(bp, `${ip} is the VIP's own address: packets to it would be routed back into the TUN`);
+      const other = vipAt.get(ip);
+      if (other !== undefined) throw new ConfigError(bp, `${ip} is the address of VIP ${other}: packets to it would be routed back into the TUN`);
+    });
+  });
 }
 
 // ---- running `ip -batch` ----
@@ -193,6 +265,80 @@ function writeSysctl(p: string, v: string): void {
   }
 }
 
+// ---- the state file ----
+
+interface SysctlChange { path: string; old: string; value: string }
+
+/** What a run of this instance changed, for the next start after a crash (`RoutesOptions.stateFile`). */
+interface SavedState {
+  version: 1;
+  pid: number;
+  /** /proc/<pid>/stat start time: a pid reused by another process is not the writer. */
+  pidStart: string;
+  bootId: string;
+  netns: string;
+  tun: string;
+  /** Sysctls mplb changed: the value from before mplb (`old`) and the one it set. */
+  sysctls: SysctlChange[];
+  /** Routes and rules that are (or, while a change runs, may be) installed. */
+  items: RouteItem[];
+}
+
+const bootId = () => readSysctl('/proc/sys/kernel/random/boot_id') ?? '';
+
+function pidStart(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Field 22 (start time), counted after the ")" that ends the command name.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch { return undefined; }
+}
+
+function isItem(x: unknown): x is RouteItem {
+  const i = x as RouteItem;
+  return !!i && (i.family === 4 || i.family === 6) && typeof i.add === 'string' && typeof i.del === 'string' && typeof i.guard === 'boolean' && typeof i.rank === 'number'
+    // Lines go to `ip -batch`: only what routeItems() writes (no newlines, no other commands).
+    && /^(route|rule) add [A-Za-z0-9 ./:_-]+$/.test(i.add) && /^(route|rule) del [A-Za-z0-9 ./:_-]+$/.test(i.del);
+}
+
+/**
+ * A dead earlier run's state for this device in this namespace and boot, or undefined (no file, another
+ * namespace's or boot's, unreadable). A file whose writer still runs belongs to another instance: refused.
+ */
+function readPrior(file: string, tun: string): SavedState | undefined {
+  let text: string;
+  try { text = fs.readFileSync(file, 'utf8'); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new RoutesError('ROUTES_STATE', `cannot read the state file ${file}: ${(e as Error).message}`);
+  }
+  let st: SavedState;
+  try { st = JSON.parse(text) as SavedState; } catch {
+    process.stderr.write(`mplb: ignoring the unreadable state file ${file} (it is replaced)\n`);
+    return undefined;
+  }
+  if (st?.pid !== process.pid && pidStart(st?.pid) !== undefined && pidStart(st.pid) === st.pidStart) {
+    throw new RoutesError('ROUTES_IN_USE', `the state file ${file} belongs to a running mplb (pid ${st.pid}): give each instance its own device.stateFile`);
+  }
+  if (st?.version !== 1 || st.bootId !== bootId() || st.netns !== netnsId() || st.tun !== tun) return undefined;
+  return {
+    ...st,
+    sysctls: (Array.isArray(st.sysctls) ? st.sysctls : []).filter((x) => x && typeof x.path === 'string' && x.path.startsWith('/proc/sys/net/') && !x.path.includes('..') && typeof x.old === 'string' && typeof x.value === 'string'),
+    items: (Array.isArray(st.items) ? st.items : []).filter(isItem),
+  };
+}
+
+function writeState(file: string, st: SavedState): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  try {
+    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+    fs.writeFileSync(tmp, `${JSON.stringify(st, null, 1)}\n`, { mode: 0o644 });
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    try { fs.rmSync(tmp, { force: true }); } catch { /* nothing to remove */ }
+    throw new RoutesError('ROUTES_STATE', `cannot write the state file ${file} (${(e as Error).message}): without it a restart after a crash could not restore the sysctls; set device.stateFile to a writable path`);
+  }
+}
+
 // ---- the handle ----
 
 /** A change whose additions are in place and whose removals wait for commit(). */
@@ -232,13 +378,49 @@ export function createRoutes(opts: RoutesOptions): RoutesHandle {
   const applied: string[] = [];
   /** Routes and rules that are ours now (added, or taken over), by family + add line. */
   const installed = new Map<string, RouteItem>();
-  const sysctlUndo: Array<{ path: string; old: string; value: string }> = [];
+  const sysctlUndo: SysctlChange[] = [];
   /** Sysctls set by the change in progress (undo() restores them too). */
-  let sysctlPending: Array<{ path: string; old: string; value: string }> = [];
+  let sysctlPending: SysctlChange[] = [];
   let current: RouteSet = EMPTY;
   let pending = false;
   let undone = false;
   const key = (i: RouteItem) => `${i.family} ${i.add}`;
+
+  const stateFile = opts.stateFile === false ? undefined : opts.stateFile ?? defaultStateFile(tun);
+  /**
+   * Sysctls a dead earlier run set and that still hold its value (read at the first change): the value from before
+   * that run is what undo() restores, and what a change that sets them again keeps as the one to restore.
+   */
+  let priorSysctls: SysctlChange[] = [];
+  const inherited = new Map<string, string>();
+  /** Items the dead earlier run left (ours, from its state file); those the new set does not need go after the first commit. */
+  const priorKeys = new Set<string>();
+  let priorRead = false;
+  const loadPrior = () => {
+    if (priorRead || !stateFile) return;
+    priorRead = true;
+    const prior = readPrior(stateFile, tun);
+    if (!prior) return;
+    // Still holding the value the dead run set: the value from before it is the one to restore.
+    priorSysctls = prior.sysctls.filter((s) => readSysctl(s.path) === s.value);
+    for (const s of priorSysctls) inherited.set(s.path, s.old);
+    for (const i of prior.items) { installed.set(key(i), i); priorKeys.add(key(i)); }
+  };
+  /** Every sysctl to restore, one entry per path (the oldest: a dead run's value from before it comes first). */
+  const allSysctls = () => {
+    const byPath = new Map<string, SysctlChange>();
+    for (const s of [...priorSysctls, ...sysctlUndo, ...sysctlPending]) if (!byPath.has(s.path)) byPath.set(s.path, s);
+    return [...byPath.values()];
+  };
+  /** Writes what is (or may be, with `intended`) installed and the sysctls to restore; removes the file when nothing is. */
+  const saveState = (intended: RouteItem[] = []) => {
+    if (!stateFile) return;
+    const items = new Map(installed);
+    for (const i of intended) items.set(key(i), i);
+    const sysctls = allSysctls();
+    if (items.size === 0 && sysctls.length === 0) { try { fs.rmSync(stateFile, { force: true }); } catch { /* nothing to remove */ } return; }
+    writeState(stateFile, { version: 1, pid: process.pid, pidStart: pidStart(process.pid) ?? '', bootId: bootId(), netns: netnsId(), tun, sysctls, items: [...items.values()] });
+  };
 
   /** Refuses, before anything changes, a table or rule priority that another live device routes through. */
   const checkOwnership = async (families: Array<4 | 6>) => {
@@ -295,31 +477,47 @@ export function createRoutes(opts: RoutesOptions): RoutesHandle {
       const setSysctls: Array<{ path: string; old: string; value: string }> = [];
       sysctlPending = setSysctls;
       const rollback = async () => {
-        // Only what this change added goes; guards it found in place stay, and are not ours after all.
-        for (const i of adopted) installed.delete(key(i));
+        // Only what this change added goes; guards it found in place stay, and are not ours after all (unless a
+        // dead earlier run of this instance left them: those stay ours, for undo()).
+        for (const i of adopted) if (!priorKeys.has(key(i))) installed.delete(key(i));
         await removeItems(byRemovalOrder(added));
         for (const s of [...setSysctls].reverse()) if (readSysctl(s.path) === s.value) { try { writeSysctl(s.path, s.old); } catch { /* best effort */ } }
         sysctlPending = [];
         pending = false;
+        try { saveState(); } catch { /* the next save, or undo, writes it */ }
       };
       try {
         // A family's first addresses bring its table routes: check first that no other instance holds the table.
         const newFamilies = [...new Set(plan.add.filter((i) => i.rank === 0).map((i) => i.family))];
         await checkOwnership(newFamilies);
+        loadPrior();
+        const writes: Array<[string, string]> = [];
         for (const f of newFamilies) {
           for (const [p, v] of sysctlsFor(f)) {
-            const old = readSysctl(p);
-            if (old === undefined) throw new RoutesError('ROUTES_FAILED', `${p} does not exist (is the interface there, IPv6 enabled?)`);
+            const now = readSysctl(p);
+            if (now === undefined) throw new RoutesError('ROUTES_FAILED', `${p} does not exist (is the interface there, IPv6 enabled?)`);
+            // After a crash the sysctl may still hold the dead run's value: restore the one from before that run.
+            const old = inherited.get(p) ?? now;
             if (old === v) continue;
-            writeSysctl(p, v);
             setSysctls.push({ path: p, old, value: v });
-            applied.push(`${p}=${v}`);
+            if (now !== v) writes.push([p, v]);
           }
         }
+        // On disk before anything changes: a SIGKILL from here on leaves a file the next start can undo.
+        saveState(plan.add);
+        for (const [p, v] of writes) { writeSysctl(p, v); applied.push(`${p}=${v}`); }
         const problems: string[] = [];
         for (const f of [4, 6] as const) {
           const lines = plan.add.filter((i) => i.family === f);
-          const { failed } = await runBatch(f, lines.map((i) => i.add));
+          let failed: BatchFailures;
+          try {
+            ({ failed } = await runBatch(f, lines.map((i) => i.add)));
+          } catch (e) {
+            // ip did not finish (killed with us, e.g. by systemd's stop): any of its lines may be in. Count them as
+            // added, so the rollback (or undo) removes whatever is there.
+            for (const i of lines) { added.push(i); installed.set(key(i), i); }
+            throw e;
+          }
           lines.forEach((i, n) => {
             const msg = failed.get(n);
             if (msg === undefined) { added.push(i); installed.set(key(i), i); applied.push(`ip -${f} ${i.add}`); }
@@ -347,9 +545,15 @@ export function createRoutes(opts: RoutesOptions): RoutesHandle {
           done = true;
           sysctlUndo.push(...setSysctls);
           sysctlPending = [];
-          const problems = await removeItems(plan.remove);
+          // What the set no longer needs, and what a dead earlier run left that this one does not need.
+          const wanted = new Set(routeItems(next, opts).map(key));
+          const orphans = [...installed.values()].filter((i) => priorKeys.has(key(i)) && !wanted.has(key(i)));
+          // From here on what the dead run left is either needed (and ours like the rest) or being removed.
+          priorKeys.clear();
+          const problems = await removeItems(byRemovalOrder([...plan.remove, ...orphans]));
           current = { vips: [...next.vips], backends: [...next.backends] };
           pending = false;
+          try { saveState(); } catch (e) { problems.push((e as Error).message); }
           return problems;
         },
         async rollback() {
@@ -367,11 +571,19 @@ export function createRoutes(opts: RoutesOptions): RoutesHandle {
         try { runBatchSync(f, items.filter((i) => i.family === f).map((i) => i.del)); } catch { /* keep going */ }
       }
       for (const i of items) { installed.delete(key(i)); applied.push(`ip -${i.family} ${i.del}`); }
-      if (o.keepGuard) return;
-      for (const s of [...sysctlUndo, ...sysctlPending].reverse()) {
+      if (o.keepGuard) {
+        // The guards, rules and sysctls stay: the file keeps the values from before mplb for the next start.
+        try { saveState(); } catch { /* keep going */ }
+        return;
+      }
+      for (const s of allSysctls().reverse()) {
         // Restore only if nobody changed it since.
         try { if (readSysctl(s.path) === s.value) writeSysctl(s.path, s.old); } catch { /* keep going */ }
       }
+      sysctlUndo.length = 0;
+      sysctlPending = [];
+      priorSysctls = [];
+      try { saveState(); } catch { /* keep going */ }
     },
   };
   return handle;

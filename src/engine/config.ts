@@ -1,6 +1,6 @@
 // Engine configuration: the one place where every field has its default and its doc line, and validation
 // that refuses a bad config with the field path and the reason (cold path; exceptions are fine here).
-import { parseEndpoint, parseIp } from '../wire/addr.js';
+import { formatEndpoint, parseEndpoint, parseIp } from '../wire/addr.js';
 import { isPrime } from './maglev.js';
 
 export type Policy = 'maglev' | 'hash-5tuple' | 'hash-ip-pair';
@@ -75,19 +75,34 @@ export class ConfigError extends Error {
   }
 }
 
+/** Longest text of a value (or a field name) echoed in an error; longer ones are cut and end in "...". */
+export const ECHO_MAX = 64;
+
+/** `text` cut to `max` (ECHO_MAX) characters ("..." marks the cut): a 50 MB value must not come back in the message. */
+export function cut(text: string, max = ECHO_MAX): string {
+  return text.length <= max ? text : `${text.slice(0, max)}...`;
+}
+
+/** A value as JSON for an error message, cut to ECHO_MAX characters. */
+export function show(v: unknown): string {
+  let t: string | undefined;
+  try { t = JSON.stringify(v); } catch { t = undefined; }
+  return cut(t ?? String(v));
+}
+
 function isObj(x: unknown): x is Record<string, unknown> {
   return typeof x === 'object' && x !== null && !Array.isArray(x);
 }
 
 function checkKeys(obj: Record<string, unknown>, allowed: readonly string[], path: string): void {
   for (const k of Object.keys(obj)) {
-    if (!allowed.includes(k)) throw new ConfigError(path ? `${path}.${k}` : k, `unknown field (allowed: ${allowed.join(', ')})`);
+    if (!allowed.includes(k)) throw new ConfigError(path ? `${path}.${cut(k)}` : cut(k), `unknown field (allowed: ${allowed.join(', ')})`);
   }
 }
 
 function intIn(v: unknown, path: string, min: number, max: number, def: number): number {
   if (v === undefined) return def;
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw new ConfigError(path, `must be an integer, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw new ConfigError(path, `must be an integer, got ${show(v)}`);
   if (v < min || v > max) throw new ConfigError(path, `must be between ${min} and ${max}, got ${v}`);
   return v;
 }
@@ -95,7 +110,7 @@ function intIn(v: unknown, path: string, min: number, max: number, def: number):
 function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[], def: T): T {
   if (v === undefined) return def;
   if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) {
-    throw new ConfigError(path, `must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
+    throw new ConfigError(path, `must be one of ${allowed.join(', ')}, got ${show(v)}`);
   }
   return v as T;
 }
@@ -142,8 +157,10 @@ export function validateEngineConfig(input: unknown, path = ''): EngineConfig {
     if (!isObj(raw)) throw new ConfigError(vp, 'must be a mapping with address and backends');
     checkKeys(raw, ['address', 'backends', 'policy'], vp);
     if (typeof raw.address !== 'string') throw new ConfigError(`${vp}.address`, 'must be "addr:port"');
+    // The engine ignores a zone (fe80::1%eth0): two zones would be one VIP, and the routes cannot carry it.
+    if (raw.address.includes('%')) throw new ConfigError(`${vp}.address`, `zone-scoped addresses are not supported (the engine and the routes ignore the zone), got ${show(raw.address)}`);
     const ep = parseEndpoint(raw.address);
-    if (!ep || ep.port === undefined) throw new ConfigError(`${vp}.address`, `must be "addr:port" with a port 1-65535, got ${JSON.stringify(raw.address)}`);
+    if (!ep || ep.port === undefined) throw new ConfigError(`${vp}.address`, `must be "addr:port" with a port 1-65535, got ${show(raw.address)}`);
     const key = `${ep.addr.bytes.join('.')}/${ep.port}`;
     if (seen.has(key)) throw new ConfigError(`${vp}.address`, `duplicate VIP ${raw.address}`);
     seen.add(key);
@@ -155,13 +172,15 @@ export function validateEngineConfig(input: unknown, path = ''): EngineConfig {
       if (!isObj(b)) throw new ConfigError(bp, 'must be a mapping with address (and optional port, weight)');
       checkKeys(b, ['address', 'port', 'weight'], bp);
       if (typeof b.address !== 'string') throw new ConfigError(`${bp}.address`, 'must be an IP address');
+      if (b.address.includes('%')) throw new ConfigError(`${bp}.address`, `zone-scoped addresses are not supported (the engine and the routes ignore the zone), got ${show(b.address)}`);
       const a = parseIp(b.address);
-      if (!a) throw new ConfigError(`${bp}.address`, `not an IP address: ${JSON.stringify(b.address)}`);
+      if (!a) throw new ConfigError(`${bp}.address`, `not an IP address: ${show(b.address)}`);
       if (a.family !== ep.addr.family) throw new ConfigError(`${bp}.address`, `IPv${a.family} backend for an IPv${ep.addr.family} VIP`);
       const port = intIn(b.port, `${bp}.port`, 1, 65535, ep.port!);
       const weight = intIn(b.weight, `${bp}.weight`, 0, 65535, 1);
-      const bkey = `${b.address}/${port}`;
-      if (bseen.has(bkey)) throw new ConfigError(`${bp}`, `duplicate backend ${b.address}:${port}`);
+      // Canonical: 2001:db8::2 and 2001:DB8:0:0::2 are one backend (the engine's id), whatever the spelling.
+      const bkey = formatEndpoint(a.bytes, 0, a.bytes.length, port);
+      if (bseen.has(bkey)) throw new ConfigError(`${bp}`, `duplicate backend ${bkey}`);
       bseen.add(bkey);
       return { address: b.address, port, weight };
     });
