@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { validateEngineConfig, type VipConfig } from '../src/engine/config.js';
 import { Engine } from '../src/engine/engine.js';
 import { buildMaglevTable } from '../src/engine/maglev.js';
+import { Services } from '../src/engine/services.js';
 import { SYN, capSyn, tcp, view } from './helpers/packets.js';
 
 const vips = (weight2: number, policy3?: 'hash-5tuple' | 'hash-ip-pair'): VipConfig[] => [1, 2, 3].map((n) => ({
@@ -72,4 +73,25 @@ test('a VIP on a hash policy keeps no Maglev table; moving between hash policies
   e.reconfigure(validateEngineConfig({ vips: vips(1) }));
   assert.equal(svc.tableBuilds, builds + 1, 'back to maglev: VIP 3 gets its table again');
   assert.equal(svc.vipMaglev[v3].length, e.config.tables.maglevSize);
+});
+
+test('VIPs with the same backends and weights share one Maglev table; a change to one gives it its own', () => {
+  const be = (a: string) => ({ address: a });
+  const vips = Array.from({ length: 50 }, (_, i) => ({ address: `198.19.1.${i + 1}:80`, backends: [be(`198.18.${i % 5}.2`), be(`198.18.${i % 5}.3`)] }));
+  const cfg = validateEngineConfig({ vips, tables: { maglevSize: 1021 } });
+  const svc = new Services(cfg.tables.maglevSize, cfg.hashSeed, cfg.policy);
+  svc.applyConfig(cfg);
+  assert.equal(svc.tableBuilds, 5, '5 distinct backend pairs, 5 tables for 50 VIPs');
+  assert.equal(svc.vipMaglev[0], svc.vipMaglev[5], 'same inputs, same table');
+  assert.notEqual(svc.vipMaglev[0], svc.vipMaglev[1]);
+  // The same table as a VIP built on its own: sharing changes no decision.
+  const alone = new Services(cfg.tables.maglevSize, cfg.hashSeed, cfg.policy);
+  alone.applyConfig(validateEngineConfig({ vips: [vips[5]], tables: { maglevSize: 1021 } }));
+  assert.deepEqual([...svc.vipMaglev[5]], [...alone.vipMaglev[0]]);
+  // Weight change on VIP 0's first backend: VIP 0 gets a new table, VIP 5 keeps the shared one untouched.
+  const shared = svc.vipMaglev[5], copy = [...shared];
+  svc.setWeight(svc.vipBackends[0][0], 3);
+  assert.notEqual(svc.vipMaglev[0], shared);
+  assert.equal(svc.vipMaglev[5], shared);
+  assert.deepEqual([...shared], copy, 'a shared table is never written');
 });

@@ -57,6 +57,12 @@ export class Services {
   private vipPolicyNames: Policy[] = [];
   /** Per VIP: the inputs its tables were built from (see refreshVip). */
   private vipBuiltFrom: string[] = [];
+  /**
+   * Maglev tables by their inputs (backend ids and weights, in order): VIPs with the same backends share one table,
+   * which is read-only once built. 2,000 VIPs over 200 backend pairs build 200 tables, not 2,000 (start time, memory).
+   */
+  private readonly tableCache = new Map<string, Int32Array>();
+  private vipTableKey: string[] = [];
   /** Selection tables built so far (one per VIP refresh that changed something): lets tests see what was rebuilt. */
   tableBuilds = 0;
   // VIP lookup over (address, port); entries are VIP index + 1.
@@ -125,6 +131,7 @@ export class Services {
     // Removed VIPs and backends keep their index entries: only additions change the indices.
     if (this.vipCount !== vips) this.rebuildVipSlots();
     if (this.backendCount !== backends) this.rebuildBackendSlots();
+    this.pruneTableCache();
   }
 
   private rebuildBackendSlots(): void {
@@ -230,10 +237,22 @@ export class Services {
     const inputs = `${maglev ? 'maglev' : 'hash'} ${weights.join(',')}`;
     if (inputs === this.vipBuiltFrom[v]) return false;
     this.vipBuiltFrom[v] = inputs;
-    this.vipMaglev[v] = maglev ? buildMaglevTable(list.map((b, i) => ({ id: this.beIds[b], weight: weights[i] })), this.maglevSize) : NO_TABLE;
+    this.vipTableKey[v] = maglev ? `${list.map((b) => this.beIds[b]).join(' ')}|${weights.join(',')}` : '';
+    let table = maglev ? this.tableCache.get(this.vipTableKey[v]) : NO_TABLE;
+    if (!table) {
+      table = buildMaglevTable(list.map((b, i) => ({ id: this.beIds[b], weight: weights[i] })), this.maglevSize);
+      this.tableCache.set(this.vipTableKey[v], table);
+      this.tableBuilds++;
+    }
+    this.vipMaglev[v] = table;
     this.vipActive[v] = Int32Array.from(list.filter((_, i) => weights[i] > 0));
-    this.tableBuilds++;
     return true;
+  }
+
+  /** Forgets cached tables no VIP uses any more. */
+  private pruneTableCache(): void {
+    const used = new Set(this.vipTableKey.slice(0, this.vipCount));
+    for (const k of this.tableCache.keys()) if (!used.has(k)) this.tableCache.delete(k);
   }
 
   private rebuildVipSlots(): void {
@@ -274,8 +293,8 @@ export class Services {
     return active[h % active.length];
   }
 
-  setWeight(b: number, weight: number): void { this.beWeight[b] = weight; this.refreshVip(this.beVip[b]); }
-  setUp(b: number, up: boolean): void { this.beUp[b] = up ? 1 : 0; this.refreshVip(this.beVip[b]); }
+  setWeight(b: number, weight: number): void { this.beWeight[b] = weight; if (this.refreshVip(this.beVip[b])) this.pruneTableCache(); }
+  setUp(b: number, up: boolean): void { this.beUp[b] = up ? 1 : 0; if (this.refreshVip(this.beVip[b])) this.pruneTableCache(); }
 
   findBackend(id: string, vip?: number): number {
     for (let b = 0; b < this.backendCount; b++) if (this.beIds[b] === id && (vip === undefined || this.beVip[b] === vip)) return b;
