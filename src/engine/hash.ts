@@ -142,7 +142,7 @@ export function hashString(s: string, seed: number): number {
 // Leaves on purpose, with the round and the finalizer written out instead of calling mixWord and fmix: V8 inlines all
 // of a leaf or none of it, and every argument and the result are small integers. With calls inside, V8's inlining
 // budget in a big caller (the engine's process or inbound) could run out halfway, and a 32-bit word passed to a call
-// that is not inlined is boxed as a heap number (the no-alloc test caught it in about 1 run of 15).
+// that is not inlined is boxed as a heap number (seen as 15-30 collections in some runs of the no-alloc check).
 
 /** murmur3 rounds over n word pairs (x[xo + i], y[yo + i]), then the two ports; fmix32; 30 bits. */
 function hashKey(x: Uint32Array, xo: number, y: Uint32Array, yo: number, n: number, xPort: number, yPort: number, seed: number): number {
