@@ -136,8 +136,10 @@ export class Engine {
     loadAddressWords(buf, v.dstAddrOff, v.addrLen, a, 4);
     const now = msTick(nowMs);
     const vip = this.services.findVip(a, v.family, v.dstPort);
-    if (vip >= 0) return this.inbound(buf, vip, now);
+    // The packet's 4-tuple hash keys the flow lookup of either direction: inbound (client -> VIP) and outbound
+    // (backend -> client) index entries are both hashed source first.
     const h = hashTuple(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
+    if (vip >= 0) return this.inbound(buf, vip, h, now);
     const r = this.flows.lookupOut(h, a, v.srcPort, v.dstPort, this.services.beAddr, this.services.bePort);
     if (r >= 0) return this.outbound(buf, r, now);
     return this.statelessReply(buf);
@@ -185,10 +187,9 @@ export class Engine {
 
   // ---- client -> VIP ----
 
-  private inbound(buf: Uint8Array, vip: number, now: number): Verdict {
+  private inbound(buf: Uint8Array, vip: number, hIn: number, now: number): Verdict {
     const v = this.view, a = this.a, flows = this.flows;
     this.lastVip = vip;
-    const hIn = hashTuple(a, 0, v.srcPort, a, 4, v.dstPort, this.seed);
     let r = flows.lookupIn(hIn, a, v.srcPort, vip);
     const tf = v.tcpFlags;
     const isSyn = (tf & (TCP_SYN | TCP_ACK)) === TCP_SYN;

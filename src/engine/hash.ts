@@ -26,7 +26,9 @@ function scramble(k: number): number {
 
 /** One murmur3 body round: mixes the 32-bit block `k` into state `h`. */
 function mixWord(h: number, k: number): number {
-  h ^= scramble(k);
+  k = Math.imul(k, C1);
+  k = (k << 15) | (k >>> 17);
+  h ^= Math.imul(k, C2);
   h = (h << 13) | (h >>> 19);
   return (Math.imul(h, 5) + 0xe6546b64) | 0;
 }
@@ -52,10 +54,14 @@ function word(buf: Uint8Array, o: number): number {
   return buf[o] | (buf[o + 1] << 8) | (buf[o + 2] << 16) | (buf[o + 3] << 24);
 }
 
-/** Mixes two addresses (4 or 16 bytes each) read from the packet into `h`. */
-function mixAddrPair(h: number, buf: Uint8Array, srcOff: number, dstOff: number, addrLen: number): number {
-  for (let i = 0; i < addrLen; i += 4) h = mixWord(h, word(buf, srcOff + i));
-  for (let i = 0; i < addrLen; i += 4) h = mixWord(h, word(buf, dstOff + i));
+/** Mixes one address (4 or 16 bytes) read from the packet into `h`. */
+function mixAddr(h: number, buf: Uint8Array, off: number, addrLen: number): number {
+  h = mixWord(h, word(buf, off));
+  if (addrLen === 16) {
+    h = mixWord(h, word(buf, off + 4));
+    h = mixWord(h, word(buf, off + 8));
+    h = mixWord(h, word(buf, off + 12));
+  }
   return h;
 }
 
@@ -64,7 +70,7 @@ function mixAddrPair(h: number, buf: Uint8Array, srcOff: number, dstOff: number,
  * Ports and proto are host integers (masked to 16 and 8 bits). Hot path (new flows).
  */
 export function hashFiveTuple(buf: Uint8Array, srcAddrOff: number, dstAddrOff: number, addrLen: number, srcPort: number, dstPort: number, proto: number, seed: number): number {
-  const h = mixAddrPair(seed | 0, buf, srcAddrOff, dstAddrOff, addrLen);
+  const h = mixAddr(mixAddr(seed | 0, buf, srcAddrOff, addrLen), buf, dstAddrOff, addrLen);
   // Ports in network byte order, as they sit on the wire, packed little-endian like any block; proto is the tail.
   const ports = ((srcPort >>> 8) & 0xff) | ((srcPort & 0xff) << 8) | (((dstPort >>> 8) & 0xff) << 16) | ((dstPort & 0xff) << 24);
   return mix32((mixWord(h, ports) ^ scramble(proto & 0xff)) ^ (2 * addrLen + 5));
@@ -72,7 +78,7 @@ export function hashFiveTuple(buf: Uint8Array, srcAddrOff: number, dstAddrOff: n
 
 /** 32-bit hash of the source and destination addresses only (the MPTCP-unaware 'hash-ip-pair' baseline). */
 export function hashAddrPair(buf: Uint8Array, srcAddrOff: number, dstAddrOff: number, addrLen: number, seed: number): number {
-  return mix32(mixAddrPair(seed | 0, buf, srcAddrOff, dstAddrOff, addrLen) ^ (2 * addrLen));
+  return mix32(mixAddr(mixAddr(seed | 0, buf, srcAddrOff, addrLen), buf, dstAddrOff, addrLen) ^ (2 * addrLen));
 }
 
 /**
@@ -136,7 +142,7 @@ export function hashString(s: string, seed: number): number {
 // Leaves on purpose, with the round and the finalizer written out instead of calling mixWord and fmix: V8 inlines all
 // of a leaf or none of it, and every argument and the result are small integers. With calls inside, V8's inlining
 // budget in a big caller (the engine's process or inbound) could run out halfway, and a 32-bit word passed to a call
-// that is not inlined is boxed as a heap number (the no-alloc test caught it in about 1 run of 15).
+// that is not inlined is boxed as a heap number (seen as 15-30 collections in some runs of the no-alloc check).
 
 /** murmur3 rounds over n word pairs (x[xo + i], y[yo + i]), then the two ports; fmix32; 30 bits. */
 function hashKey(x: Uint32Array, xo: number, y: Uint32Array, yo: number, n: number, xPort: number, yPort: number, seed: number): number {
@@ -171,14 +177,13 @@ export function hashEndpoint(w: Uint32Array, o: number, port: number, seed: numb
   return (h ^ (h >>> 16)) & SMI_MASK;
 }
 
-const tokenWord = new Uint32Array(1);
-const zeroWord = new Uint32Array(1);
+const tokenWords = new Uint32Array(4);
 
 /**
- * Token-index key. Tokens come from keys that clients choose, so the slot must depend on a seed, or chosen keys
- * could aim at one probe chain.
+ * Token-index key: the token folded with the seed and finalized like an endpoint. Tokens come from keys that
+ * clients choose, so the slot must depend on a seed, or chosen keys could aim at one probe chain.
  */
 export function hashToken(token: number, seed: number): number {
-  tokenWord[0] = token;
-  return hashKey(tokenWord, 0, zeroWord, 0, 1, 0, 0, seed);
+  tokenWords[0] = token;
+  return hashEndpoint(tokenWords, 0, 0, seed);
 }
