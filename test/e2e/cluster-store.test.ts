@@ -2,14 +2,14 @@
 // redis-server (tokenStore). About half of the joins reach the other balancer than their first subflow's; with the
 // store every one of them is held, looked up, and steered to its connection's server: every connection ends with
 // both subflows on one server and no join is reset. Also: a balancer withdrawn mid-transfer (its subflows move to the
-// other balancer and stay on their servers), a balancer restarted, and the store killed and brought back. (Hostile
-// store values: test/store-sync.test.ts.)
+// other balancer and stay on their servers), a balancer restarted, the store killed and brought back, and hostile
+// values written into the store mid-transfer.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { testbedUp, testbedDown, killRedis, restartRedis, type TestbedHandle } from '../../src/testbed/testbed.js';
 import { startBalancerCluster, startBalancerProcess, type BalancerProcess, type BalancerProcessOptions } from '../../src/testbed/balancer-process.js';
-import { findRedisServer } from '../../src/testbed/redis.js';
+import { findRedisServer, redisCommands } from '../../src/testbed/redis.js';
 import { listNetns } from '../../src/testbed/netns.js';
 import type { ClientReport, ConnectionResult } from '../../src/traffic/client.js';
 import {
@@ -149,6 +149,27 @@ if (why) {
       const back = await mptcpRound(t, 20, 1);
       assert.deepEqual(back.problems, [], 'with the store back every join is steered again');
       assert.ok(sum(back.st.map((x) => x.joins_found_in_store)) > 0);
+    });
+
+    test('hostile values in the store: refused and counted, never followed; the connections still complete', { timeout: 120000 }, async (t) => {
+      const r = tb.redis!, pre = `mplb:${tb.runId}:`;
+      // Mid-transfer, every subflow entry the balancers wrote is replaced by one naming a backend nobody has, or by
+      // garbage; then balancer 1 is withdrawn, so its subflows move to balancer 0, which must look them up.
+      const { problems, st } = await mptcpRound(t, 12, 5, async () => {
+        await sleep(1500);
+        const keys = (await redisCommands(tb.balancers[0].ns, r, r.password, [['KEYS', `${pre}f:*`]]))[1] as string[];
+        const cmds = keys.map((k, i) => ['SET', k, i % 2 === 0 ? `v1|${tb.vips[0]}:${MPTCP_PORT}|203.0.113.9:${MPTCP_PORT}|1` : 'x'.repeat(300)]);
+        if (cmds.length > 0) await redisCommands(tb.balancers[0].ns, r, r.password, cmds, 10000);
+        t.diagnostic(`replaced ${keys.length} subflow entries with hostile values`);
+        tb.withdrawBalancer(1);
+      });
+      tb.restoreBalancer(1);
+      const rejected = sum(st.map((x) => x.store_entries_rejected ?? 0));
+      t.diagnostic(`MEASURED: ${rejected} hostile entries refused; problems (joins moved without their entry may be reset, MPTCP carries on): ${JSON.stringify(problems)}`);
+      assert.ok(rejected > 0, 'the moved subflows met the hostile entries, and refused them');
+      // A refused entry falls back to the policy: the data still arrives on the connection's other subflow.
+      assert.deepEqual(problems.filter((p) => /incomplete|reported/.test(p)), [], 'every connection completed');
+      for (const s of await stats()) assert.equal(loopStore(s).store_up, 1, 'the balancers still run and talk to the store');
     });
 
     test('nothing of this run is left', async () => {
