@@ -4,7 +4,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
-import { CaptureFormatError, PcapWriter, readCapture, type CaptureRecord } from '../src/io/pcap.js';
+import { CaptureFormatError, PCAP_MAX_TS_US, PcapWriter, pcapTimestampUs, readCapture, type CaptureRecord } from '../src/io/pcap.js';
 import { LinkType, ipOffset, linkTypeName } from '../src/wire/link-layer.js';
 
 // From dist/test/ (where this runs): ../../ is the repo root, ../../../shared is beside the clone.
@@ -751,5 +751,18 @@ describe('PcapWriter', () => {
     assert.throws(() => w.add(2 ** 32 * 1e6, IPV4), RangeError);
     assert.throws(() => w.add(Number.NaN, IPV4), RangeError);
     assert.throws(() => w.add(0, IPV4, 39), RangeError); // shorter on the wire than captured
+  });
+
+  test('pcapTimestampUs: the nearest time pcap holds, and every result is accepted by add', () => {
+    assert.equal(pcapTimestampUs(1_700_000_000_123_456), 1_700_000_000_123_456);
+    assert.equal(pcapTimestampUs(PCAP_MAX_TS_US), 2 ** 32 * 1e6 - 1);
+    assert.equal(pcapTimestampUs(0xffffffff * 1e6 + 1e6), PCAP_MAX_TS_US); // ts_sec 0xffffffff, ts_usec 1000000
+    assert.equal(pcapTimestampUs(1e25), PCAP_MAX_TS_US); // a pcapng time far past 2106
+    assert.equal(pcapTimestampUs(-5), 0); // a negative if_tsoffset
+    assert.equal(pcapTimestampUs(Number.NaN), 0);
+    assert.equal(pcapTimestampUs(12.7), 12);
+    const w = new PcapWriter(1);
+    for (const t of [-1e20, -1, 0, 1.5, PCAP_MAX_TS_US, PCAP_MAX_TS_US + 1, 1e30, Infinity, -Infinity, NaN]) w.add(pcapTimestampUs(t), IPV4);
+    assert.equal(readCapture(w.toBytes()).records.length, 10);
   });
 });

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { replayCaptures, type ReplayOptions } from '../src/replay/replay.js';
 import { PcapWriter, readCapture } from '../src/io/pcap.js';
@@ -143,4 +143,32 @@ test('mplb replay CLI: --json document shape and --pcap-out output', () => {
   assert.match(Array.from(written[0].data.subarray(16, 20)).join('.'), /^198\.18\.255\.[123]$/);
   // A bad flag is a usage error with exit code 2 and no stack trace.
   assert.throws(() => execFileSync(process.execPath, [main, 'replay', 'x.pcap', '--policy', 'nope'], { stdio: 'pipe' }), (e: { status: number; stderr: Buffer }) => e.status === 2 && /--policy must be one of/.test(String(e.stderr)) && !/at .*\.js/.test(String(e.stderr)));
+});
+
+// --- issue 9: replay and capture hardening ------------------------------------------------------------------------
+
+const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+const CRASHES = fileURLToPath(new URL('../../test/fixtures/replay-crashes/', import.meta.url));
+const TMP = process.env.TMPDIR ?? '/tmp';
+
+/** Runs `mplb ARGS...` and returns its exit code and output, whatever the code. */
+function mplb(args: string[]): { status: number; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: 'utf8' });
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+const STACK = /^\s+at .*[(:]/m;
+
+test('--pcap-out with a timestamp pcap cannot hold (ts_sec 0xffffffff, ts_usec 1000000): exit 0, no stack trace, clamped and counted', () => {
+  const out = `${TMP}/mplb-replay-ts-${process.pid}.pcap`;
+  const r = mplb(['replay', CRASHES + 'ts-sec-ffffffff-usec-1000000.pcap', '--pcap-out', out, '--json']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.doesNotMatch(r.stderr, STACK);
+  assert.doesNotMatch(r.stderr, /internal error/);
+  const doc = JSON.parse(r.stdout);
+  assert.equal(doc.packets.timestampsClamped, 1);
+  assert.match(r.stderr, /^mplb: warning: .*1 packet.*clamped/m);
+  const written = readCapture(new Uint8Array(readFileSync(out))).records;
+  assert.equal(written.length, 2, 'every packet the engine let through is in the output');
+  assert.equal(written[0].tsUs, 1_700_000_000_000_000);
+  assert.equal(written[1].tsUs, 2 ** 32 * 1e6 - 1, 'the latest time pcap holds: 0xffffffff s + 999999 µs');
 });

@@ -63,6 +63,7 @@ function cmdReplay(argv: string[]): number {
     pcapOut: values['pcap-out'] !== undefined,
   });
   if (values['pcap-out'] && result.pcapOut) writeFileSync(values['pcap-out'], result.pcapOut);
+  for (const w of result.warnings) process.stderr.write(`mplb: warning: ${w}\n`);
   const { pcapOut: _omit, ...doc } = result;
   process.stdout.write(values.json ? JSON.stringify(doc, null, 2) + '\n' : formatReplay(result) + '\n');
   return 0;

@@ -321,6 +321,19 @@ function timestampUs(iface: Interface, high: number, low: number): number {
 
 // --- writer ---------------------------------------------------------------------------------------
 
+/** The latest time a pcap record holds: 0xffffffff seconds and 999999 µs (2106-02-07T06:28:15.999999Z). */
+export const PCAP_MAX_TS_US = 2 ** 32 * US_PER_S - 1;
+
+/**
+ * The pcap timestamp nearest to `tsUs`: 0 (1970) for earlier times, PCAP_MAX_TS_US for later ones, else whole µs.
+ * Captures can hold times pcap cannot (pcapng's 64-bit timestamps and offsets, a pcap record whose µs field is out of
+ * range); a writer of derived captures clamps them with this (order is kept) and counts the change.
+ */
+export function pcapTimestampUs(tsUs: number): number {
+  if (!(tsUs > 0)) return 0;
+  return tsUs >= PCAP_MAX_TS_US ? PCAP_MAX_TS_US : Math.floor(tsUs);
+}
+
 /** Builds a little-endian, microsecond pcap file in memory. */
 export class PcapWriter {
   private readonly linkType: number;
@@ -337,7 +350,7 @@ export class PcapWriter {
 
   /** Adds a packet, cut to the snap length; `len` is its length on the wire (default: data.length). Copies data. */
   add(tsUs: number, data: Uint8Array, len: number = data.length): void {
-    if (!Number.isFinite(tsUs) || tsUs < 0 || tsUs >= 2 ** 32 * US_PER_S) throw new RangeError(`timestamp ${tsUs} µs does not fit pcap`);
+    if (!Number.isFinite(tsUs) || tsUs < 0 || tsUs > PCAP_MAX_TS_US) throw new RangeError(`timestamp ${tsUs} µs does not fit pcap (see pcapTimestampUs)`);
     if (!Number.isInteger(len) || len < data.length || len > 0xffffffff) {
       throw new RangeError(`original length ${len} must be an integer from ${data.length} (the bytes given) to 2^32-1`);
     }

@@ -3,7 +3,7 @@
 // from the backend the engine chose for their flow (as that virtual server would send them). One packet per batch:
 // how a reply is re-addressed depends on the engine's decision for the packet before it.
 import type { Engine } from '../engine/engine.js';
-import { PcapWriter, type CaptureRecord } from '../io/pcap.js';
+import { PcapWriter, pcapTimestampUs, type CaptureRecord } from '../io/pcap.js';
 import { formatEndpoint } from '../wire/addr.js';
 import { ipOffset } from '../wire/link-layer.js';
 import { PacketView, parsePacket, ParseStatus } from '../wire/parse.js';
@@ -23,11 +23,15 @@ export interface CapturedPacket {
   view: PacketView;
 }
 
-export interface CaptureDeviceCounts { notIp: number; truncated: number; repliesWithoutFlow: number; notForService: number; fed: number }
+export interface CaptureDeviceCounts {
+  notIp: number; truncated: number; repliesWithoutFlow: number; notForService: number; fed: number;
+  /** Packets written to --pcap-out with a timestamp pcap cannot hold, clamped to 1970 or 2106 (pcapTimestampUs). */
+  timestampsClamped: number;
+}
 
 export class CaptureDevice implements PacketDevice {
   readonly headerBytes = 0;
-  readonly counts: CaptureDeviceCounts = { notIp: 0, truncated: 0, repliesWithoutFlow: 0, notForService: 0, fed: 0 };
+  readonly counts: CaptureDeviceCounts = { notIp: 0, truncated: 0, repliesWithoutFlow: 0, notForService: 0, fed: 0, timestampsClamped: 0 };
   /** The packet of the last read. */
   current: CapturedPacket | undefined;
   private readonly view = new PacketView();
@@ -74,7 +78,10 @@ export class CaptureDevice implements PacketDevice {
 
   write(batch: PacketBatch): number {
     if (!this.writer || batch.count === 0 || batch.out[0] === SlotOut.Drop || !this.current) return 0;
-    this.writer.add(this.current.record.tsUs, batch.views[0].subarray(0, batch.outLen[0]));
+    const ts = this.current.record.tsUs, pts = pcapTimestampUs(ts);
+    // Clamped, not refused: the packet is part of the output (its count matches the verdicts), only its time moves.
+    if (pts !== ts) this.counts.timestampsClamped++;
+    this.writer.add(pts, batch.views[0].subarray(0, batch.outLen[0]));
     return 1;
   }
 

@@ -49,7 +49,9 @@ export interface ReplayResult {
   backends: string[];
   policy: Policy;
   mptcpAware: boolean;
-  packets: { total: number; fed: number; notIp: number; truncated: number; repliesWithoutFlow: number; notForService: number };
+  packets: { total: number; fed: number; notIp: number; truncated: number; repliesWithoutFlow: number; notForService: number; timestampsClamped: number };
+  /** Problems with the input that did not stop the replay, one line each. */
+  warnings: string[];
   verdicts: Record<string, number>;
   connections: ReplayConnection[];
   joins: ReplayJoin[];
@@ -181,7 +183,10 @@ export function replayCaptures(inputs: Input[], opts: ReplayOptions): ReplayResu
     backends: servers[family],
     policy: opts.policy,
     mptcpAware: opts.aware,
-    packets: { total, fed: c.fed, notIp: c.notIp, truncated: c.truncated, repliesWithoutFlow: c.repliesWithoutFlow, notForService: c.notForService },
+    packets: { total, fed: c.fed, notIp: c.notIp, truncated: c.truncated, repliesWithoutFlow: c.repliesWithoutFlow, notForService: c.notForService, timestampsClamped: c.timestampsClamped },
+    warnings: c.timestampsClamped > 0
+      ? [`${c.timestampsClamped} packet${c.timestampsClamped === 1 ? '' : 's'} of the --pcap-out file had a time pcap cannot hold (before 1970 or after 2106-02-07) and were written with it clamped`]
+      : [],
     verdicts,
     connections,
     joins,
