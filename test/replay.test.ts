@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { replayCaptures, type ReplayOptions } from '../src/replay/replay.js';
@@ -8,6 +8,7 @@ import { PcapWriter, readCapture } from '../src/io/pcap.js';
 import { ipOffset } from '../src/wire/link-layer.js';
 import { keyToken } from '../src/wire/tokens.js';
 import { ACK, SYN, capAck, capSyn, capSynAck, joinSyn, tcp } from './helpers/packets.js';
+import { writeMptcpCapture } from './helpers/capture-gen.js';
 
 const PCAPS = fileURLToPath(new URL('../../../shared/pcaps/', import.meta.url));
 const load = (rel: string) => ({ name: rel, bytes: new Uint8Array(readFileSync(PCAPS + rel)) });
@@ -150,6 +151,7 @@ test('mplb replay CLI: --json document shape and --pcap-out output', () => {
 const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const CRASHES = fileURLToPath(new URL('../../test/fixtures/replay-crashes/', import.meta.url));
 const TMP = process.env.TMPDIR ?? '/tmp';
+const MAXRSS = new URL('./helpers/maxrss.js', import.meta.url).href;
 
 /** Runs `mplb ARGS...` and returns its exit code and output, whatever the code. */
 function mplb(args: string[]): { status: number; stdout: string; stderr: string } {
@@ -171,4 +173,72 @@ test('--pcap-out with a timestamp pcap cannot hold (ts_sec 0xffffffff, ts_usec 1
   assert.equal(written.length, 2, 'every packet the engine let through is in the output');
   assert.equal(written[0].tsUs, 1_700_000_000_000_000);
   assert.equal(written[1].tsUs, 2 ** 32 * 1e6 - 1, 'the latest time pcap holds: 0xffffffff s + 999999 µs');
+});
+
+test('mplb replay streams captures from disk: a 260 MB capture replays in well under its size of memory', () => {
+  const file = `${TMP}/mplb-replay-big-${process.pid}.pcap`;
+  try {
+    // 1400-byte data packets: few records (fast), many bytes (a whole-file read would show in the peak RSS).
+    const gen = writeMptcpCapture(file, { records: 180_000, payload: 1400, perConnection: 1000 });
+    assert.ok(gen.bytes > 256e6, `${gen.bytes} bytes`);
+    const r = spawnSync(process.execPath, ['--import', MAXRSS, MAIN, 'replay', file, '--json'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    assert.equal(r.status, 0, r.stderr);
+    const doc = JSON.parse(r.stdout);
+    assert.equal(doc.packets.total, gen.records);
+    assert.equal(doc.summary.onConnectionBackend, gen.connections);
+    const kb = Number(/maxrss_kb=(\d+)/.exec(r.stderr)?.[1]);
+    assert.ok(kb > 0 && kb < 160_000, `peak RSS ${Math.round(kb / 1024)} MiB for a ${Math.round(gen.bytes / 2 ** 20)} MiB capture`);
+  } finally {
+    rmSync(file, { force: true });
+  }
+});
+
+test('files stream from disk with the same result as bytes in memory; --pcap-out to a path equals the in-memory output', () => {
+  const out = `${TMP}/mplb-replay-same-${process.pid}.pcap`;
+  try {
+    const path = PCAPS + 'linux-v1/mptcp-v1-joins.pcap';
+    const mem = replayCaptures([load('linux-v1/mptcp-v1-joins.pcap'), load('tcpdump/mptcp-v1.pcap')], { ...AWARE, pcapOut: true });
+    const disk = replayCaptures([{ name: 'linux-v1/mptcp-v1-joins.pcap', path }, { name: 'tcpdump/mptcp-v1.pcap', path: PCAPS + 'tcpdump/mptcp-v1.pcap' }], { ...AWARE, pcapOut: out });
+    assert.equal(disk.pcapOut, undefined);
+    const { pcapOut: memBytes, ...memDoc } = mem;
+    const { pcapOut: _none, ...diskDoc } = disk;
+    assert.deepEqual(diskDoc, memDoc);
+    assert.deepEqual(new Uint8Array(readFileSync(out)), memBytes);
+    assert.equal(mem.packets.total, mem.packets.fed + mem.packets.notIp + mem.packets.notForService + mem.packets.repliesWithoutFlow);
+  } finally {
+    rmSync(out, { force: true });
+  }
+});
+
+test('a capture that turns out malformed mid-file: one line naming the file and offset, exit 1, no --pcap-out file left', () => {
+  const bad = `${TMP}/mplb-replay-bad-${process.pid}.pcap`, out = `${TMP}/mplb-replay-bad-out-${process.pid}.pcap`;
+  try {
+    const good = new Uint8Array(readFileSync(PCAPS + 'linux-v1/mptcp-v1-joins.pcap'));
+    const tail = new Uint8Array(16);
+    new DataView(tail.buffer).setUint32(8, 0x7fffffff, true); // a captured length of 2 GiB
+    writeFileSync(bad, Buffer.concat([good, tail]));
+    for (const args of [['replay', bad, '--pcap-out', out], ['replay', bad, '--vip', '10.61.9.9:5201', '--pcap-out', out]]) {
+      const r = mplb(args);
+      assert.equal(r.status, 1, r.stderr);
+      assert.match(r.stderr, new RegExp(`^mplb: ${bad.replace(/[.]/g, '\\.')}: pcap record captured length 2147483647 exceeds the limit of 262144 bytes \\(at byte offset ${good.length}\\)\\n$`));
+      assert.equal(existsSync(out), false);
+    }
+  } finally {
+    rmSync(bad, { force: true });
+    rmSync(out, { force: true });
+  }
+});
+
+test('--pcap-out naming an input is refused before anything is written', () => {
+  const copy = `${TMP}/mplb-replay-self-${process.pid}.pcap`;
+  try {
+    const bytes = readFileSync(PCAPS + 'linux-v1/mptcp-v1-joins.pcap');
+    writeFileSync(copy, bytes);
+    const r = mplb(['replay', copy, '--pcap-out', `${TMP}/./mplb-replay-self-${process.pid}.pcap`]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /^mplb: --pcap-out .* is the input .*; write the output to another file$/m);
+    assert.deepEqual(readFileSync(copy), bytes);
+  } finally {
+    rmSync(copy, { force: true });
+  }
 });

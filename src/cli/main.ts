@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The mplb command: a thin layer that parses arguments and calls into the replay, data plane and testbed modules.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { POLICIES, UNKNOWN_TOKEN_ANSWERS, type Policy, type UnknownTokenAnswer } from '../engine/config.js';
 import { formatReplay, replayCaptures } from '../replay/replay.js';
@@ -51,18 +51,29 @@ function cmdReplay(argv: string[]): number {
   if (!Number.isInteger(backends) || backends < 1 || backends > 250) throw new UsageError(`--backends must be an integer 1-250, got ${values.backends}`);
   if (!(POLICIES as readonly string[]).includes(values.policy!)) throw new UsageError(`--policy must be one of ${POLICIES.join(', ')}`);
   if (!(UNKNOWN_TOKEN_ANSWERS as readonly string[]).includes(values['unknown-token']!)) throw new UsageError(`--unknown-token must be one of ${UNKNOWN_TOKEN_ANSWERS.join(', ')}`);
+  // Files are streamed from disk in chunks by the replay; checked here so that a missing one is a usage error.
   const inputs = positionals.map((name) => {
-    try { return { name, bytes: new Uint8Array(readFileSync(name)) }; } catch (e) { throw new UsageError(`cannot read ${name}: ${(e as Error).message}`); }
+    let st;
+    try { st = statSync(name); } catch (e) { throw new UsageError(`cannot read ${name}: ${(e as Error).message}`); }
+    if (!st.isFile()) throw new UsageError(`cannot read ${name}: not a regular file`);
+    return { name, path: name, dev: st.dev, ino: st.ino };
   });
-  const result = replayCaptures(inputs, {
+  const out = values['pcap-out'];
+  if (out !== undefined) {
+    // The output is written while the inputs are read: writing over one of them would destroy it mid-replay.
+    let st;
+    try { st = statSync(out); } catch { st = undefined; }
+    const same = st && inputs.find((i) => i.dev === st.dev && i.ino === st.ino);
+    if (same) throw new UsageError(`--pcap-out ${out} is the input ${same.name}; write the output to another file`);
+  }
+  const result = replayCaptures(inputs.map(({ name, path }) => ({ name, path })), {
     backends,
     policy: values.policy as Policy,
     aware: !values.unaware,
     unknownTokenAnswer: values['unknown-token'] as UnknownTokenAnswer,
     vips: values.vip,
-    pcapOut: values['pcap-out'] !== undefined,
+    pcapOut: out,
   });
-  if (values['pcap-out'] && result.pcapOut) writeFileSync(values['pcap-out'], result.pcapOut);
   for (const w of result.warnings) process.stderr.write(`mplb: warning: ${w}\n`);
   const { pcapOut: _omit, ...doc } = result;
   process.stdout.write(values.json ? JSON.stringify(doc, null, 2) + '\n' : formatReplay(result) + '\n');

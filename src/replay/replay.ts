@@ -7,10 +7,11 @@ import { Engine, Steer, Verdict, VERDICT_LABELS } from '../engine/engine.js';
 import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from '../wire/mptcp-options.js';
 import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_SYN } from '../wire/parse.js';
 import { keyToken, toHex8 } from '../wire/tokens.js';
-import { readCapture, type CaptureRecord } from '../io/pcap.js';
+import { CaptureFormatError, openCapture, openCaptureFile, PcapFileWriter, PcapWriter, type CaptureReader, type CaptureRecord } from '../io/pcap.js';
 import type { PacketBatch } from '../dataplane/device.js';
 import { Forwarder } from '../dataplane/forwarder.js';
-import { CaptureDevice, loadIp } from './capture-device.js';
+import { CaptureDevice, EndpointSet, loadIp, type RecordSource } from './capture-device.js';
+import { rmSync } from 'node:fs';
 
 export interface ReplayOptions {
   backends: number;
@@ -19,7 +20,8 @@ export interface ReplayOptions {
   unknownTokenAnswer: UnknownTokenAnswer;
   /** VIPs as "addr:port"; default: every address:port that receives a SYN. */
   vips?: string[];
-  pcapOut?: boolean;
+  /** --pcap-out: true = in memory (ReplayResult.pcapOut), a path = streamed to that file as packets leave. */
+  pcapOut?: boolean | string;
 }
 
 export interface ReplayConnection {
@@ -49,7 +51,7 @@ export interface ReplayResult {
   backends: string[];
   policy: Policy;
   mptcpAware: boolean;
-  packets: { total: number; fed: number; notIp: number; truncated: number; repliesWithoutFlow: number; notForService: number; timestampsClamped: number };
+  packets: { total: number; fed: number; unparsed: number; notIp: number; truncated: number; repliesWithoutFlow: number; notForService: number; timestampsClamped: number };
   /** Problems with the input that did not stop the replay, one line each. */
   warnings: string[];
   verdicts: Record<string, number>;
@@ -68,18 +70,60 @@ function backendAddresses(n: number, family: 4 | 6): string[] {
   return Array.from({ length: n }, (_, k) => (family === 4 ? `198.18.255.${k + 1}` : `2001:db8:ffff::${(k + 1).toString(16)}`));
 }
 
-interface Input { name: string; bytes: Uint8Array }
+/** A capture to replay: bytes in memory, or a file read from disk in chunks as the replay goes. */
+export type ReplayInput = { name: string; bytes: Uint8Array } | { name: string; path: string };
 
-/** Every record of the inputs in order, one file at a time (state is carried across files). */
-function* recordsOf(inputs: Input[]): Generator<CaptureRecord> {
-  for (const f of inputs) yield* readCapture(f.bytes).records;
+/**
+ * Every record of the inputs in order, one file at a time (state is carried across files), each file streamed: one
+ * reader open at a time, one chunk of it in memory. A file that cannot be read stops the replay with a
+ * CaptureFormatError naming it; the warnings of each file are kept, prefixed with its name.
+ */
+class RecordStream implements RecordSource {
+  private next = 0;
+  private reader: CaptureReader | null = null;
+  private name = '';
+  readonly warnings: string[] = [];
+
+  constructor(private readonly inputs: readonly ReplayInput[]) {}
+
+  read(): CaptureRecord | null {
+    for (;;) {
+      if (this.reader !== null) {
+        const rec = this.named(() => this.reader!.read());
+        if (rec !== null) return rec;
+        for (const w of this.reader.warnings) this.warnings.push(`${this.name}: ${w}`);
+        this.reader = null;
+      }
+      if (this.next >= this.inputs.length) return null;
+      const input = this.inputs[this.next++];
+      this.name = input.name;
+      this.reader = this.named(() => ('bytes' in input ? openCapture(input.bytes) : openCaptureFile(input.path)));
+    }
+  }
+
+  close(): void {
+    this.reader?.close();
+    this.reader = null;
+    this.next = this.inputs.length;
+  }
+
+  private named<T>(f: () => T): T {
+    try {
+      return f();
+    } catch (e) {
+      this.close();
+      if (e instanceof CaptureFormatError) e.message = `${this.name}: ${e.message}`;
+      throw e;
+    }
+  }
 }
 
-/** VIPs when none are named: every address:port that receives a SYN. */
-function inferVips(inputs: Input[]): string[] {
+/** VIPs when none are named: every address:port that receives a SYN (a first pass over the inputs). */
+function inferVips(inputs: readonly ReplayInput[]): string[] {
   const v = new PacketView(), scratch = new Uint8Array(65536);
   const seen = new Set<string>();
-  for (const rec of recordsOf(inputs)) {
+  const records = new RecordStream(inputs);
+  for (let rec = records.read(); rec !== null; rec = records.read()) {
     const n = loadIp(rec, scratch);
     if (n < 0 || parsePacket(scratch, 0, n, v) !== ParseStatus.Ok) continue;
     if ((v.tcpFlags & (TCP_SYN | TCP_ACK)) === TCP_SYN) seen.add(formatEndpoint(scratch, v.dstAddrOff, v.addrLen, v.dstPort));
@@ -87,7 +131,7 @@ function inferVips(inputs: Input[]): string[] {
   return [...seen];
 }
 
-export function replayCaptures(inputs: Input[], opts: ReplayOptions): ReplayResult {
+export function replayCaptures(inputs: readonly ReplayInput[], opts: ReplayOptions): ReplayResult {
   const vips = opts.vips ?? inferVips(inputs);
   const family = vips.length && parseEndpoint(vips[0])?.addr.family === 6 ? 6 : 4;
   const servers = { 4: backendAddresses(opts.backends, 4), 6: backendAddresses(opts.backends, 6) };
@@ -111,9 +155,10 @@ export function replayCaptures(inputs: Input[], opts: ReplayOptions): ReplayResu
   const joins: ReplayJoin[] = [];
   const verdicts: Record<string, number> = Object.fromEntries(VERDICT_LABELS.map((l) => [l, 0]));
   const opt = new MptcpOption();
-  let total = 0;
-  const counted = function* (it: Iterable<CaptureRecord>) { for (const r of it) { total++; yield r; } };
-  const device = new CaptureDevice(counted(recordsOf(inputs))[Symbol.iterator](), engine, new Set(vips), opts.pcapOut ?? false);
+  const records = new RecordStream(inputs);
+  const memOut = opts.pcapOut === true ? new PcapWriter(101) : null;
+  const fileOut = typeof opts.pcapOut === 'string' ? new PcapFileWriter(opts.pcapOut, 101) : null;
+  const device = new CaptureDevice(records, engine, new EndpointSet(vips), memOut ?? fileOut);
 
   const learn = (flowKey: string, client: string, vip: string, version: number, serverKey: [number, number], clientKey: [number, number] | null, backend: number | null) => {
     let c = byFlow.get(flowKey);
@@ -172,7 +217,15 @@ export function replayCaptures(inputs: Input[], opts: ReplayOptions): ReplayResu
   };
 
   const forwarder = new Forwarder(engine, device, { batchMax: 1, tickMs: 100, observe });
-  while (forwarder.runOnce(0) > 0) { /* the device's clock drives the engine */ }
+  try {
+    while (forwarder.runOnce(0) > 0) { /* the device's clock drives the engine */ }
+    fileOut?.close();
+  } catch (e) {
+    // No half-written --pcap-out file is left behind a refused replay.
+    records.close();
+    if (fileOut) { try { fileOut.close(); } finally { rmSync(fileOut.path, { force: true }); } }
+    throw e;
+  }
 
   const known = joins.filter((j) => j.connectionBackend !== null);
   const snap = engine.counters.snapshot();
@@ -183,10 +236,10 @@ export function replayCaptures(inputs: Input[], opts: ReplayOptions): ReplayResu
     backends: servers[family],
     policy: opts.policy,
     mptcpAware: opts.aware,
-    packets: { total, fed: c.fed, notIp: c.notIp, truncated: c.truncated, repliesWithoutFlow: c.repliesWithoutFlow, notForService: c.notForService, timestampsClamped: c.timestampsClamped },
-    warnings: c.timestampsClamped > 0
+    packets: { total: c.records, fed: c.fed, unparsed: c.unparsed, notIp: c.notIp, truncated: c.truncated, repliesWithoutFlow: c.repliesWithoutFlow, notForService: c.notForService, timestampsClamped: c.timestampsClamped },
+    warnings: [...records.warnings, ...(c.timestampsClamped > 0
       ? [`${c.timestampsClamped} packet${c.timestampsClamped === 1 ? '' : 's'} of the --pcap-out file had a time pcap cannot hold (before 1970 or after 2106-02-07) and were written with it clamped`]
-      : [],
+      : [])],
     verdicts,
     connections,
     joins,
@@ -198,7 +251,7 @@ export function replayCaptures(inputs: Input[], opts: ReplayOptions): ReplayResu
     },
     counters: snap.counters,
     drops: snap.drops,
-    pcapOut: device.pcapBytes(),
+    pcapOut: memOut?.toBytes(),
   };
 }
 
