@@ -3,11 +3,12 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { replayCaptures, type ReplayOptions } from '../src/replay/replay.js';
+import { replayCaptures, ReplayError, replayMaglevSize, type ReplayOptions } from '../src/replay/replay.js';
+import { isPrime } from '../src/engine/maglev.js';
 import { PcapWriter, readCapture } from '../src/io/pcap.js';
 import { ipOffset } from '../src/wire/link-layer.js';
 import { keyToken } from '../src/wire/tokens.js';
-import { ACK, SYN, capAck, capSyn, capSynAck, joinSyn, tcp } from './helpers/packets.js';
+import { ACK, RST, SYN, capAck, capSyn, capSynAck, joinSyn, tcp } from './helpers/packets.js';
 import { writeMptcpCapture } from './helpers/capture-gen.js';
 
 const PCAPS = fileURLToPath(new URL('../../../shared/pcaps/', import.meta.url));
@@ -240,5 +241,62 @@ test('--pcap-out naming an input is refused before anything is written', () => {
     assert.deepEqual(readFileSync(copy), bytes);
   } finally {
     rmSync(copy, { force: true });
+  }
+});
+
+/** A SYN scan: `ports` SYNs from one address to ports 1..N of one host, each answered by a RST/ACK. */
+function synScan(ports: number): Uint8Array {
+  const w = new PcapWriter(101);
+  let t = 1_700_000_000_000_000;
+  for (let p = 1; p <= ports; p++) {
+    w.add(t++, tcp({ src: '198.51.100.7', dst: '203.0.113.5', sport: 40000, dport: p, flags: SYN }));
+    w.add(t++, tcp({ src: '203.0.113.5', dst: '198.51.100.7', sport: p, dport: 40000, flags: RST | ACK }));
+  }
+  return w.toBytes();
+}
+
+test('a 6000-port SYN scan: refused with a clear message by default; completes with --vip, and with --max-vips in bounded memory', () => {
+  const scan = `${TMP}/mplb-replay-scan-${process.pid}.pcap`;
+  try {
+    writeFileSync(scan, synScan(6000));
+    const refused = mplb(['replay', scan]);
+    assert.equal(refused.status, 1, refused.stderr);
+    assert.match(refused.stderr, /^mplb: more than 256 address:ports receive a SYN \(the 257th: 203\.0\.113\.5:257\); .*--vip ADDR:PORT.*--max-vips/);
+    assert.equal(refused.stderr.trim().split('\n').length, 1, refused.stderr);
+    assert.doesNotMatch(refused.stderr, STACK);
+
+    const named = mplb(['replay', scan, '--vip', '203.0.113.5:80', '--json']);
+    assert.equal(named.status, 0, named.stderr);
+    const doc = JSON.parse(named.stdout);
+    assert.deepEqual(doc.vips, ['203.0.113.5:80']);
+    assert.equal(doc.packets.fed, 2);
+    assert.equal(doc.packets.notForService, 11998);
+
+    const r = spawnSync(process.execPath, ['--import', MAXRSS, MAIN, 'replay', scan, '--max-vips', '6000', '--json'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    assert.equal(r.status, 0, r.stderr);
+    const all = JSON.parse(r.stdout);
+    assert.equal(all.vips.length, 6000);
+    assert.equal(all.counters.packets_in, 12000);
+    assert.equal(all.verdicts.to_backend, 6000);
+    const kb = Number(/maxrss_kb=(\d+)/.exec(r.stderr)?.[1]);
+    assert.ok(kb > 0 && kb < 300_000, `peak RSS ${Math.round(kb / 1024)} MiB for 6000 inferred VIPs`);
+  } finally {
+    rmSync(scan, { force: true });
+  }
+});
+
+test('in process: too many inferred VIPs is a ReplayError (EREPLAY) before the engine is built; Maglev tables sized for N servers', () => {
+  const cap = [{ name: 'scan', bytes: synScan(300) }];
+  assert.throws(() => replayCaptures(cap, AWARE), (e: unknown) => e instanceof ReplayError && e.code === 'EREPLAY' && /the 257th: 203\.0\.113\.5:257/.test(e.message));
+  assert.throws(() => replayCaptures(cap, { ...AWARE, maxVips: 299 }), /more than 299 address:ports .*the 300th/);
+  assert.equal(replayCaptures(cap, { ...AWARE, maxVips: 300 }).vips.length, 300);
+  assert.throws(() => replayCaptures(cap, { ...AWARE, maxVips: 0 }), RangeError);
+  // Named VIPs are not capped: the user chose them.
+  assert.equal(replayCaptures(cap, { ...AWARE, vips: ['203.0.113.5:1', '203.0.113.5:2'] }).packets.fed, 4);
+  assert.equal(replayMaglevSize(1), 251);
+  assert.equal(replayMaglevSize(2), 251);
+  for (const n of [5, 17, 100, 250]) {
+    const m = replayMaglevSize(n);
+    assert.ok(isPrime(m) && m >= 64 * n && m < 64 * n + 200, `${n} -> ${m}`);
   }
 });

@@ -3,7 +3,7 @@
 import { statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { POLICIES, UNKNOWN_TOKEN_ANSWERS, type Policy, type UnknownTokenAnswer } from '../engine/config.js';
-import { formatReplay, replayCaptures } from '../replay/replay.js';
+import { DEFAULT_MAX_VIPS, formatReplay, MAX_VIPS_LIMIT, replayCaptures } from '../replay/replay.js';
 import { loadRunConfig, resolveAdminToken } from '../control/run-config.js';
 import type { AdminServer } from '../control/admin-server.js';
 import type { Logger } from '../control/logger.js';
@@ -13,7 +13,9 @@ const USAGE = `mplb: a Multipath-TCP-aware layer-4 load balancer
 
 usage:
   mplb replay FILE... [--backends N] [--policy maglev|hash-5tuple|hash-ip-pair] [--unaware]
-                      [--unknown-token hash|drop|reset] [--vip ADDR:PORT]... [--json] [--pcap-out FILE]
+                      [--unknown-token hash|drop|reset] [--vip ADDR:PORT]... [--max-vips N] [--json] [--pcap-out FILE]
+      replay pcap/pcapng captures through the engine (streamed from disk); without --vip every address:port that
+      receives a SYN is a VIP, at most --max-vips of them (default ${DEFAULT_MAX_VIPS}; more is refused: name them with --vip)
   mplb run --config FILE [--control-stdin] [--keep-guard]
       run the balancer (root, Linux): a TUN device and routes in the current network namespace, the admin
       API, /metrics and dashboard on http://127.0.0.1:9740/ (admin.*), health checks (health.*), JSON logs on
@@ -44,9 +46,12 @@ function cmdReplay(argv: string[]): number {
       vip: { type: 'string', multiple: true },
       json: { type: 'boolean', default: false },
       'pcap-out': { type: 'string' },
+      'max-vips': { type: 'string', default: String(DEFAULT_MAX_VIPS) },
     },
   });
   if (positionals.length === 0) throw new UsageError('replay needs at least one capture file');
+  const maxVips = Number(values['max-vips']);
+  if (!Number.isInteger(maxVips) || maxVips < 1 || maxVips > MAX_VIPS_LIMIT) throw new UsageError(`--max-vips must be an integer 1-${MAX_VIPS_LIMIT}, got ${values['max-vips']}`);
   const backends = Number(values.backends);
   if (!Number.isInteger(backends) || backends < 1 || backends > 250) throw new UsageError(`--backends must be an integer 1-250, got ${values.backends}`);
   if (!(POLICIES as readonly string[]).includes(values.policy!)) throw new UsageError(`--policy must be one of ${POLICIES.join(', ')}`);
@@ -72,6 +77,7 @@ function cmdReplay(argv: string[]): number {
     aware: !values.unaware,
     unknownTokenAnswer: values['unknown-token'] as UnknownTokenAnswer,
     vips: values.vip,
+    maxVips,
     pcapOut: out,
   });
   for (const w of result.warnings) process.stderr.write(`mplb: warning: ${w}\n`);

@@ -3,6 +3,7 @@
 // keys and tokens says where each join should have gone.
 import { formatEndpoint, parseEndpoint } from '../wire/addr.js';
 import { validateEngineConfig, type Policy, type UnknownTokenAnswer } from '../engine/config.js';
+import { isPrime } from '../engine/maglev.js';
 import { Engine, Steer, Verdict, VERDICT_LABELS } from '../engine/engine.js';
 import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from '../wire/mptcp-options.js';
 import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_SYN } from '../wire/parse.js';
@@ -18,8 +19,10 @@ export interface ReplayOptions {
   policy: Policy;
   aware: boolean;
   unknownTokenAnswer: UnknownTokenAnswer;
-  /** VIPs as "addr:port"; default: every address:port that receives a SYN. */
+  /** VIPs as "addr:port"; default: every address:port that receives a SYN, at most `maxVips` of them. */
   vips?: string[];
+  /** Most VIPs inferred from SYNs (default DEFAULT_MAX_VIPS): a port scan would otherwise make every port a service. */
+  maxVips?: number;
   /** --pcap-out: true = in memory (ReplayResult.pcapOut), a path = streamed to that file as packets leave. */
   pcapOut?: boolean | string;
 }
@@ -61,6 +64,31 @@ export interface ReplayResult {
   counters: Record<string, number>;
   drops: Record<string, number>;
   pcapOut?: Uint8Array;
+}
+
+/** Inferred VIPs allowed by default (`--max-vips`). */
+export const DEFAULT_MAX_VIPS = 256;
+/** The most `--max-vips` accepts: the engine's VIP set is rebuilt per VIP added, so its set-up grows with the square. */
+export const MAX_VIPS_LIMIT = 16384;
+
+/** A replay that cannot run as asked (too many inferred VIPs): one line, no stack trace, exit 1. */
+export class ReplayError extends Error {
+  readonly code = 'EREPLAY';
+  constructor(message: string) {
+    super(message);
+    this.name = 'ReplayError';
+  }
+}
+
+/**
+ * Maglev table size for replay's VIPs: the smallest prime >= max(251, 64 x backends). Replay has only N virtual
+ * servers per VIP, so 64 slots each keep shares within 1/64 of even, and a VIP costs 1-64 KB instead of the
+ * 256 KB of the run default (65537 slots).
+ */
+export function replayMaglevSize(backends: number): number {
+  let n = Math.max(251, 64 * backends);
+  while (!isPrime(n)) n++;
+  return n;
 }
 
 const hex = (hi: number, lo: number) => (hi >>> 0).toString(16).padStart(8, '0') + (lo >>> 0).toString(16).padStart(8, '0');
@@ -118,21 +146,39 @@ class RecordStream implements RecordSource {
   }
 }
 
-/** VIPs when none are named: every address:port that receives a SYN (a first pass over the inputs). */
-function inferVips(inputs: readonly ReplayInput[]): string[] {
+/**
+ * VIPs when none are named: every address:port that receives a SYN (a first pass over the inputs), at most `max`:
+ * one more is a ReplayError, raised at once (the pass stops there, so a scan of every port costs nothing more).
+ */
+function inferVips(inputs: readonly ReplayInput[], max: number): string[] {
   const v = new PacketView(), scratch = new Uint8Array(65536);
   const seen = new Set<string>();
   const records = new RecordStream(inputs);
   for (let rec = records.read(); rec !== null; rec = records.read()) {
     const n = loadIp(rec, scratch);
     if (n < 0 || parsePacket(scratch, 0, n, v) !== ParseStatus.Ok) continue;
-    if ((v.tcpFlags & (TCP_SYN | TCP_ACK)) === TCP_SYN) seen.add(formatEndpoint(scratch, v.dstAddrOff, v.addrLen, v.dstPort));
+    if ((v.tcpFlags & (TCP_SYN | TCP_ACK)) !== TCP_SYN) continue;
+    const vip = formatEndpoint(scratch, v.dstAddrOff, v.addrLen, v.dstPort);
+    if (seen.has(vip)) continue;
+    if (seen.size >= max) {
+      records.close();
+      throw new ReplayError(`more than ${max} address:ports receive a SYN (the ${ordinal(max + 1)}: ${vip}); a port scan? `
+        + 'Name the services with --vip ADDR:PORT (repeatable), or raise --max-vips');
+    }
+    seen.add(vip);
   }
   return [...seen];
 }
 
+function ordinal(n: number): string {
+  const t = n % 100, u = n % 10;
+  return `${n}${t >= 11 && t <= 13 ? 'th' : u === 1 ? 'st' : u === 2 ? 'nd' : u === 3 ? 'rd' : 'th'}`;
+}
+
 export function replayCaptures(inputs: readonly ReplayInput[], opts: ReplayOptions): ReplayResult {
-  const vips = opts.vips ?? inferVips(inputs);
+  const maxVips = opts.maxVips ?? DEFAULT_MAX_VIPS;
+  if (!Number.isInteger(maxVips) || maxVips < 1 || maxVips > MAX_VIPS_LIMIT) throw new RangeError(`maxVips must be an integer 1-${MAX_VIPS_LIMIT}, got ${maxVips}`);
+  const vips = opts.vips ?? inferVips(inputs, maxVips);
   const family = vips.length && parseEndpoint(vips[0])?.addr.family === 6 ? 6 : 4;
   const servers = { 4: backendAddresses(opts.backends, 4), 6: backendAddresses(opts.backends, 6) };
   const engine = new Engine(validateEngineConfig({
@@ -143,7 +189,7 @@ export function replayCaptures(inputs: readonly ReplayInput[], opts: ReplayOptio
     policy: opts.policy,
     mptcpAware: opts.aware,
     unknownTokenAnswer: opts.unknownTokenAnswer,
-    tables: { maxFlows: 1 << 16, maxConnections: 1 << 15 },
+    tables: { maxFlows: 1 << 16, maxConnections: 1 << 15, maglevSize: replayMaglevSize(opts.backends) },
   }, 'replay'));
   const serverIndex = (b: number) => (b < 0 ? null : engine.services.vipBackends[engine.services.beVip[b]].indexOf(b));
 
