@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { replayCaptures, ReplayError, replayMaglevSize, type ReplayOptions } from '../src/replay/replay.js';
@@ -298,5 +298,57 @@ test('in process: too many inferred VIPs is a ReplayError (EREPLAY) before the e
   for (const n of [5, 17, 100, 250]) {
     const m = replayMaglevSize(n);
     assert.ok(isPrime(m) && m >= 64 * n && m < 64 * n + 200, `${n} -> ${m}`);
+  }
+});
+
+test('output into a pipe that closes early (| head): no stack trace', () => {
+  const file = `${TMP}/mplb-replay-pipe-${process.pid}.pcap`;
+  try {
+    writeMptcpCapture(file, { records: 13_000, perConnection: 13 }); // 1000 connections: a report far above a pipe's 64 KiB
+    for (const flag of ['', '--json']) {
+      const r = spawnSync('sh', ['-c', `"${process.execPath}" "${MAIN}" replay "${file}" ${flag} | head -c 100 >/dev/null`], { encoding: 'utf8' });
+      assert.equal(r.stderr, '', `replay ${flag} | head: ${r.stderr.slice(0, 500)}`);
+    }
+  } finally {
+    rmSync(file, { force: true });
+  }
+});
+
+test('every refusal is one `mplb: ` line (usage errors: then the usage) with exit 1 or 2, never a stack trace', () => {
+  const dir = mkdtempSync(`${TMP}/mplb-replay-errors-`);
+  try {
+    const good = PCAPS + 'linux-v1/mptcp-v1-joins.pcap';
+    writeFileSync(`${dir}/empty.pcap`, '');
+    writeFileSync(`${dir}/text.pcap`, 'hello\n');
+    writeFileSync(`${dir}/short.pcap`, readFileSync(good).subarray(0, 20));
+    const ngHuge = Buffer.alloc(40);
+    ngHuge.writeUInt32LE(0x0a0d0d0a, 0); ngHuge.writeUInt32LE(28, 4); ngHuge.writeUInt32LE(0x1a2b3c4d, 8); ngHuge.writeUInt16LE(1, 12); ngHuge.writeUInt32LE(28, 24);
+    ngHuge.writeUInt32LE(6, 28); ngHuge.writeUInt32LE(0xfffffff0, 32); // an EPB of 4 GiB
+    writeFileSync(`${dir}/huge-block.pcapng`, ngHuge);
+    const cases: [string[], number, RegExp][] = [
+      [[`${dir}/missing.pcap`], 2, /^mplb: cannot read .*missing\.pcap: ENOENT/],
+      [[dir], 2, /^mplb: cannot read .*: not a regular file/],
+      [[`${dir}/empty.pcap`], 1, /^mplb: .*empty\.pcap: not a pcap or pcapng file: only 0 bytes \(at byte offset 0\)$/],
+      [[`${dir}/text.pcap`], 1, /^mplb: .*text\.pcap: not a pcap or pcapng file: magic 0x68656c6c/],
+      [[`${dir}/short.pcap`], 1, /^mplb: .*short\.pcap: pcap file header truncated: 20 of 24 bytes/],
+      [[`${dir}/huge-block.pcapng`], 1, /^mplb: .*huge-block\.pcapng: pcapng block of type 0x00000006 has total length 4294967280 but only 12 bytes remain \(at byte offset 28\)$/],
+      [[good, '--pcap-out', `${dir}/no/such/dir/out.pcap`], 1, /^mplb: cannot write .*out\.pcap: ENOENT/],
+      [[good, '--pcap-out', dir], 1, /^mplb: cannot write .*: EISDIR/],
+      [[good, '--vip', 'nonsense'], 2, /^mplb: --vip must be ADDR:PORT/],
+      [[good, '--max-vips', '0'], 2, /^mplb: --max-vips must be an integer 1-16384, got 0$/],
+      [[good, '--max-vips', 'lots'], 2, /^mplb: --max-vips must be an integer/],
+      [[good, '--bogus'], 2, /^mplb: Unknown option '--bogus'/],
+    ];
+    for (const [args, status, first] of cases) {
+      const r = mplb(['replay', ...args]);
+      const where = `replay ${args.join(' ')}: exit ${r.status}, ${JSON.stringify(r.stderr.slice(0, 300))}`;
+      assert.equal(r.status, status, where);
+      assert.match(r.stderr.split('\n')[0], first, where);
+      assert.doesNotMatch(r.stderr, STACK, where);
+      if (status === 1) assert.equal(r.stderr.split('\n').filter(Boolean).length, 1, where);
+      else assert.match(r.stderr, /\nusage:\n/, where);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

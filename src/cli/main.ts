@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The mplb command: a thin layer that parses arguments and calls into the replay, data plane and testbed modules.
 import { statSync } from 'node:fs';
+import { parseEndpoint } from '../wire/addr.js';
 import { parseArgs } from 'node:util';
 import { POLICIES, UNKNOWN_TOKEN_ANSWERS, type Policy, type UnknownTokenAnswer } from '../engine/config.js';
 import { DEFAULT_MAX_VIPS, formatReplay, MAX_VIPS_LIMIT, replayCaptures } from '../replay/replay.js';
@@ -34,8 +35,13 @@ usage:
 /** A usage error: printed without a stack trace, exit code 2. */
 export class UsageError extends Error {}
 
+/** parseArgs' own errors (an unknown option, a missing value) are usage errors too. */
+function usageErrors<T>(f: () => T): T {
+  try { return f(); } catch (e) { throw (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ? new UsageError((e as Error).message) : e; }
+}
+
 function cmdReplay(argv: string[]): number {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = usageErrors(() => parseArgs({
     args: argv,
     allowPositionals: true,
     options: {
@@ -48,7 +54,7 @@ function cmdReplay(argv: string[]): number {
       'pcap-out': { type: 'string' },
       'max-vips': { type: 'string', default: String(DEFAULT_MAX_VIPS) },
     },
-  });
+  }));
   if (positionals.length === 0) throw new UsageError('replay needs at least one capture file');
   const maxVips = Number(values['max-vips']);
   if (!Number.isInteger(maxVips) || maxVips < 1 || maxVips > MAX_VIPS_LIMIT) throw new UsageError(`--max-vips must be an integer 1-${MAX_VIPS_LIMIT}, got ${values['max-vips']}`);
@@ -56,6 +62,9 @@ function cmdReplay(argv: string[]): number {
   if (!Number.isInteger(backends) || backends < 1 || backends > 250) throw new UsageError(`--backends must be an integer 1-250, got ${values.backends}`);
   if (!(POLICIES as readonly string[]).includes(values.policy!)) throw new UsageError(`--policy must be one of ${POLICIES.join(', ')}`);
   if (!(UNKNOWN_TOKEN_ANSWERS as readonly string[]).includes(values['unknown-token']!)) throw new UsageError(`--unknown-token must be one of ${UNKNOWN_TOKEN_ANSWERS.join(', ')}`);
+  for (const v of values.vip ?? []) {
+    if (parseEndpoint(v)?.port === undefined) throw new UsageError(`--vip must be ADDR:PORT ([ADDR]:PORT for IPv6), got ${JSON.stringify(v)}`);
+  }
   // Files are streamed from disk in chunks by the replay; checked here so that a missing one is a usage error.
   const inputs = positionals.map((name) => {
     let st;
@@ -81,6 +90,11 @@ function cmdReplay(argv: string[]): number {
     pcapOut: out,
   });
   for (const w of result.warnings) process.stderr.write(`mplb: warning: ${w}\n`);
+  // A reader that goes away (`| head`) ends the output, quietly; another write error is one line.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') process.stderr.write(`mplb: cannot write the report: ${e.message}\n`);
+    process.exit(e.code === 'EPIPE' ? 0 : 1);
+  });
   const { pcapOut: _omit, ...doc } = result;
   process.stdout.write(values.json ? JSON.stringify(doc, null, 2) + '\n' : formatReplay(result) + '\n');
   return 0;

@@ -170,6 +170,14 @@ function inferVips(inputs: readonly ReplayInput[], max: number): string[] {
   return [...seen];
 }
 
+function openOut(path: string): PcapFileWriter {
+  try {
+    return new PcapFileWriter(path, 101);
+  } catch (e) {
+    throw new ReplayError(`cannot write ${path}: ${(e as Error).message}`);
+  }
+}
+
 function ordinal(n: number): string {
   const t = n % 100, u = n % 10;
   return `${n}${t >= 11 && t <= 13 ? 'th' : u === 1 ? 'st' : u === 2 ? 'nd' : u === 3 ? 'rd' : 'th'}`;
@@ -203,7 +211,7 @@ export function replayCaptures(inputs: readonly ReplayInput[], opts: ReplayOptio
   const opt = new MptcpOption();
   const records = new RecordStream(inputs);
   const memOut = opts.pcapOut === true ? new PcapWriter(101) : null;
-  const fileOut = typeof opts.pcapOut === 'string' ? new PcapFileWriter(opts.pcapOut, 101) : null;
+  const fileOut = typeof opts.pcapOut === 'string' ? openOut(opts.pcapOut) : null;
   const device = new CaptureDevice(records, engine, new EndpointSet(vips), memOut ?? fileOut);
 
   const learn = (flowKey: string, client: string, vip: string, version: number, serverKey: [number, number], clientKey: [number, number] | null, backend: number | null) => {
