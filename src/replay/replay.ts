@@ -150,14 +150,17 @@ class RecordStream implements RecordSource {
  * VIPs when none are named: every address:port that receives a SYN (a first pass over the inputs), at most `max`:
  * one more is a ReplayError, raised at once (the pass stops there, so a scan of every port costs nothing more).
  */
-function inferVips(inputs: readonly ReplayInput[], max: number): string[] {
+function inferVips(inputs: readonly ReplayInput[], max: number): { vips: string[]; synsToPort0: number } {
   const v = new PacketView(), scratch = new Uint8Array(65536);
   const seen = new Set<string>();
   const records = new RecordStream(inputs);
+  let synsToPort0 = 0;
   for (let rec = records.read(); rec !== null; rec = records.read()) {
     const n = loadIp(rec, scratch);
     if (n < 0 || parsePacket(scratch, 0, n, v) !== ParseStatus.Ok) continue;
     if ((v.tcpFlags & (TCP_SYN | TCP_ACK)) !== TCP_SYN) continue;
+    // Port 0 is no service (a scan, a corrupt header): such SYNs are counted, and go nowhere.
+    if (v.dstPort === 0) { synsToPort0++; continue; }
     const vip = formatEndpoint(scratch, v.dstAddrOff, v.addrLen, v.dstPort);
     if (seen.has(vip)) continue;
     if (seen.size >= max) {
@@ -167,7 +170,7 @@ function inferVips(inputs: readonly ReplayInput[], max: number): string[] {
     }
     seen.add(vip);
   }
-  return [...seen];
+  return { vips: [...seen], synsToPort0 };
 }
 
 function openOut(path: string): PcapFileWriter {
@@ -186,7 +189,8 @@ function ordinal(n: number): string {
 export function replayCaptures(inputs: readonly ReplayInput[], opts: ReplayOptions): ReplayResult {
   const maxVips = opts.maxVips ?? DEFAULT_MAX_VIPS;
   if (!Number.isInteger(maxVips) || maxVips < 1 || maxVips > MAX_VIPS_LIMIT) throw new RangeError(`maxVips must be an integer 1-${MAX_VIPS_LIMIT}, got ${maxVips}`);
-  const vips = opts.vips ?? inferVips(inputs, maxVips);
+  const inferred = opts.vips ? null : inferVips(inputs, maxVips);
+  const vips = opts.vips ?? inferred!.vips;
   const family = vips.length && parseEndpoint(vips[0])?.addr.family === 6 ? 6 : 4;
   const servers = { 4: backendAddresses(opts.backends, 4), 6: backendAddresses(opts.backends, 6) };
   const engine = new Engine(validateEngineConfig({
@@ -291,7 +295,7 @@ export function replayCaptures(inputs: readonly ReplayInput[], opts: ReplayOptio
     policy: opts.policy,
     mptcpAware: opts.aware,
     packets: { total: c.records, fed: c.fed, unparsed: c.unparsed, notIp: c.notIp, truncated: c.truncated, repliesWithoutFlow: c.repliesWithoutFlow, notForService: c.notForService, timestampsClamped: c.timestampsClamped },
-    warnings: [...records.warnings, ...(c.timestampsClamped > 0
+    warnings: [...records.warnings, ...(inferred?.synsToPort0 ? [`${inferred.synsToPort0} SYN${inferred.synsToPort0 === 1 ? '' : 's'} to port 0 made no VIP`] : []), ...(c.timestampsClamped > 0
       ? [`${c.timestampsClamped} packet${c.timestampsClamped === 1 ? '' : 's'} of the --pcap-out file had a time pcap cannot hold (before 1970 or after 2106-02-07) and were written with it clamped`]
       : [])],
     verdicts,
