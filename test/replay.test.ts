@@ -352,3 +352,25 @@ test('every refusal is one `mplb: ` line (usage errors: then the usage) with exi
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('replay judges joins with the tables of mplb run: 33000 live connections fit; a smaller table that overflows says so', () => {
+  const file = `${TMP}/mplb-replay-tables-${process.pid}.pcap`;
+  try {
+    // 33000 connections within 4.3 s of capture time: every token is still alive (60 s linger) when the last one opens.
+    const gen = writeMptcpCapture(file, { records: 33_000 * 13, perConnection: 13 });
+    const r = replayCaptures([{ name: 'many', path: file }], AWARE);
+    assert.equal(r.summary.joins, gen.connections);
+    assert.equal(r.summary.onConnectionBackend, gen.connections, `${r.counters.conn_table_full} connections found the table full`);
+    assert.equal(r.counters.conn_table_full, 0);
+    assert.deepEqual(r.warnings, []);
+    // The tables replay had before (65536 flows, 32768 connections): each overflows, joins go elsewhere, and it says so.
+    const conns = replayCaptures([{ name: 'many', path: file }], { ...AWARE, tables: { maxConnections: 1 << 15 } });
+    assert.ok(conns.counters.conn_table_full > 0 && conns.summary.elsewhere > 0, JSON.stringify(conns.summary));
+    assert.match(conns.warnings.join('\n'), /^the connection table \(32768 entries\) was full for \d+ MPTCP connections: their tokens were not kept/m);
+    const flows = replayCaptures([{ name: 'many', path: file }], { ...AWARE, tables: { maxFlows: 1 << 16 } });
+    assert.ok(flows.summary.elsewhere + flows.drops.flow_table_full > 0, JSON.stringify(flows.summary));
+    assert.match(flows.warnings.join('\n'), /^the flow table \(65536 entries\) was full: \d+ embryonic flows evicted, \d+ SYNs forwarded without a flow, \d+ joins dropped$/m);
+  } finally {
+    rmSync(file, { force: true });
+  }
+});

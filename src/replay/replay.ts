@@ -2,7 +2,7 @@
 // (capture-device.ts) that plays the network around the balancer. This file judges the result: its own oracle of
 // keys and tokens says where each join should have gone.
 import { formatEndpoint, parseEndpoint } from '../wire/addr.js';
-import { validateEngineConfig, type Policy, type UnknownTokenAnswer } from '../engine/config.js';
+import { ENGINE_DEFAULTS, validateEngineConfig, type Policy, type UnknownTokenAnswer } from '../engine/config.js';
 import { isPrime } from '../engine/maglev.js';
 import { Engine, Steer, Verdict, VERDICT_LABELS } from '../engine/engine.js';
 import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from '../wire/mptcp-options.js';
@@ -23,6 +23,12 @@ export interface ReplayOptions {
   vips?: string[];
   /** Most VIPs inferred from SYNs (default DEFAULT_MAX_VIPS): a port scan would otherwise make every port a service. */
   maxVips?: number;
+  /**
+   * Engine table sizes. Default: those of `mplb run` (ENGINE_DEFAULTS.tables: 1,048,576 flows, 524,288 connections),
+   * or fewer when the capture has fewer SYNs (a power of two >= 1024), so joins are judged as mplb would steer them
+   * without allocating its tables for a small capture. A table that overflows is reported in `warnings`.
+   */
+  tables?: { maxFlows?: number; maxConnections?: number };
   /** --pcap-out: true = in memory (ReplayResult.pcapOut), a path = streamed to that file as packets leave. */
   pcapOut?: boolean | string;
 }
@@ -146,21 +152,32 @@ class RecordStream implements RecordSource {
   }
 }
 
+interface Survey {
+  /** The inferred VIPs (null when they are named). */
+  vips: string[] | null;
+  /** SYNs (without ACK) to a port other than 0: no more flows or MPTCP connections than this can ever be live. */
+  syns: number;
+  synsToPort0: number;
+}
+
 /**
- * VIPs when none are named: every address:port that receives a SYN (a first pass over the inputs), at most `max`:
- * one more is a ReplayError, raised at once (the pass stops there, so a scan of every port costs nothing more).
+ * The first pass over the inputs: SYNs counted (for the table sizes) and, when none are named, the VIPs: every
+ * address:port that receives a SYN, at most `max`: one more is a ReplayError, raised at once (the pass stops there,
+ * so a scan of every port costs nothing more).
  */
-function inferVips(inputs: readonly ReplayInput[], max: number): { vips: string[]; synsToPort0: number } {
+function survey(inputs: readonly ReplayInput[], infer: boolean, max: number): Survey {
   const v = new PacketView(), scratch = new Uint8Array(65536);
   const seen = new Set<string>();
   const records = new RecordStream(inputs);
-  let synsToPort0 = 0;
+  let syns = 0, synsToPort0 = 0;
   for (let rec = records.read(); rec !== null; rec = records.read()) {
     const n = loadIp(rec, scratch);
     if (n < 0 || parsePacket(scratch, 0, n, v) !== ParseStatus.Ok) continue;
     if ((v.tcpFlags & (TCP_SYN | TCP_ACK)) !== TCP_SYN) continue;
     // Port 0 is no service (a scan, a corrupt header): such SYNs are counted, and go nowhere.
     if (v.dstPort === 0) { synsToPort0++; continue; }
+    syns++;
+    if (!infer) continue;
     const vip = formatEndpoint(scratch, v.dstAddrOff, v.addrLen, v.dstPort);
     if (seen.has(vip)) continue;
     if (seen.size >= max) {
@@ -170,7 +187,34 @@ function inferVips(inputs: readonly ReplayInput[], max: number): { vips: string[
     }
     seen.add(vip);
   }
-  return { vips: [...seen], synsToPort0 };
+  return { vips: infer ? [...seen] : null, syns, synsToPort0 };
+}
+
+/**
+ * A table size that steers as `mplb run`'s does: its default, or less when the capture has fewer SYNs than that (only
+ * a SYN makes a flow, so such a table can never fill); a power of two, at least 1024.
+ */
+function tableSize(syns: number, runDefault: number): number {
+  let n = 1024;
+  while (n < syns && n < runDefault) n *= 2;
+  return Math.min(n, runDefault);
+}
+
+const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
+
+/** The engine's tables overflowed: what it cost, in the counters' words. */
+function tableWarnings(snap: { counters: Record<string, number>; drops: Record<string, number> }, flows: number, conns: number): string[] {
+  const out: string[] = [];
+  const full = snap.drops.flow_table_full + snap.counters.stateless_forward;
+  if (full > 0 || snap.counters.flows_evicted_embryonic > 0) {
+    out.push(`the flow table (${flows} entries) was full: ${snap.counters.flows_evicted_embryonic} embryonic flows evicted, `
+      + `${snap.counters.stateless_forward} SYNs forwarded without a flow, ${snap.drops.flow_table_full} joins dropped`);
+  }
+  if (snap.counters.conn_table_full > 0) {
+    out.push(`the connection table (${conns} entries) was full for ${plural(snap.counters.conn_table_full, 'MPTCP connection')}: `
+      + 'their tokens were not kept, so their joins could not be steered by token');
+  }
+  return out;
 }
 
 function openOut(path: string): PcapFileWriter {
@@ -189,8 +233,8 @@ function ordinal(n: number): string {
 export function replayCaptures(inputs: readonly ReplayInput[], opts: ReplayOptions): ReplayResult {
   const maxVips = opts.maxVips ?? DEFAULT_MAX_VIPS;
   if (!Number.isInteger(maxVips) || maxVips < 1 || maxVips > MAX_VIPS_LIMIT) throw new RangeError(`maxVips must be an integer 1-${MAX_VIPS_LIMIT}, got ${maxVips}`);
-  const inferred = opts.vips ? null : inferVips(inputs, maxVips);
-  const vips = opts.vips ?? inferred!.vips;
+  const first = survey(inputs, !opts.vips, maxVips);
+  const vips = opts.vips ?? first.vips!;
   const family = vips.length && parseEndpoint(vips[0])?.addr.family === 6 ? 6 : 4;
   const servers = { 4: backendAddresses(opts.backends, 4), 6: backendAddresses(opts.backends, 6) };
   const engine = new Engine(validateEngineConfig({
@@ -201,7 +245,11 @@ export function replayCaptures(inputs: readonly ReplayInput[], opts: ReplayOptio
     policy: opts.policy,
     mptcpAware: opts.aware,
     unknownTokenAnswer: opts.unknownTokenAnswer,
-    tables: { maxFlows: 1 << 16, maxConnections: 1 << 15, maglevSize: replayMaglevSize(opts.backends) },
+    tables: {
+      maxFlows: opts.tables?.maxFlows ?? tableSize(first.syns, ENGINE_DEFAULTS.tables.maxFlows),
+      maxConnections: opts.tables?.maxConnections ?? tableSize(first.syns, ENGINE_DEFAULTS.tables.maxConnections),
+      maglevSize: replayMaglevSize(opts.backends),
+    },
   }, 'replay'));
   const serverIndex = (b: number) => (b < 0 ? null : engine.services.vipBackends[engine.services.beVip[b]].indexOf(b));
 
@@ -295,9 +343,14 @@ export function replayCaptures(inputs: readonly ReplayInput[], opts: ReplayOptio
     policy: opts.policy,
     mptcpAware: opts.aware,
     packets: { total: c.records, fed: c.fed, unparsed: c.unparsed, notIp: c.notIp, truncated: c.truncated, repliesWithoutFlow: c.repliesWithoutFlow, notForService: c.notForService, timestampsClamped: c.timestampsClamped },
-    warnings: [...records.warnings, ...(inferred?.synsToPort0 ? [`${inferred.synsToPort0} SYN${inferred.synsToPort0 === 1 ? '' : 's'} to port 0 made no VIP`] : []), ...(c.timestampsClamped > 0
-      ? [`${c.timestampsClamped} packet${c.timestampsClamped === 1 ? '' : 's'} of the --pcap-out file had a time pcap cannot hold (before 1970 or after 2106-02-07) and were written with it clamped`]
-      : [])],
+    warnings: [
+      ...records.warnings,
+      ...(first.synsToPort0 ? [`${plural(first.synsToPort0, 'SYN')} to port 0 went to no VIP`] : []),
+      ...(c.timestampsClamped > 0
+        ? [`${plural(c.timestampsClamped, 'packet')} of the --pcap-out file had a time pcap cannot hold (before 1970 or after 2106-02-07) and were written with it clamped`]
+        : []),
+      ...tableWarnings(snap, engine.flows.capacity, engine.conns.capacity),
+    ],
     verdicts,
     connections,
     joins,
