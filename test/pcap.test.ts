@@ -812,6 +812,14 @@ describe('streaming reader', () => {
     }
   });
 
+  test('pcapng: at most 65536 interface descriptions per section (each is kept for the section)', () => {
+    const idbs = (n: number) => encodePcapng([{ kind: 'shb', le: true }, ...Array.from({ length: n }, () => ({ kind: 'idb', linkType: 101 }) as const)]);
+    assert.deepEqual(readCapture(idbs(65536)).records, []);
+    const over = idbs(65537);
+    const shb = new DataView(over.buffer).getUint32(4, true), idb = new DataView(over.buffer).getUint32(shb + 4, true);
+    assertCaptureError(over, shb + 65536 * idb, /more than 65536 interface descriptions/);
+  });
+
   test('pcapng: a huge block without packets is skipped unread; a huge packet block is refused, not buffered', () => {
     // SHB, IDB, a 40 MiB custom block, an EPB: made on the fly by a source that never holds the big block.
     const head = encodePcapng([{ kind: 'shb', le: true }, { kind: 'idb', linkType: 101 }]);
