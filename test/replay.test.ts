@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -133,6 +133,7 @@ test('mplb replay CLI: --json document shape and --pcap-out output', () => {
   const out = `${process.env.TMPDIR ?? '/tmp'}/mplb-replay-${process.pid}.pcap`;
   const main = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
   const json = execFileSync(process.execPath, [main, 'replay', PCAPS + 'linux-v1/mptcp-v1-joins.pcap', '--json', '--pcap-out', out, '--backends', '3'], { encoding: 'utf8' });
+  after(() => rmSync(out, { force: true }));
   const doc = JSON.parse(json);
   for (const c of doc.connections) for (const k of ['version', 'clientKey', 'serverKey', 'serverToken', 'clientToken', 'backend']) assert.ok(k in c, k);
   for (const j of doc.joins) for (const k of ['subflow', 'token', 'backend', 'connectionBackend', 'steeredBy']) assert.ok(k in j, k);
@@ -164,6 +165,7 @@ const STACK = /^\s+at .*[(:]/m;
 test('--pcap-out with a timestamp pcap cannot hold (ts_sec 0xffffffff, ts_usec 1000000): exit 0, no stack trace, clamped and counted', () => {
   const out = `${TMP}/mplb-replay-ts-${process.pid}.pcap`;
   const r = mplb(['replay', CRASHES + 'ts-sec-ffffffff-usec-1000000.pcap', '--pcap-out', out, '--json']);
+  after(() => rmSync(out, { force: true }));
   assert.equal(r.status, 0, r.stderr);
   assert.doesNotMatch(r.stderr, STACK);
   assert.doesNotMatch(r.stderr, /internal error/);
