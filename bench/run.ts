@@ -1,11 +1,13 @@
 // `npm run bench`: every benchmark, then bench/results.json and BENCHMARKS.md. `--quick` for a smoke run.
-// Sections: engine (in process, one core), Maglev, floods, and end to end on the testbed (root only).
+// Sections: engine (in process, one core), Maglev, floods, replay (a 5-million-record capture; 100 thousand with
+// --quick), and end to end on the testbed (root only).
 import { execFileSync } from 'node:child_process';
 import { cpus, release } from 'node:os';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { runEngineBench, type BenchResult } from './engine.bench.js';
 import { runMaglevBench } from './maglev.bench.js';
+import { runReplayBench } from './replay.bench.js';
 import { fmt, verdict } from './report.js';
 
 const quick = process.argv.includes('--quick');
@@ -28,6 +30,7 @@ async function main(): Promise<void> {
   };
   await section('engine and floods', () => runEngineBench({ quick }));
   await section('maglev', async () => (await runMaglevBench({ quick })).map((r) => ({ ...r })));
+  await section('replay', () => runReplayBench({ quick }));
   if (!skipE2e) {
     const e2e = new URL('./e2e.bench.js', import.meta.url);
     let mod: { runE2eBench?: (o: { quick: boolean }) => Promise<BenchResult[]> } | undefined;
@@ -60,7 +63,7 @@ values are medians over several runs with the range in parentheses; side-by-side
 
 Rerun: \`npm run bench\` (everything; the end-to-end section needs root), \`npm run bench -- --quick\` (smoke run,
 does not rewrite this file), \`npm run bench -- --no-e2e\` (in-process sections only), or one section alone:
-\`node --expose-gc dist/bench/engine.bench.js\`, \`node dist/bench/maglev.bench.js\`.
+\`node --expose-gc dist/bench/engine.bench.js\`, \`node dist/bench/maglev.bench.js\`, \`node dist/bench/replay.bench.js\`.
 
 | id | value | target | verdict | peers (same run) | what |
 |---|---|---|---|---|---|
@@ -87,6 +90,9 @@ const NOTES = `## How each figure is measured
   reach their connection's backend. Peers show the highest table fill against the caps.
 - **maglev.***: table build time (median of several builds) and the share of slots/flows that move when one of N
   backends is removed, against the ideal 1/N; the paper's fill loop is the peer.
+- **replay.records_per_s_5m**: \`mplb replay FILE --json\` as a child process on a generated 5-million-record pcap
+  (546 MB, 50000 MPTCP connections, read from disk in 1 MiB chunks, twice), wall time including start-up, median of
+  3 runs; peers give the child's peak RSS (getrusage) and the same for the same connections in 1 million records.
 - **e2e.***: one testbed (client with two links, balancer namespace, two servers; real Linux MPTCP; rate limits off),
   the peers set up and torn down in turn with the order rotating every run and the balancer namespace checked
   against a snapshot after each teardown: plain routing (VIP on server 1), nftables DNAT with a jhash over source

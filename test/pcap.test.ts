@@ -2,9 +2,13 @@
 // checked against tcpdump's own decodes of real captures and against an independent encoder below.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import fc from 'fast-check';
-import { CaptureFormatError, PcapWriter, readCapture, type CaptureRecord } from '../src/io/pcap.js';
+import {
+  CaptureFormatError, CHUNK_BYTES, openCapture, openCaptureFile, PCAP_MAX_TS_US, PcapFileWriter, PcapWriter, pcapTimestampUs, readCapture,
+  type ByteSource, type CaptureRecord,
+} from '../src/io/pcap.js';
 import { LinkType, ipOffset, linkTypeName } from '../src/wire/link-layer.js';
 
 // From dist/test/ (where this runs): ../../ is the repo root, ../../../shared is beside the clone.
@@ -534,8 +538,13 @@ describe('ipOffset', () => {
 // --- malformed input ---------------------------------------------------------------------------------
 
 function assertCaptureError(bytes: Uint8Array, offset: number, message: RegExp): void {
+  // The same error, whole or streamed in small chunks (records before it may come out first).
+  for (const read of [() => readCapture(bytes), () => [...openCapture(sourceOf(bytes), { chunkBytes: 5 })]]) assertThrowsAt(read, offset, message);
+}
+
+function assertThrowsAt(read: () => unknown, offset: number, message: RegExp): void {
   assert.throws(
-    () => readCapture(bytes),
+    read,
     (e: unknown) => {
       assert.ok(e instanceof CaptureFormatError, `not a CaptureFormatError: ${String(e)}`);
       assert.equal(e.code, 'EBADCAPTURE');
@@ -692,16 +701,33 @@ describe('malformed captures', () => {
   });
 });
 
-/** readCapture is total: a result whose records are sane, or a CaptureFormatError with an offset inside the input. */
-function checkTotal(bytes: Uint8Array): void {
+/**
+ * readCapture is total: a result whose records are sane, or a CaptureFormatError with an offset inside the input.
+ * A streamed read in small chunks gives the same records, warnings and error.
+ */
+function checkTotal(bytes: Uint8Array, chunkBytes = 1 + (bytes.length % 13)): void {
+  const streamed: CaptureRecord[] = [];
+  let streamError: unknown = null, streamWarnings: string[] = [];
+  try {
+    const r = openCapture(sourceOf(bytes), { chunkBytes });
+    for (let rec = r.read(); rec !== null; rec = r.read()) streamed.push(rec);
+    streamWarnings = r.warnings;
+  } catch (e) {
+    streamError = e;
+  }
   let result;
   try {
     result = readCapture(bytes);
   } catch (e) {
     if (!(e instanceof CaptureFormatError)) throw new Error(`threw ${String(e)}`);
     assert.ok(Number.isInteger(e.offset) && e.offset >= 0 && e.offset <= bytes.length, `offset ${e.offset}`);
+    assert.ok(streamError instanceof CaptureFormatError, `streamed: ${String(streamError)}`);
+    assert.equal(streamError.message, e.message);
     return;
   }
+  assert.equal(streamError, null);
+  assert.deepEqual(plain(streamed), plain(result.records));
+  assert.deepEqual(streamWarnings, result.warnings);
   for (const r of result.records) {
     assert.ok(Number.isFinite(r.tsUs));
     assert.ok(r.data.byteOffset >= bytes.byteOffset && r.data.byteOffset + r.data.length <= bytes.byteOffset + bytes.length);
@@ -710,6 +736,129 @@ function checkTotal(bytes: Uint8Array): void {
     assert.ok(off === -1 || (off >= 0 && off < r.data.length));
   }
 }
+
+// --- streaming -----------------------------------------------------------------------------------------
+
+/** A ByteSource over bytes in memory (as a file would give them), counting what is read. */
+function sourceOf(bytes: Uint8Array, stats = { reads: 0, bytes: 0 }): ByteSource & { stats: typeof stats } {
+  return {
+    size: bytes.length,
+    stats,
+    readAt(into, offset, length, position) {
+      const n = Math.max(0, Math.min(length, bytes.length - position));
+      into.set(bytes.subarray(position, position + n), offset);
+      stats.reads++;
+      stats.bytes += n;
+      return n;
+    },
+  };
+}
+
+describe('streaming reader', () => {
+  const files = [
+    ...SHARED_CAPTURES.map((c) => load(SHARED, c.file)),
+    ...readdirSync(FIXTURES).filter((f) => /\.pcap(ng)?$/.test(f)).map((f) => load(FIXTURES, f)),
+  ];
+
+  test('every capture and fixture reads the same streamed in chunks of 1, 3, 16, 100 and 4096 bytes as whole', () => {
+    for (const bytes of files) {
+      const whole = readCapture(bytes);
+      for (const chunkBytes of [1, 3, 16, 100, 4096]) {
+        const r = openCapture(sourceOf(bytes), { chunkBytes });
+        assert.equal(r.format, whole.format);
+        // Collected first, compared after: a record stays valid while later ones are read.
+        const recs = [...r];
+        assert.deepEqual(plain(recs), plain(whole.records));
+        assert.deepEqual(r.warnings, whole.warnings);
+        assert.equal(r.count, whole.records.length);
+      }
+    }
+  });
+
+  test('reads lazily: one chunk per record batch, not the whole file', () => {
+    const w = new PcapWriter(101);
+    for (let i = 0; i < 1000; i++) w.add(i, IPV4);
+    const bytes = w.toBytes(); // 56 bytes a record
+    const src = sourceOf(bytes);
+    const r = openCapture(src, { chunkBytes: 1024 });
+    assert.ok(r.read() !== null);
+    assert.ok(src.stats.bytes <= 1024, `${src.stats.bytes} bytes read for the first record`);
+    for (let i = 1; i < 500; i++) r.read();
+    assert.ok(src.stats.bytes <= 24 + 500 * 56 + 1024, `${src.stats.bytes} bytes read for 500 records`);
+    assert.equal([...r].length, 500);
+    assert.equal(src.stats.bytes, bytes.length, 'each byte read once');
+    assert.equal(r.read(), null);
+  });
+
+  test('openCaptureFile reads a file in chunks; close() closes it; errors name the offset as in memory', () => {
+    const dir = mkdtempSync(`${tmpdir()}/mplb-pcap-`);
+    try {
+      const bytes = load(SHARED, 'linux-v1/mptcp-v1-joins.pcap');
+      writeFileSync(`${dir}/a.pcap`, bytes);
+      const r = openCaptureFile(`${dir}/a.pcap`, { chunkBytes: 64 });
+      assert.deepEqual(plain([...r]), plain(readCapture(bytes).records));
+      const again = openCaptureFile(`${dir}/a.pcap`);
+      assert.ok(again.read() !== null);
+      again.close();
+      assert.equal(again.read(), null);
+      again.close();
+      writeFileSync(`${dir}/bad.pcap`, cat(bytes.subarray(0, 24), [0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]));
+      assertThrowsAt(() => [...openCaptureFile(`${dir}/bad.pcap`)], 24, /captured length 4294967295 exceeds the limit/);
+      writeFileSync(`${dir}/text.pcap`, 'hello, world');
+      assertThrowsAt(() => openCaptureFile(`${dir}/text.pcap`), 0, /not a pcap or pcapng file: magic/);
+      assert.throws(() => openCaptureFile(`${dir}/missing.pcap`), /ENOENT/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('pcapng: at most 65536 interface descriptions per section (each is kept for the section)', () => {
+    const idbs = (n: number) => encodePcapng([{ kind: 'shb', le: true }, ...Array.from({ length: n }, () => ({ kind: 'idb', linkType: 101 }) as const)]);
+    assert.deepEqual(readCapture(idbs(65536)).records, []);
+    const over = idbs(65537);
+    const shb = new DataView(over.buffer).getUint32(4, true), idb = new DataView(over.buffer).getUint32(shb + 4, true);
+    assertCaptureError(over, shb + 65536 * idb, /more than 65536 interface descriptions/);
+  });
+
+  test('pcapng: a huge block without packets is skipped unread; a huge packet block is refused, not buffered', () => {
+    // SHB, IDB, a 40 MiB custom block, an EPB: made on the fly by a source that never holds the big block.
+    const head = encodePcapng([{ kind: 'shb', le: true }, { kind: 'idb', linkType: 101 }]);
+    const epb = encodePcapng([{ kind: 'shb', le: true }, { kind: 'idb', linkType: 101 }, { kind: 'epb', iface: 0, ts: 7n, data: IPV4 }]).subarray(head.length);
+    const big = 40 << 20;
+    const bigBlock = (type: number): ByteSource & { stats: { reads: number; bytes: number } } => {
+      const stats = { reads: 0, bytes: 0 };
+      const size = head.length + big + epb.length;
+      const byteAt = (p: number): number => {
+        if (p < head.length) return head[p];
+        const q = p - head.length;
+        if (q < big) {
+          const lenAt = q < 8 ? q - 4 : q - (big - 4);
+          if (q < 4) return (type >>> (8 * q)) & 0xff;
+          if (lenAt >= 0 && lenAt < 4) return (big >>> (8 * lenAt)) & 0xff;
+          return 0;
+        }
+        return epb[q - big];
+      };
+      return {
+        size, stats,
+        readAt(into, offset, length, position) {
+          const n = Math.max(0, Math.min(length, size - position));
+          for (let i = 0; i < n; i++) into[offset + i] = byteAt(position + i);
+          stats.reads++;
+          stats.bytes += n;
+          return n;
+        },
+      };
+    };
+    const custom = bigBlock(0x00000bad);
+    const recs = [...openCapture(custom)];
+    assert.equal(recs.length, 1);
+    assert.equal(recs[0].tsUs, 7);
+    assert.ok(custom.stats.bytes < 3 * CHUNK_BYTES, `${custom.stats.bytes} bytes read`);
+    assertThrowsAt(() => [...openCapture(bigBlock(6))], head.length, /enhanced packet|above the limit/);
+    assertThrowsAt(() => [...openCapture(bigBlock(6))], head.length, /total length 41943040, above the limit of \d+ bytes/);
+  });
+});
 
 // --- writer ------------------------------------------------------------------------------------------
 
@@ -743,6 +892,27 @@ describe('PcapWriter', () => {
     assert.deepEqual(readCapture(bytes), { format: 'pcap', records: [], warnings: [] });
   });
 
+  test('PcapFileWriter writes the same bytes as PcapWriter, through a buffer smaller than some records', () => {
+    const dir = mkdtempSync(`${tmpdir()}/mplb-pcapw-`);
+    try {
+      const mem = new PcapWriter(LinkType.Raw, 300);
+      const file = new PcapFileWriter(`${dir}/out.pcap`, LinkType.Raw, 300, 100);
+      const big = cat(IPV4, new Uint8Array(400));
+      for (const [t, d] of [[1, IPV4], [2, big], [3, IPV6], [PCAP_MAX_TS_US, IPV4]] as [number, Uint8Array][]) {
+        mem.add(t, d);
+        file.add(t, d);
+      }
+      assert.equal(file.count, 4);
+      file.close();
+      file.close();
+      assert.equal(hex(new Uint8Array(readFileSync(`${dir}/out.pcap`))), hex(mem.toBytes()));
+      assert.throws(() => file.add(5, IPV4), /closed/);
+      assert.throws(() => new PcapFileWriter(`${dir}/out2.pcap`, 1).add(2 ** 32 * 1e6, IPV4), RangeError);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('rejects arguments pcap cannot represent', () => {
     assert.throws(() => new PcapWriter(-1), RangeError);
     assert.throws(() => new PcapWriter(1, 0), RangeError);
@@ -751,5 +921,18 @@ describe('PcapWriter', () => {
     assert.throws(() => w.add(2 ** 32 * 1e6, IPV4), RangeError);
     assert.throws(() => w.add(Number.NaN, IPV4), RangeError);
     assert.throws(() => w.add(0, IPV4, 39), RangeError); // shorter on the wire than captured
+  });
+
+  test('pcapTimestampUs: the nearest time pcap holds, and every result is accepted by add', () => {
+    assert.equal(pcapTimestampUs(1_700_000_000_123_456), 1_700_000_000_123_456);
+    assert.equal(pcapTimestampUs(PCAP_MAX_TS_US), 2 ** 32 * 1e6 - 1);
+    assert.equal(pcapTimestampUs(0xffffffff * 1e6 + 1e6), PCAP_MAX_TS_US); // ts_sec 0xffffffff, ts_usec 1000000
+    assert.equal(pcapTimestampUs(1e25), PCAP_MAX_TS_US); // a pcapng time far past 2106
+    assert.equal(pcapTimestampUs(-5), 0); // a negative if_tsoffset
+    assert.equal(pcapTimestampUs(Number.NaN), 0);
+    assert.equal(pcapTimestampUs(12.7), 12);
+    const w = new PcapWriter(1);
+    for (const t of [-1e20, -1, 0, 1.5, PCAP_MAX_TS_US, PCAP_MAX_TS_US + 1, 1e30, Infinity, -Infinity, NaN]) w.add(pcapTimestampUs(t), IPV4);
+    assert.equal(readCapture(w.toBytes()).records.length, 10);
   });
 });

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The mplb command: a thin layer that parses arguments and calls into the replay, data plane and testbed modules.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { statSync } from 'node:fs';
+import { parseEndpoint } from '../wire/addr.js';
 import { parseArgs } from 'node:util';
 import type { Policy, UnknownTokenAnswer } from '../engine/config.js';
 import type { AdminServer } from '../control/admin-server.js';
@@ -11,7 +12,9 @@ const USAGE = `mplb: a Multipath-TCP-aware layer-4 load balancer
 
 usage:
   mplb replay FILE... [--backends N] [--policy maglev|hash-5tuple|hash-ip-pair] [--unaware]
-                      [--unknown-token hash|drop|reset] [--vip ADDR:PORT]... [--json] [--pcap-out FILE]
+                      [--unknown-token hash|drop|reset] [--vip ADDR:PORT]... [--max-vips N] [--json] [--pcap-out FILE]
+      replay pcap/pcapng captures through the engine (streamed from disk); without --vip every address:port that
+      receives a SYN is a VIP, at most --max-vips of them (default 256; more is refused: name them with --vip)
   mplb run --config FILE [--control-stdin] [--keep-guard]
       run the balancer (root, Linux): a TUN device and routes in the current network namespace, the admin
       API, /metrics and dashboard on http://127.0.0.1:9740/ (admin.*), health checks (health.*), JSON logs on
@@ -33,9 +36,15 @@ usage:
 /** A usage error: printed without a stack trace, exit code 2. */
 export class UsageError extends Error {}
 
+/** parseArgs' own errors (an unknown option, a missing value) are usage errors too. */
+function usageErrors<T>(f: () => T): T {
+  try { return f(); } catch (e) { throw (e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ? new UsageError((e as Error).message) : e; }
+}
+
 async function cmdReplay(argv: string[]): Promise<number> {
-  const [{ POLICIES, UNKNOWN_TOKEN_ANSWERS }, { formatReplay, replayCaptures }] = await Promise.all([import('../engine/config.js'), import('../replay/replay.js')]);
-  const { values, positionals } = parseArgs({
+  // Loaded here, not at the top, so that `mplb run` starts (and handles its signals) without them.
+  const [{ POLICIES, UNKNOWN_TOKEN_ANSWERS }, { DEFAULT_MAX_VIPS, formatReplay, MAX_VIPS_LIMIT, replayCaptures }] = await Promise.all([import('../engine/config.js'), import('../replay/replay.js')]);
+  const { values, positionals } = usageErrors(() => parseArgs({
     args: argv,
     allowPositionals: true,
     options: {
@@ -46,25 +55,49 @@ async function cmdReplay(argv: string[]): Promise<number> {
       vip: { type: 'string', multiple: true },
       json: { type: 'boolean', default: false },
       'pcap-out': { type: 'string' },
+      'max-vips': { type: 'string', default: String(DEFAULT_MAX_VIPS) },
     },
-  });
+  }));
   if (positionals.length === 0) throw new UsageError('replay needs at least one capture file');
+  const maxVips = Number(values['max-vips']);
+  if (!Number.isInteger(maxVips) || maxVips < 1 || maxVips > MAX_VIPS_LIMIT) throw new UsageError(`--max-vips must be an integer 1-${MAX_VIPS_LIMIT}, got ${values['max-vips']}`);
   const backends = Number(values.backends);
   if (!Number.isInteger(backends) || backends < 1 || backends > 250) throw new UsageError(`--backends must be an integer 1-250, got ${values.backends}`);
   if (!(POLICIES as readonly string[]).includes(values.policy!)) throw new UsageError(`--policy must be one of ${POLICIES.join(', ')}`);
   if (!(UNKNOWN_TOKEN_ANSWERS as readonly string[]).includes(values['unknown-token']!)) throw new UsageError(`--unknown-token must be one of ${UNKNOWN_TOKEN_ANSWERS.join(', ')}`);
+  for (const v of values.vip ?? []) {
+    if (parseEndpoint(v)?.port === undefined) throw new UsageError(`--vip must be ADDR:PORT ([ADDR]:PORT for IPv6), got ${JSON.stringify(v)}`);
+  }
+  // Files are streamed from disk in chunks by the replay; checked here so that a missing one is a usage error.
   const inputs = positionals.map((name) => {
-    try { return { name, bytes: new Uint8Array(readFileSync(name)) }; } catch (e) { throw new UsageError(`cannot read ${name}: ${(e as Error).message}`); }
+    let st;
+    try { st = statSync(name); } catch (e) { throw new UsageError(`cannot read ${name}: ${(e as Error).message}`); }
+    if (!st.isFile()) throw new UsageError(`cannot read ${name}: not a regular file`);
+    return { name, path: name, dev: st.dev, ino: st.ino };
   });
-  const result = replayCaptures(inputs, {
+  const out = values['pcap-out'];
+  if (out !== undefined) {
+    // The output is written while the inputs are read: writing over one of them would destroy it mid-replay.
+    let st;
+    try { st = statSync(out); } catch { st = undefined; }
+    const same = st && inputs.find((i) => i.dev === st.dev && i.ino === st.ino);
+    if (same) throw new UsageError(`--pcap-out ${out} is the input ${same.name}; write the output to another file`);
+  }
+  const result = replayCaptures(inputs.map(({ name, path }) => ({ name, path })), {
     backends,
     policy: values.policy as Policy,
     aware: !values.unaware,
     unknownTokenAnswer: values['unknown-token'] as UnknownTokenAnswer,
     vips: values.vip,
-    pcapOut: values['pcap-out'] !== undefined,
+    maxVips,
+    pcapOut: out,
   });
-  if (values['pcap-out'] && result.pcapOut) writeFileSync(values['pcap-out'], result.pcapOut);
+  for (const w of result.warnings) process.stderr.write(`mplb: warning: ${w}\n`);
+  // A reader that goes away (`| head`) ends the output, quietly; another write error is one line.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') process.stderr.write(`mplb: cannot write the report: ${e.message}\n`);
+    process.exit(e.code === 'EPIPE' ? 0 : 1);
+  });
   const { pcapOut: _omit, ...doc } = result;
   process.stdout.write(values.json ? JSON.stringify(doc, null, 2) + '\n' : formatReplay(result) + '\n');
   return 0;
