@@ -202,3 +202,17 @@ test('offload: read and write errors are counted with their errno, and do not lo
   assert.equal(fwd.runOnce(2), -5);
   assert.equal(fwd.counters[LoopCounter.ReadErrors], 1);
 });
+
+test('ticks go on after the batch clock goes back (concatenated captures, a bad timestamp)', () => {
+  const engine = engineFor({ timeouts: { synMs: 1000 } });
+  const dev = new MemoryDevice();
+  const fwd = new Forwarder(engine, dev, { tickMs: 100 });
+  fwd.maybeTick(1_000_000);
+  dev.inject(tcp({ src: CLIENT, dst: VIP, sport: 9, dport: 5201, flags: SYN }));
+  fwd.runOnce(5_000); // the clock went back by 995 s
+  const ticks = fwd.counters[LoopCounter.Ticks];
+  fwd.maybeTick(5_200);
+  assert.equal(fwd.counters[LoopCounter.Ticks], ticks + 1, 'ticking resumed on the new clock');
+  fwd.maybeTick(7_000);
+  assert.equal(engine.flows.used, 0, 'so state still expires');
+});

@@ -79,6 +79,8 @@ export class Forwarder {
 
   /** Expires engine state when a tick is due at `nowMs`. */
   maybeTick(nowMs: number): void {
+    // A clock that went back (concatenated captures, a bad timestamp) restarts the ticks from there.
+    if (nowMs < this.nextTick - this.tickMs) this.nextTick = nowMs;
     if (nowMs < this.nextTick) return;
     this.nextTick = nowMs + this.tickMs;
     this.engine.tick(nowMs);

@@ -7,7 +7,7 @@ import { isPrime } from '../engine/maglev.js';
 import { Engine, Steer, Verdict, VERDICT_LABELS } from '../engine/engine.js';
 import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from '../wire/mptcp-options.js';
 import { nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_SYN } from '../wire/parse.js';
-import { keyToken, toHex8 } from '../wire/tokens.js';
+import { keyToken, keyToHex, toHex8 } from '../wire/tokens.js';
 import { CaptureFormatError, openCapture, openCaptureFile, PcapFileWriter, PcapWriter, type CaptureReader, type CaptureRecord } from '../io/pcap.js';
 import type { PacketBatch } from '../dataplane/device.js';
 import { Forwarder } from '../dataplane/forwarder.js';
@@ -97,7 +97,6 @@ export function replayMaglevSize(backends: number): number {
   return n;
 }
 
-const hex = (hi: number, lo: number) => (hi >>> 0).toString(16).padStart(8, '0') + (lo >>> 0).toString(16).padStart(8, '0');
 
 /** The virtual servers behind every VIP: the same N addresses, so "server k" is one host across VIPs. */
 function backendAddresses(n: number, family: 4 | 6): string[] {
@@ -259,7 +258,8 @@ export function replayCaptures(inputs: readonly ReplayInput[], opts: ReplayOptio
   const byToken = new Map<number, ReplayConnection>();
   const connections: ReplayConnection[] = [];
   const joins: ReplayJoin[] = [];
-  const verdicts: Record<string, number> = Object.fromEntries(VERDICT_LABELS.map((l) => [l, 0]));
+  // Replay has no token store, so nothing is ever held.
+  const verdicts: Record<string, number> = Object.fromEntries(VERDICT_LABELS.filter((l) => l !== 'hold').map((l) => [l, 0]));
   const opt = new MptcpOption();
   const records = new RecordStream(inputs);
   const memOut = opts.pcapOut === true ? new PcapWriter(101) : null;
@@ -271,14 +271,14 @@ export function replayCaptures(inputs: readonly ReplayInput[], opts: ReplayOptio
     if (!c) {
       const token = keyToken(version, serverKey[0], serverKey[1]);
       c = {
-        version, client, vip, clientKey: null, serverKey: hex(serverKey[0], serverKey[1]), serverToken: toHex8(token), clientToken: null, backend,
+        version, client, vip, clientKey: null, serverKey: keyToHex(serverKey[0], serverKey[1]), serverToken: toHex8(token), clientToken: null, backend,
       };
       byFlow.set(flowKey, c);
       if (!byToken.has(token)) byToken.set(token, c);
       connections.push(c);
     }
     if (clientKey && c.clientKey === null) {
-      c.clientKey = hex(clientKey[0], clientKey[1]);
+      c.clientKey = keyToHex(clientKey[0], clientKey[1]);
       c.clientToken = toHex8(keyToken(version, clientKey[0], clientKey[1]));
     }
   };
