@@ -11,8 +11,9 @@ export const DEMO_USAGE = `usage: mplb demo [--runs N] [--seconds S] [--rate MBI
   results.json and two SVG plots to --out (default ./demo-results), and the summary to --json FILE.
   --balancers N (2-8; default 1): N mplb balancers behind an ECMP router instead: no balancer vs N
   balancers without a shared token store vs N balancers sharing tokens through redis (needs
-  redis-server); the timed transfer is C concurrent connections (--connections, default 8), since the
-  router's hash decides per connection whether its join reaches the other balancer.
+  redis-server); the router's hash decides per connection whether its join reaches the other balancer,
+  so each run adds a probe of 16 short connections and the timed transfer is C concurrent connections
+  (--connections, default 4).
   --quick: 1 run of 3 s at 20 Mbit/s with small sizes (a smoke test); explicit options still win.`;
 
 /** A bad option: one line plus the usage on stderr, exit code 2. */

@@ -7,8 +7,11 @@
 //
 // The router hashes every subflow (5-tuple) on its own: whether a connection's join reaches the other balancer
 // ("crosses") is decided by the kernel's hash of ports the client picks, so it is random, about 1 in N. Each run
-// therefore sends a pool of concurrent connections (default 8) and records, per connection, which balancer saw its
-// first subflow and which one its join (from the balancers' connection tables), and whether it crossed.
+// therefore sends, before the timed transfer, a probe of 16 short concurrent connections (1 s each: long enough for the join to be made), makes the
+// timed transfer a pool of concurrent connections (default 4; more subflows than that underfill the 20 Mbit/s links
+// of --quick), and records for every connection which balancer saw its first subflow and which one its join (from
+// the balancers' connection tables), and whether it crossed. With 16 + 4 + the sized ones per run, a run in which no
+// join crosses has a probability of about 2^-23 with two balancers.
 import type { ChildProcess } from 'node:child_process';
 import { HOLD_WAIT_BUCKETS_MS } from '../dataplane/store-sync.js';
 import { ENGINE_DEFAULTS } from '../engine/config.js';
@@ -32,7 +35,7 @@ export const CLUSTER_TARGETS = { storeOverNoBalancer: 0.9, storeJoinsReset: 0 };
 
 /** Where one MPTCP connection's subflows went (timed pool or a sized transfer). */
 export interface ClusterConnection {
-  /** 'timed' (the pool) or the size label of a sized transfer. */
+  /** 'probe' (the short connections), 'timed' (the pool) or the size label of a sized transfer. */
   transfer: string;
   index: number;
   /** Client port of the first subflow. */
@@ -62,7 +65,7 @@ export interface ClusterRunSample {
   rateSeries: Array<[number, number]>;
   /** One connection per size (the poster's completion-time curve). */
   sized: Array<TransferSample & { crossed: boolean | null }>;
-  /** Every connection of this sample: the timed pool, then the sized ones. */
+  /** Every connection of this sample: the probe, the timed pool, then the sized ones. */
   connections: ClusterConnection[];
   /** Joins reset: by the servers (MPTcpExtMPJoinNoTokenFound) plus by the balancers (joins_unknown_reset). */
   joinsReset: number;
@@ -84,12 +87,12 @@ export interface ClusterModeSummary {
   completionSeconds: Array<number | null>;
   /** Fewest subflows the client saw on any connection of the timed pools. */
   subflowsEstablished: number;
-  /** Joins reset, by servers or balancers, summed over runs (timed and sized transfers). */
+  /** Joins reset, by servers or balancers, summed over runs (probe, timed and sized transfers). */
   joinsReset: number;
   /** Timed-pool connections over all runs, and how many of them had both subflows. */
   connections: number;
   connectionsWithBothSubflows: number;
-  /** Connections (timed and sized) whose join reached another balancer than their first subflow; null without mplb. */
+  /** Connections (probe, timed and sized) whose join reached another balancer than their first subflow; null without mplb. */
   joinsCrossed: number | null;
   /** Joins steered with the store's answer; null without the store. */
   joinsViaStore: number | null;
@@ -113,6 +116,8 @@ export interface ClusterDemoResult {
   seconds: number;
   /** Concurrent connections of each timed pool. */
   connections: number;
+  /** Short connections (1 s each, concurrent) of each run's probe. */
+  probe: number;
   runs: number;
   servers: number;
   sizes: Array<{ label: string; bytes: number }>;
@@ -147,6 +152,9 @@ interface EngineConnection { token: string; backend: string; subflows: string[] 
 interface BalancerStats { loop: { store?: Record<string, number> }; engine: { counters: Record<string, number> } }
 
 const ENGINE_TABLES = { maxFlows: 65536, maxConnections: 32768 };
+const PROBE_CONNECTIONS = 16;
+/** Seconds of sending per probe connection: a transfer over before the client's path manager opens the join says nothing. */
+const PROBE_SECONDS = 1;
 
 /** Every connection in a balancer's table (pages of 1000, bounded). */
 async function connectionTable(lb: BalancerProcess): Promise<EngineConnection[]> {
@@ -162,9 +170,11 @@ async function connectionTable(lb: BalancerProcess): Promise<EngineConnection[]>
 
 /**
  * Which balancer saw a connection's first subflow (its client port on the client's first address) and which one its
- * join (a subflow from the client's second address), from the balancers' tables. Exported for tests.
+ * join (a subflow from the client's second address), from the balancers' tables. A join no table holds crossed when
+ * the client has one subflow (it was reset by a balancer that did not know its token, or never sent: the client's
+ * MPJoinSynTx count tells), and is unknown when the client has two (its entry is gone already).
  */
-export function locateConnection(tables: EngineConnection[][], token: string | undefined, addrs: [string, string], localPort: number | undefined): { firstBalancer: number | null; joinBalancer: number | null; crossed: boolean | null } {
+export function locateConnection(tables: EngineConnection[][], token: string | undefined, addrs: [string, string], localPort: number | undefined, subflowsClient: number): { firstBalancer: number | null; joinBalancer: number | null; crossed: boolean | null } {
   if (!token || localPort === undefined) return { firstBalancer: null, joinBalancer: null, crossed: null };
   let firstBalancer: number | null = null, joinBalancer: number | null = null;
   const first = `${addrs[0]}:${localPort}>`, join = `${addrs[1]}:`;
@@ -177,6 +187,7 @@ export function locateConnection(tables: EngineConnection[][], token: string | u
   }
   // A connection no balancer knows (expired, or the table was read too late) says nothing.
   if (firstBalancer === null) return { firstBalancer, joinBalancer, crossed: null };
+  if (joinBalancer === null) return { firstBalancer, joinBalancer, crossed: subflowsClient < 2 ? true : null };
   return { firstBalancer, joinBalancer, crossed: joinBalancer !== firstBalancer };
 }
 
@@ -228,7 +239,8 @@ export async function runClusterDemo(o: DemoOptions): Promise<ClusterDemoResult>
   if (nb < 2) throw Object.assign(new Error('runClusterDemo needs balancers >= 2'), { code: 'EDEMO_OPTION' });
   demoPreflight();
   if (!findRedisServer()) throw new DemoPreflightError('"redis-server" was not found: install the Debian package redis-server (the balancers share their tokens through it)');
-  const pool = o.connections ?? 8;
+  const pool = o.connections ?? 4;
+  const probe = PROBE_CONNECTIONS;
   const log = o.log ?? (() => undefined);
   const t0 = Date.now();
   const startedAt = new Date().toISOString();
@@ -291,7 +303,7 @@ export async function runClusterDemo(o: DemoOptions): Promise<ClusterDemoResult>
           const place = async (r: ClientReport, transfer: string) => {
             const t = lbs.length ? await tables() : [];
             for (const c of r.connections) {
-              const where = lbs.length ? locateConnection(t, c.server?.tokenHex, addrs, c.localPort) : { firstBalancer: null, joinBalancer: null, crossed: null };
+              const where = lbs.length ? locateConnection(t, c.server?.tokenHex, addrs, c.localPort, c.subflowsTotalMax) : { firstBalancer: null, joinBalancer: null, crossed: null };
               conns.push({
                 transfer, index: c.index, localPort: c.localPort ?? null, token: c.server?.tokenHex ?? null,
                 ok: !c.error && c.server !== undefined && c.server.bytes === c.bytesSent,
@@ -300,6 +312,8 @@ export async function runClusterDemo(o: DemoOptions): Promise<ClusterDemoResult>
               });
             }
           };
+          // The probe: many short connections, for the join accounting (which joins cross is up to the hash).
+          await place(await runClient(tb, ['--seconds', String(PROBE_SECONDS), '--connections', String(probe)], 30000), 'probe');
           // Bounded: the client gives up after its timeout.
           const timedR = await runClient(tb, ['--seconds', String(o.seconds), '--connections', String(pool)], o.seconds * 1000 + 20000);
           await place(timedR, 'timed');
@@ -368,11 +382,11 @@ export async function runClusterDemo(o: DemoOptions): Promise<ClusterDemoResult>
     testbedDown(tb);
     log(`testbed ${tb.runId} removed`);
   }
-  return summarizeCluster(o, nb, pool, sizes, addrs, tb.runId, keyPrefix, startedAt, (Date.now() - t0) / 1000, samples);
+  return summarizeCluster(o, nb, pool, probe, sizes, addrs, tb.runId, keyPrefix, startedAt, (Date.now() - t0) / 1000, samples);
 }
 
 function summarizeCluster(
-  o: DemoOptions, nb: number, pool: number, sizes: Array<{ label: string; bytes: number }>, addrs: [string, string], runId: string, keyPrefix: string,
+  o: DemoOptions, nb: number, pool: number, probe: number, sizes: Array<{ label: string; bytes: number }>, addrs: [string, string], runId: string, keyPrefix: string,
   startedAt: string, durationSeconds: number, samples: ClusterRunSample[],
 ): ClusterDemoResult {
   const of = (m: ClusterMode) => samples.filter((s) => s.mode === m).sort((a, b) => a.run - b.run);
@@ -422,7 +436,7 @@ function summarizeCluster(
   const pass = { storeOverNoBalancer: mS >= CLUSTER_TARGETS.storeOverNoBalancer, storeJoinsReset: modes.store.joinsReset <= CLUSTER_TARGETS.storeJoinsReset, all: false };
   pass.all = pass.storeOverNoBalancer && pass.storeJoinsReset;
   return {
-    balancers: nb, rateMbps: o.rateMbit, seconds: o.seconds, connections: pool, runs: o.runs, servers: o.servers, sizes,
+    balancers: nb, rateMbps: o.rateMbit, seconds: o.seconds, connections: pool, probe, runs: o.runs, servers: o.servers, sizes,
     modes, completionBySize, joins, perConnection, holdWait, store,
     ratios: { storeOverNoBalancer, noStoreOverNoBalancer, medianStoreOverNoBalancer: mS, medianNoStoreOverNoBalancer: mN },
     targets: CLUSTER_TARGETS, pass,
@@ -440,6 +454,7 @@ export function clusterDemoJson(r: ClusterDemoResult): unknown {
     seconds: r.seconds,
     balancers: r.balancers,
     connections: r.connections,
+    probe: r.probe,
     modes: Object.fromEntries(CLUSTER_MODES.map((m) => [m, { ...r.modes[m] }])),
     perConnection: r.perConnection,
     holdWait: { p50LeMs: r.holdWait.p50LeMs, p99LeMs: r.holdWait.p99LeMs, meanMs: r.holdWait.meanMs, held: r.holdWait.total },
@@ -478,8 +493,9 @@ export function formatClusterDemo(r: ClusterDemoResult): string {
   const totalConns = CLUSTER_MODES.filter((m) => m !== 'noBalancer').reduce((a, m) => a + r.samples.filter((s) => s.mode === m).reduce((b, s) => b + s.connections.length, 0), 0);
   lines.push('');
   lines.push(`${r.runs} run(s) x ${r.seconds} s at ${r.rateMbps} Mbit/s per link, ${r.balancers} balancers behind an ECMP router (L4 hash), ${r.servers} servers, ` +
-    `timed transfer = ${r.connections} concurrent MPTCP connections (goodput is their sum), sizes ${r.sizes.map((s) => s.label).join(',')} one connection each`);
-  lines.push(`Which joins cross is the router's hash of ports the client picks: "joins crossed" counts the connections (timed and sized) whose join reached another ` +
+    `timed transfer = ${r.connections} concurrent MPTCP connections (goodput is their sum), sizes ${r.sizes.map((s) => s.label).join(',')} one connection each, ` +
+    `and before them a probe of ${r.probe} concurrent 1 s connections per run`);
+  lines.push(`Which joins cross is the router's hash of ports the client picks: "joins crossed" counts the connections (probe, timed and sized) whose join reached another ` +
     `balancer than their first subflow, read from the balancers' tables (${totalConns} connections through mplb; per connection in results.json).`);
   lines.push(`per-connection goodput of the timed pools, Mbit/s median, join crossed vs not: ${pc('noStore')}; ${pc('store')}`);
   const sc = r.store;

@@ -40,7 +40,7 @@ export interface DemoOptions {
    * balancers behind an ECMP router, without and with the shared token store.
    */
   balancers?: number;
-  /** Cluster only: concurrent MPTCP connections of the timed transfer (default 8). */
+  /** Cluster only: concurrent MPTCP connections of the timed transfer (default 4). */
   connections?: number;
 }
 
