@@ -1,9 +1,11 @@
 // `npm run bench`: every benchmark, then bench/results.json and BENCHMARKS.md. `--quick` for a smoke run.
 // Sections: engine (in process, one core), Maglev, floods, replay (a 5-million-record capture; 100 thousand with
-// --quick), and end to end on the testbed (root only).
+// --quick), end to end on the testbed (root only), and balancers in parallel (bench/cluster.bench.ts: needs
+// redis-server; its testbed part root only). `--only cluster` runs that section alone and merges its rows into the
+// existing results and its own section of BENCHMARKS.md.
 import { execFileSync } from 'node:child_process';
 import { cpus, release } from 'node:os';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { runEngineBench, type BenchResult } from './engine.bench.js';
 import { runMaglevBench } from './maglev.bench.js';
@@ -12,13 +14,29 @@ import { fmt, verdict } from './report.js';
 
 const quick = process.argv.includes('--quick');
 const skipE2e = process.argv.includes('--no-e2e');
+const onlyArg = process.argv.indexOf('--only');
+const only = onlyArg >= 0 ? process.argv[onlyArg + 1] : undefined;
+const SECTIONS = ['cluster'];
+/** Rows of the balancers-in-parallel section (bench/cluster.bench.ts): a section of their own in BENCHMARKS.md. */
+const isCluster = (id: string) => id.startsWith('cluster.');
+const CLUSTER_BEGIN = '<!-- cluster section: written by npm run bench (-- --only cluster) -->';
+const CLUSTER_END = '<!-- end of cluster section -->';
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 function machine(): Record<string, string | number> {
   return { cores: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', kernel: release(), node: process.version, date: new Date().toISOString() };
 }
 
+async function runCluster(): Promise<BenchResult[]> {
+  const mod = (await import(new URL('./cluster.bench.js', import.meta.url).href)) as { runClusterBench: (o: { quick: boolean; testbed: boolean }) => Promise<BenchResult[]> };
+  return mod.runClusterBench({ quick, testbed: !skipE2e });
+}
+
 async function main(): Promise<void> {
+  if (only !== undefined) {
+    if (!SECTIONS.includes(only)) throw new Error(`--only ${only}: the sections that run alone are ${SECTIONS.join(', ')}`);
+    return onlyCluster();
+  }
   const results: BenchResult[] = [];
   const section = async (name: string, f: () => Promise<BenchResult[]>) => {
     process.stderr.write(`bench: ${name}...\n`);
@@ -38,6 +56,7 @@ async function main(): Promise<void> {
     if (mod?.runE2eBench) await section('end to end (testbed)', () => mod!.runE2eBench!({ quick }));
     else process.stderr.write('bench: end-to-end section not available (bench/e2e.bench.ts)\n');
   }
+  await section('balancers in parallel (token store)', runCluster);
   const m = machine();
   mkdirSync(`${ROOT}bench`, { recursive: true });
   writeFileSync(`${ROOT}bench/results.json`, JSON.stringify(results.map(({ id, value, unit, target, peers }) => ({ id, value, unit, target, peers })), null, 2) + '\n');
@@ -46,15 +65,72 @@ async function main(): Promise<void> {
   process.stderr.write(`bench: wrote bench/results.json${quick ? '' : ' and BENCHMARKS.md'}\n`);
 }
 
+/** `--only cluster`: that section alone; its rows replace the cluster rows of the existing results and of BENCHMARKS.md. */
+async function onlyCluster(): Promise<void> {
+  const rs = await runCluster();
+  for (const r of rs) process.stderr.write(`  ${r.id.padEnd(36)} ${fmt(r.value).padStart(10)} ${r.unit.padEnd(14)} target ${r.target.padEnd(14)} ${verdict(r)}\n`);
+  const m = machine();
+  const resFile = `${ROOT}bench/results.json`, detFile = `${ROOT}bench/results-detail.json`;
+  const read = <T>(f: string, d: T): T => { try { return JSON.parse(readFileSync(f, 'utf8')) as T; } catch { return d; } };
+  const old = read<Array<{ id: string }>>(resFile, []);
+  writeFileSync(resFile, JSON.stringify([...old.filter((r) => !isCluster(r.id)), ...rs.map(({ id, value, unit, target, peers }) => ({ id, value, unit, target, peers }))], null, 2) + '\n');
+  const det = read<{ machine?: unknown; quick?: boolean; results?: Array<{ id: string }>; sections?: Record<string, unknown> }>(detFile, {});
+  det.results = [...(det.results ?? []).filter((r) => !isCluster(r.id)), ...rs];
+  det.sections = { ...(det.sections ?? {}), cluster: { machine: m, quick } };
+  writeFileSync(detFile, JSON.stringify(det, null, 2) + '\n');
+  if (!quick) {
+    const file = `${ROOT}BENCHMARKS.md`;
+    const text = existsSync(file) ? readFileSync(file, 'utf8') : '# mplb benchmarks\n';
+    const sec = clusterSection(rs, m, true);
+    const a = text.indexOf(CLUSTER_BEGIN), b = text.indexOf(CLUSTER_END);
+    writeFileSync(file, a >= 0 && b > a ? text.slice(0, a) + sec + text.slice(b + CLUSTER_END.length) : `${text.trimEnd()}\n\n${sec}\n`);
+  }
+  process.stderr.write(`bench: merged ${rs.length} cluster row(s) into bench/results.json${quick ? '' : ' and BENCHMARKS.md'}\n`);
+}
+
+function gitHead(): string {
+  try { return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim(); } catch { return ''; /* not a checkout */ }
+}
+
+function tableRow(r: BenchResult): string {
+  const peers = Object.entries(r.peers).map(([k, v]) => `${k}: ${fmt(v)}`).join('<br>') || '-';
+  const spread = r.spread ? ` (${fmt(r.spread[0])}-${fmt(r.spread[1])})` : '';
+  return `| \`${r.id}\` | ${fmt(r.value)}${spread} ${r.unit} | ${r.target} | ${verdict(r)} | ${peers} | ${r.note ?? ''} |`;
+}
+
+/** The balancers-in-parallel section, between markers so that `--only cluster` can replace it alone. */
+function clusterSection(rs: BenchResult[], m: Record<string, string | number>, alone: boolean): string {
+  const rows = rs.length ? rs.map(tableRow).join('\n') : '| - | not measured (needs redis-server; the join latency needs root and tcpdump) | | | | |';
+  return `${CLUSTER_BEGIN}
+## Balancers in parallel: the shared token store (bench/cluster.bench.ts)
+
+${alone ? `Measured with \`npm run bench -- --only cluster\` (commit ${gitHead() || 'unknown'}) on ${m.date}, ${m.cores} cores (${m.cpu}),
+Linux ${m.kernel}, Node ${m.node}; the other rows of this file were not rerun then.` : 'Measured in the same \`npm run bench\` as the rows above.'} Rerun: \`npm run bench -- --only cluster\`
+(this section only; \`--quick\` for a smoke run that writes nothing here), or \`node dist/bench/cluster.bench.js [--quick]\`.
+The in-process rows need redis-server (started on 127.0.0.1 on a free port); the join-latency rows need root and tcpdump.
+
+| id | value | target | verdict | peers (same run) | what |
+|---|---|---|---|---|---|
+${rows}
+
+${CLUSTER_NOTES}
+${CLUSTER_END}`;
+}
+
+const CLUSTER_NOTES = `- **cluster.join_added_latency_***: what a join pays when the router sends it to another balancer than its connection's
+  first subflow: held there, looked up in redis (retried a third of holdMs later when the token is not published yet),
+  then steered. Measured at the client (SYN -> SYN/ACK of each join on its link), crossed joins against joins that
+  reached their own balancer in the same batches; the balancers' hold-wait histogram is given beside it. Targets are
+  this section's own: p50 <= 5 ms (a small share of a WAN RTT, paid once per subflow), p99 <= tokenStore.holdMs.
+- **cluster.new_conns_per_s_store_on** / **cluster.store_writes_per_s**: the packet worker's side (engine, StoreSync)
+  and the store client (TokenStore) in one thread, so the figure is a floor for one core; in \`mplb run\` they are
+  two threads. Target 100 thousand per second per balancer (issue 10).
+- **cluster.store_bytes_per_conn**: what one balancer's connections cost redis: a token entry per connection and a
+  subflow entry per join it steered (\`t:<token>\`, \`f:<client:port>VIP:port>\`, each with a TTL).`;
+
 function markdown(results: BenchResult[], m: Record<string, string | number>): string {
-  let git = '';
-  try { git = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim(); } catch { /* not a checkout */ }
-  const rows = results.map((r) => {
-    const peers = Object.entries(r.peers).map(([k, v]) => `${k}: ${fmt(v)}`).join('<br>') || '-';
-    const ratio = Object.keys(r.peers).length && r.peers[Object.keys(r.peers)[0]] ? '' : '';
-    const spread = r.spread ? ` (${fmt(r.spread[0])}-${fmt(r.spread[1])})` : '';
-    return `| \`${r.id}\` | ${fmt(r.value)}${spread} ${r.unit} | ${r.target} | ${verdict(r)} | ${peers}${ratio} | ${r.note ?? ''} |`;
-  });
+  const git = gitHead();
+  const rows = results.filter((r) => !isCluster(r.id)).map(tableRow);
   return `# mplb benchmarks
 
 Generated by \`npm run bench\` (commit ${git || 'unknown'}) on ${m.date}.
@@ -70,6 +146,7 @@ does not rewrite this file), \`npm run bench -- --no-e2e\` (in-process sections 
 ${rows.join('\n')}
 
 ${NOTES}
+${clusterSection(results.filter((r) => isCluster(r.id)), m, false)}
 `;
 }
 

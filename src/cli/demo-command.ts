@@ -1,13 +1,19 @@
 // `mplb demo`: argument parsing and output for the poster's experiment (src/demo/demo.ts does the work).
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { clusterDemoJson, formatClusterDemo, runClusterDemo, writeClusterDemoOutputs } from '../demo/cluster.js';
 import { demoJson, formatDemo, parseSize, runDemo, writeDemoOutputs, type DemoOptions } from '../demo/demo.js';
 
 export const DEMO_USAGE = `usage: mplb demo [--runs N] [--seconds S] [--rate MBIT] [--servers N] [--sizes 5M,10M,...]
-                 [--out DIR] [--json FILE] [--quick]
+                 [--balancers N [--connections C]] [--out DIR] [--json FILE] [--quick]
   Runs the MPTCP load-balancing experiment in network namespaces (root, Linux): one client with two
   rate-limited links; no balancer vs an MPTCP-unaware balancer vs mplb. Prints a table, writes
   results.json and two SVG plots to --out (default ./demo-results), and the summary to --json FILE.
+  --balancers N (2-8; default 1): N mplb balancers behind an ECMP router instead: no balancer vs N
+  balancers without a shared token store vs N balancers sharing tokens through redis (needs
+  redis-server); the router's hash decides per connection whether its join reaches the other balancer,
+  so each run adds a probe of 16 short connections and the timed transfer is C concurrent connections
+  (--connections, default 4).
   --quick: 1 run of 3 s at 20 Mbit/s with small sizes (a smoke test); explicit options still win.`;
 
 /** A bad option: one line plus the usage on stderr, exit code 2. */
@@ -27,6 +33,8 @@ export async function cmdDemo(argv: string[]): Promise<number> {
         rate: { type: 'string' },
         servers: { type: 'string' },
         sizes: { type: 'string' },
+        balancers: { type: 'string' },
+        connections: { type: 'string' },
         out: { type: 'string', default: 'demo-results' },
         json: { type: 'string' },
         quick: { type: 'boolean', default: false },
@@ -56,14 +64,27 @@ export async function cmdDemo(argv: string[]): Promise<number> {
       rateMbit: num('rate', values.rate, q ? 20 : 50),
       servers: num('servers', values.servers, 2),
       sizes: sizeText.split(',').filter(Boolean).map((s) => ({ label: s.trim(), bytes: parseSize(s) })),
+      balancers: num('balancers', values.balancers, 1),
+      ...(values.connections !== undefined ? { connections: num('connections', values.connections, 8) } : {}),
       log: (line) => process.stderr.write(`mplb demo: ${line}\n`),
     };
   } catch (e) {
     return usage((e as Error).message);
   }
-  let result;
+  const cluster = (opts.balancers ?? 1) > 1;
+  let text: string, files: string[], json: unknown;
   try {
-    result = await runDemo(opts);
+    if (cluster) {
+      const r = await runClusterDemo(opts);
+      text = formatClusterDemo(r);
+      files = writeClusterDemoOutputs(r, values.out!);
+      json = clusterDemoJson(r);
+    } else {
+      const r = await runDemo(opts);
+      text = formatDemo(r);
+      files = writeDemoOutputs(r, values.out!);
+      json = demoJson(r);
+    }
   } catch (e) {
     const err = e as Error & { code?: string };
     if (err.code === 'EDEMO_OPTION') return usage(err.message);
@@ -71,10 +92,9 @@ export async function cmdDemo(argv: string[]): Promise<number> {
     process.stderr.write(`mplb demo: ${err.code ? err.message : (err.stack ?? String(e))}\n`);
     return 1;
   }
-  process.stdout.write(`${formatDemo(result)}\n`);
-  const files = writeDemoOutputs(result, values.out!);
+  process.stdout.write(`${text}\n`);
   if (values.json) {
-    writeFileSync(values.json, `${JSON.stringify(demoJson(result), null, 2)}\n`);
+    writeFileSync(values.json, `${JSON.stringify(json, null, 2)}\n`);
     files.push(values.json);
   }
   process.stderr.write(`mplb demo: wrote ${files.join(', ')}\n`);

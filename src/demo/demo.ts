@@ -35,6 +35,13 @@ export interface DemoOptions {
   sizes: Array<{ label: string; bytes: number }>;
   /** Progress lines (default: none). */
   log?: (line: string) => void;
+  /**
+   * Balancers (default 1: the experiment above). 2 or more: the cluster experiment (src/demo/cluster.ts): mplb
+   * balancers behind an ECMP router, without and with the shared token store.
+   */
+  balancers?: number;
+  /** Cluster only: concurrent MPTCP connections of the timed transfer (default 4). */
+  connections?: number;
 }
 
 /** Per mode, exactly the fields of the `--json` document. */
@@ -110,11 +117,11 @@ export interface DemoResult {
   samples: RunSample[];
 }
 
-const VIP = '198.19.0.10';
-const PORT = 5201;
+export const VIP = '198.19.0.10';
+export const PORT = 5201;
 const TRAFFIC_CLI = fileURLToPath(new URL('../traffic/cli.js', import.meta.url));
-const CLIENT_COUNTERS = ['MPTcpExtMPCapableSYNTX', 'MPTcpExtMPCapableSYNACKRX', 'MPTcpExtMPJoinSynTx', 'MPTcpExtMPJoinSynAckRx', 'MPTcpExtMPRstRx', 'TcpAttemptFails'];
-const SERVER_COUNTERS = ['MPTcpExtMPCapableSYNRX', 'MPTcpExtMPJoinSynRx', 'MPTcpExtMPJoinAckRx', 'MPTcpExtMPJoinNoTokenFound', 'MPTcpExtMPRstTx', 'MPTcpExtDSSNotMatching', 'TcpOutRsts'];
+export const CLIENT_COUNTERS = ['MPTcpExtMPCapableSYNTX', 'MPTcpExtMPCapableSYNACKRX', 'MPTcpExtMPJoinSynTx', 'MPTcpExtMPJoinSynAckRx', 'MPTcpExtMPRstRx', 'TcpAttemptFails'];
+export const SERVER_COUNTERS = ['MPTcpExtMPCapableSYNRX', 'MPTcpExtMPJoinSynRx', 'MPTcpExtMPJoinAckRx', 'MPTcpExtMPJoinNoTokenFound', 'MPTcpExtMPRstTx', 'MPTcpExtDSSNotMatching', 'TcpOutRsts'];
 
 // ---------- small statistics ----------
 
@@ -124,8 +131,8 @@ export function median(xs: number[]): number {
   const k = v.length >> 1;
   return v.length % 2 ? v[k] : (v[k - 1] + v[k]) / 2;
 }
-const finite = (xs: Array<number | null>): number[] => xs.filter((x): x is number => x !== null && Number.isFinite(x));
-const round = (x: number, d = 3) => (Number.isFinite(x) ? Number(x.toFixed(d)) : x);
+export const finite = (xs: Array<number | null>): number[] => xs.filter((x): x is number => x !== null && Number.isFinite(x));
+export const round = (x: number, d = 3) => (Number.isFinite(x) ? Number(x.toFixed(d)) : x);
 
 /** "10M" -> 10 MiB, like the traffic client's --bytes (K/M/G are powers of 1024). */
 export function parseSize(s: string): number {
@@ -191,7 +198,7 @@ function track(c: ChildProcess): ChildProcess {
   return c;
 }
 
-async function stopChild(c: ChildProcess): Promise<void> {
+export async function stopChild(c: ChildProcess): Promise<void> {
   if (c.exitCode !== null || c.signalCode !== null) return;
   const done = new Promise<void>((r) => c.once('exit', () => r()));
   c.kill('SIGTERM');
@@ -201,7 +208,7 @@ async function stopChild(c: ChildProcess): Promise<void> {
 }
 
 /** Starts the traffic sink in a server namespace and waits for its "listening" line. */
-function startTrafficServer(ns: string): Promise<ChildProcess> {
+export function startTrafficServer(ns: string): Promise<ChildProcess> {
   const c = track(spawn('ip', ['netns', 'exec', ns, process.execPath, TRAFFIC_CLI, 'server', '--port', String(PORT)], { stdio: ['ignore', 'pipe', 'pipe'] }));
   let err = '';
   c.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
@@ -218,7 +225,7 @@ function startTrafficServer(ns: string): Promise<ChildProcess> {
 }
 
 /** Runs the traffic client in the client namespace; a failed transfer still yields a report when possible. */
-function runClient(tb: TestbedHandle, args: string[], timeoutMs: number): Promise<ClientReport> {
+export function runClient(tb: TestbedHandle, args: string[], timeoutMs: number): Promise<ClientReport> {
   return new Promise((resolve, reject) => {
     const c = execFile(
       'ip',
@@ -236,7 +243,7 @@ function runClient(tb: TestbedHandle, args: string[], timeoutMs: number): Promis
   });
 }
 
-function toSample(r: ClientReport, bytes: number, label?: string): TransferSample {
+export function toSample(r: ClientReport, bytes: number, label?: string): TransferSample {
   const c = r.connections[0];
   return {
     bytes,
@@ -266,14 +273,14 @@ export function rateSeries(series: Array<{ tMs: number; bytesAcked: number }>, w
   return out;
 }
 
-function snapshotCounters(tb: TestbedHandle) {
+export function snapshotCounters(tb: TestbedHandle) {
   return { client: nstatIn(tb.namespaces.client, CLIENT_COUNTERS), servers: tb.namespaces.servers.map((ns) => nstatIn(ns, SERVER_COUNTERS)) };
 }
-function delta(a: Record<string, number>, b: Record<string, number>, names: string[]): Record<string, number> {
+export function delta(a: Record<string, number>, b: Record<string, number>, names: string[]): Record<string, number> {
   return Object.fromEntries(names.map((k) => [k, (b[k] ?? 0) - (a[k] ?? 0)]));
 }
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 // ---------- the experiment ----------
 
@@ -285,10 +292,17 @@ export function validateDemoOptions(o: DemoOptions): void {
   if (!Number.isInteger(o.servers) || o.servers < 2 || o.servers > 16) bad(`servers must be an integer 2-16 (the unaware case needs two), got ${o.servers}`);
   if (o.sizes.length < 1 || o.sizes.length > 8) bad(`give 1-8 transfer sizes, got ${o.sizes.length}`);
   for (const s of o.sizes) if (!(s.bytes >= 1024 && s.bytes <= 1024 ** 3)) bad(`transfer size ${s.label} must be 1K-1G`);
+  const nb = o.balancers ?? 1;
+  if (!Number.isInteger(nb) || nb < 1 || nb > 8) bad(`balancers must be an integer 1-8, got ${nb}`);
+  if (o.connections !== undefined) {
+    if (nb < 2) bad('connections is for the cluster experiment (--balancers 2 or more): the one-balancer demo runs one connection, as in the poster');
+    if (!Number.isInteger(o.connections) || o.connections < 1 || o.connections > 32) bad(`connections must be an integer 1-32, got ${o.connections}`);
+  }
 }
 
 export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   validateDemoOptions(o);
+  if ((o.balancers ?? 1) > 1) throw Object.assign(new Error('runDemo is the one-balancer experiment: use runClusterDemo (src/demo/cluster.ts) for --balancers 2+'), { code: 'EDEMO_OPTION' });
   demoPreflight();
   const log = o.log ?? (() => undefined);
   const t0 = Date.now();
@@ -472,8 +486,22 @@ export function demoJson(r: DemoResult): unknown {
   };
 }
 
-const LABEL: Record<DemoMode, string> = { noBalancer: 'no balancer', unaware: 'MPTCP-unaware LB', aware: 'mplb (MPTCP-aware)' };
-const COLOR: Record<DemoMode, string> = { noBalancer: '#555555', unaware: '#d62728', aware: '#1f77b4' };
+/** Every mode of either experiment (one balancer: DemoMode; a cluster: src/demo/cluster.ts's ClusterMode). */
+export type AnyDemoMode = DemoMode | 'noStore' | 'store';
+export const MODE_LABEL: Record<AnyDemoMode, string> = {
+  noBalancer: 'no balancer', unaware: 'MPTCP-unaware LB', aware: 'mplb (MPTCP-aware)',
+  noStore: 'mplb x N, no token store', store: 'mplb x N, shared token store',
+};
+const LABEL = MODE_LABEL;
+const COLOR: Record<AnyDemoMode, string> = { noBalancer: '#555555', unaware: '#d62728', aware: '#1f77b4', noStore: '#d62728', store: '#1f77b4' };
+
+/** Rows of cells as aligned text lines, a rule under the first (header) row. */
+export function formatTable(rows: string[][]): string[] {
+  const w = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
+  const lines = rows.map((row) => row.map((cell, i) => cell.padEnd(w[i])).join('  ').trimEnd());
+  lines.splice(1, 0, w.map((n) => '-'.repeat(n)).join('  '));
+  return lines;
+}
 
 export function formatDemo(r: DemoResult): string {
   const largest = r.sizes[r.sizes.length - 1]?.label ?? '?';
@@ -483,9 +511,7 @@ export function formatDemo(r: DemoResult): string {
     const g = r.modes[m].goodputMbps, c = finite(r.modes[m].completionSeconds);
     rows.push([m, `${fmt(median(g))} (${fmt(Math.min(...g))}-${fmt(Math.max(...g))})`, c.length < r.modes[m].completionSeconds.length ? `${fmt(median(c), 2)} (${r.modes[m].completionSeconds.length - c.length} failed)` : fmt(median(c), 2), String(r.modes[m].subflowsEstablished), String(r.modes[m].joinsReset), `${r.joins[m].clientSynTx}/${r.joins[m].clientSynAckRx}`]);
   }
-  const w = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
-  const lines = rows.map((row) => row.map((cell, i) => cell.padEnd(w[i])).join('  ').trimEnd());
-  lines.splice(1, 0, w.map((n) => '-'.repeat(n)).join('  '));
+  const lines = formatTable(rows);
   const pf = (ok: boolean) => (ok ? 'PASS' : 'MISS');
   lines.push('');
   lines.push(`${r.runs} run(s) x ${r.seconds} s at ${r.rateMbps} Mbit/s per link, ${r.servers} servers, sizes ${r.sizes.map((s) => s.label).join(',')}; client ${r.setup.clientAddrs.join(' + ')} hashed to ${r.setup.hashedBackends.join(' / ')} (hash-ip-pair)`);
@@ -496,21 +522,35 @@ export function formatDemo(r: DemoResult): string {
 }
 
 /** Median run of a mode by goodput (the one drawn bold). */
-function medianRun(ss: RunSample[]): RunSample | undefined {
+function medianRun<S extends { timed: { goodputMbps: number } }>(ss: S[]): S | undefined {
   const sorted = [...ss].sort((a, b) => a.timed.goodputMbps - b.timed.goodputMbps);
   return sorted[(sorted.length - 1) >> 1];
 }
 
+/** What the two plots need from either experiment's result. */
+export interface PlotInput<M extends AnyDemoMode> {
+  rateMbps: number;
+  seconds: number;
+  runs: number;
+  sizes: Array<{ label: string; bytes: number }>;
+  samples: Array<{ mode: M; run: number; timed: { goodputMbps: number }; rateSeries: Array<[number, number]> }>;
+  completionBySize: Record<M, Record<string, Array<number | null>>>;
+}
+
 export function goodputSvg(r: DemoResult): string {
+  return goodputPlot(r, DEMO_MODES, 'Goodput over time: one MPTCP connection, two client links');
+}
+
+export function goodputPlot<M extends AnyDemoMode>(r: PlotInput<M>, modes: readonly M[], title: string, labels: Record<AnyDemoMode, string> = LABEL): string {
   const series: PlotSeries[] = [];
-  for (const m of DEMO_MODES) {
+  for (const m of modes) {
     const ss = r.samples.filter((s) => s.mode === m);
     const med = medianRun(ss);
-    for (const s of ss) if (s !== med) series.push({ name: `${LABEL[m]} run ${s.run + 1}`, color: COLOR[m], points: s.rateSeries, width: 1, opacity: 0.3, legend: false });
-    if (med) series.push({ name: `${LABEL[m]} (median ${median(ss.map((s) => s.timed.goodputMbps)).toFixed(1)})`, color: COLOR[m], points: med.rateSeries, width: 2.2 });
+    for (const s of ss) if (s !== med) series.push({ name: `${labels[m]} run ${s.run + 1}`, color: COLOR[m], points: s.rateSeries, width: 1, opacity: 0.3, legend: false });
+    if (med) series.push({ name: `${labels[m]} (median ${median(ss.map((s) => s.timed.goodputMbps)).toFixed(1)})`, color: COLOR[m], points: med.rateSeries, width: 2.2 });
   }
   return lineChart({
-    title: 'Goodput over time: one MPTCP connection, two client links',
+    title,
     subtitle: `${r.rateMbps} Mbit/s per link, ${r.seconds} s transfers, ${r.runs} run(s): median run bold, other runs faint`,
     xLabel: 'time since start (s)',
     yLabel: 'goodput (Mbit/s, 500 ms window)',
@@ -521,11 +561,15 @@ export function goodputSvg(r: DemoResult): string {
 }
 
 export function completionSvg(r: DemoResult): string {
+  return completionPlot(r, DEMO_MODES, 'Time to complete a transfer');
+}
+
+export function completionPlot<M extends AnyDemoMode>(r: PlotInput<M>, modes: readonly M[], title: string, labels: Record<AnyDemoMode, string> = LABEL, note = ''): string {
   const mib = (b: number) => b / 1024 ** 2;
-  const series: PlotSeries[] = DEMO_MODES.map((m) => {
+  const series: PlotSeries[] = modes.map((m) => {
     const rows = r.sizes.map((z) => ({ x: mib(z.bytes), v: finite(r.completionBySize[m][z.label] ?? []) })).filter((p) => p.v.length > 0);
     return {
-      name: LABEL[m],
+      name: labels[m],
       color: COLOR[m],
       points: rows.map((p) => [p.x, median(p.v)] as [number, number]),
       errorBars: r.runs > 1 ? rows.map((p) => [p.x, Math.min(...p.v), Math.max(...p.v)] as [number, number, number]) : undefined,
@@ -533,8 +577,8 @@ export function completionSvg(r: DemoResult): string {
     };
   });
   return lineChart({
-    title: 'Time to complete a transfer',
-    subtitle: `${r.rateMbps} Mbit/s per link, median of ${r.runs} run(s)${r.runs > 1 ? ', bars: min-max' : ''}`,
+    title,
+    subtitle: `${r.rateMbps} Mbit/s per link, median of ${r.runs} run(s)${r.runs > 1 ? ', bars: min-max' : ''}${note}`,
     xLabel: 'transfer size (MiB)',
     yLabel: 'completion time (s)',
     series,
@@ -544,12 +588,16 @@ export function completionSvg(r: DemoResult): string {
 
 /** Writes results.json, goodput-over-time.svg and completion-time.svg into dir; returns the paths. */
 export function writeDemoOutputs(r: DemoResult, dir: string): string[] {
-  fs.mkdirSync(dir, { recursive: true });
-  const files: Array<[string, string]> = [
+  return writeOutputFiles(dir, [
     ['results.json', `${JSON.stringify(r, null, 2)}\n`],
     ['goodput-over-time.svg', goodputSvg(r)],
     ['completion-time.svg', completionSvg(r)],
-  ];
+  ]);
+}
+
+/** Writes [name, text] files into dir (made if missing); returns the paths. */
+export function writeOutputFiles(dir: string, files: Array<[string, string]>): string[] {
+  fs.mkdirSync(dir, { recursive: true });
   return files.map(([name, text]) => {
     const p = path.join(dir, name);
     fs.writeFileSync(p, text);
