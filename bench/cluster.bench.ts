@@ -22,7 +22,7 @@ import { Forwarder } from '../src/dataplane/forwarder.js';
 import { StoreSync, SyncCounter, type StoreRequests } from '../src/dataplane/store-sync.js';
 import { validateEngineConfig } from '../src/engine/config.js';
 import { Engine } from '../src/engine/engine.js';
-import { holdWaitSummary } from '../src/demo/cluster.js';
+import { connectionTable, holdWaitSummary } from '../src/demo/cluster.js';
 import { PORT, VIP, stopChild } from '../src/demo/demo.js';
 import { startBalancerCluster, type BalancerProcess } from '../src/testbed/balancer-process.js';
 import { isRoot, listNetns } from '../src/testbed/netns.js';
@@ -471,19 +471,7 @@ function handshakes(lines: Syn[], clientAddr: string): Map<number, number> {
   return out;
 }
 
-interface EngineConnection { token: string; subflows: string[] }
 interface BalancerStats { loop: { store?: Record<string, number> }; engine: { counters: Record<string, number> } }
-
-async function connectionTable(lb: BalancerProcess): Promise<EngineConnection[]> {
-  const all: EngineConnection[] = [];
-  for (let off = 0, pages = 0; pages < 100; pages++) {
-    const page = (await lb.request(`connections ${off}`)) as { total: number; connections: EngineConnection[] };
-    all.push(...page.connections);
-    off += page.connections.length;
-    if (page.connections.length === 0 || off >= page.total) break;
-  }
-  return all;
-}
 
 interface LatencyResult {
   crossed: number[]; same: number[]; first: number[];

@@ -148,7 +148,7 @@ export interface ClusterDemoResult {
   samples: ClusterRunSample[];
 }
 
-interface EngineConnection { token: string; backend: string; subflows: string[] }
+export interface EngineConnection { token: string; backend: string; subflows: string[] }
 interface BalancerStats { loop: { store?: Record<string, number> }; engine: { counters: Record<string, number> } }
 
 const ENGINE_TABLES = { maxFlows: 65536, maxConnections: 32768 };
@@ -157,7 +157,7 @@ const PROBE_CONNECTIONS = 16;
 const PROBE_SECONDS = 1;
 
 /** Every connection in a balancer's table (pages of 1000, bounded). */
-async function connectionTable(lb: BalancerProcess): Promise<EngineConnection[]> {
+export async function connectionTable(lb: BalancerProcess): Promise<EngineConnection[]> {
   const all: EngineConnection[] = [];
   for (let off = 0, pages = 0; pages < 100; pages++) {
     const page = (await lb.request(`connections ${off}`)) as { total: number; connections: EngineConnection[] };
