@@ -271,7 +271,7 @@ async function openStore(url: string, prefix: string): Promise<TokenStore> {
 }
 
 /** In-flight store commands allowed before the one-thread loop waits (a 50 ms command timeout must not expire in a queue). */
-const MAX_IN_FLIGHT = 4096;
+const MAX_IN_FLIGHT = 1024;
 
 export async function publishRun(variant: Variant, n: number, redis: LocalRedis | undefined, prefix: string, joins: boolean, salt: number): Promise<PublishRun> {
   if (variant === 'threads') return threadsRun(n, redis!, prefix, salt);

@@ -13,7 +13,7 @@ import { fmt, verdict } from './report.js';
 const quick = process.argv.includes('--quick');
 const skipE2e = process.argv.includes('--no-e2e');
 const onlyArg = process.argv.indexOf('--only');
-const only = onlyArg >= 0 ? process.argv[onlyArg + 1] : undefined;
+const only = onlyArg >= 0 ? process.argv[onlyArg + 1] ?? '' : undefined;
 const SECTIONS = ['cluster'];
 /** Rows of the balancers-in-parallel section (bench/cluster.bench.ts): a section of their own in BENCHMARKS.md. */
 const isCluster = (id: string) => id.startsWith('cluster.');
@@ -122,7 +122,7 @@ const CLUSTER_NOTES = `How these are measured:
   joins that reached their own balancer in the same batches; the balancers' hold-wait histogram is given beside it.
   Targets are this section's own: p50 <= 5 ms (small beside a WAN RTT, paid once per join), p99 <= tokenStore.holdMs.
 - **cluster.new_conns_per_s_store_on** / **cluster.store_writes_per_s**: the packet worker's side (engine, StoreSync) and
-  the store client (TokenStore) in one thread, at most 4096 store commands in flight. Target 100 thousand per second per
+  the store client (TokenStore) in one thread, at most 1024 store commands in flight. Target 100 thousand per second per
   balancer on one core (issue 10).
 - **cluster.store_bytes_per_conn**: what one balancer's connections cost redis: a token entry per connection and a
   subflow entry per join it steered (\`t:<token>\`, \`f:<client:port>VIP:port>\`, each with a TTL).

@@ -272,8 +272,12 @@ export async function runClusterDemo(o: DemoOptions): Promise<ClusterDemoResult>
   const delVipRoutes = () => {
     if (!routed) return;
     routed = false;
-    for (const b of tb.balancers) ipn(b.ns, ['route', 'del', `${VIP}/32`]);
-    ipn(srv1.ns, ['addr', 'del', `${VIP}/32`, 'dev', 'lo']);
+    // Each step on its own: a route that was never added (a failed addVipRoutes) must not keep the others in place.
+    const errors: string[] = [];
+    for (const step of [...tb.balancers.map((b) => () => ipn(b.ns, ['route', 'del', `${VIP}/32`])), () => ipn(srv1.ns, ['addr', 'del', `${VIP}/32`, 'dev', 'lo'])]) {
+      try { step(); } catch (e) { errors.push((e as Error).message); }
+    }
+    if (errors.length) log(`removing the no-balancer routes: ${errors.join('; ')}`);
   };
   const stats = () => Promise.all(lbs.map(async (l) => (await l.request('stats')) as BalancerStats));
   const tables = () => Promise.all(lbs.map(connectionTable));
