@@ -271,7 +271,7 @@ async function openStore(url: string, prefix: string): Promise<TokenStore> {
 }
 
 /** In-flight store commands allowed before the one-thread loop waits (a 50 ms command timeout must not expire in a queue). */
-const MAX_IN_FLIGHT = 4096;
+const MAX_IN_FLIGHT = 1024;
 
 export async function publishRun(variant: Variant, n: number, redis: LocalRedis | undefined, prefix: string, joins: boolean, salt: number): Promise<PublishRun> {
   if (variant === 'threads') return threadsRun(n, redis!, prefix, salt);
@@ -348,6 +348,18 @@ async function threadsRun(n: number, redis: LocalRedis, prefix: string, salt: nu
   return res;
 }
 
+/** `size` publishToken calls handed to one TokenStore (product defaults) at once, as serveStore does with a message: share that failed. */
+async function publishBurst(redis: LocalRedis, size: number, salt: number): Promise<{ errorShare: number; ms: number }> {
+  await redis.admin.flushall();
+  const store = await openStore(redis.url, 'mplb:burst:');
+  const entry = { vip: `${VIP}:${PORT}`, backend: '198.18.10.101:5201', version: 1 };
+  const t0 = performance.now();
+  const rs = await Promise.all(Array.from({ length: size }, (_, i) => store.publishToken((salt + i) >>> 0, entry, TOKEN_STORE_DEFAULTS.ttlMs)));
+  const ms = performance.now() - t0;
+  await store.close();
+  return { errorShare: rs.filter((r) => r === 'error').length / size, ms };
+}
+
 interface MemResult { conns: number; keys: number; usedBefore: number; usedAfter: number; bytesPerConn: number; bytesPerKey: number; tokenKeyUsage: number; flowKeyUsage: number; acked: number }
 
 async function storeMemory(redis: LocalRedis, n: number): Promise<MemResult> {
@@ -387,6 +399,11 @@ async function inProcess(quick: boolean): Promise<BenchResult[]> {
           (r.acked ? `, ${r.acked} tokens published, ${(r.writes / r.wallS / 1000).toFixed(1)} k store writes/s, redis ${(r.redisCmds / r.wallS / 1000).toFixed(1)} k cmds/s, redis CPU ${(100 * r.redisCpuS / r.wallS).toFixed(0)}%, errors ${r.errors}, collisions ${r.collisions}` : ''));
       }
     }
+    const bursts: Record<number, number[]> = { 1000: [], 5000: [], 20000: [] };
+    for (let run = 0; run < (quick ? 1 : 3); run++) {
+      for (const size of [1000, 5000, 20000]) bursts[size].push((await publishBurst(redis, size, 0x42000000 + run * 0x100000)).errorShare);
+    }
+    log(`publish bursts (publishToken calls at once, 50 ms command timeout): ${Object.entries(bursts).map(([k, v]) => `${k}: ${v.map((x) => `${(100 * x).toFixed(0)}%`).join('/')} failed`).join(', ')}`);
     const mem = await storeMemory(redis, quick ? 10_000 : 100_000);
     log(`memory: ${mem.keys} keys for ${mem.conns} connections (a token entry and a join's subflow entry each): ${((mem.usedAfter - mem.usedBefore) / 1e6).toFixed(2)} MB, ${mem.bytesPerConn.toFixed(0)} B/connection, ${mem.bytesPerKey.toFixed(0)} B/key`);
     const med = (v: Variant, f: (r: PublishRun) => number) => median(res[v].map(f));
@@ -417,9 +434,12 @@ async function inProcess(quick: boolean): Promise<BenchResult[]> {
           redis_cmds_per_s: Math.round(med('on', (r) => r.redisCmds / r.wallS)), redis_cpu_share: r3(med('on', (r) => r.redisCpuS / r.wallS)),
           one_pipeline_per_batch: Math.round(med('pipeline', wps)), two_threads_as_mplb_run: Math.round(med('threads', wps)),
           redis_cpu_share_pipeline: r3(med('pipeline', (r) => r.redisCpuS / r.wallS)),
+          burst_1000_error_share: r3(median(bursts[1000])), burst_5000_error_share: r3(median(bursts[5000])), burst_20000_error_share: r3(median(bursts[20000])),
         },
         note: `Same runs: store writes (TokenStore counters: one SET NX PX per learned token, plus the GET/SET a collision needs) per second of wall time with everything in one thread; ` +
-          `redis_cmds_per_s from INFO total_commands_processed; redis_cpu_share = redis-server's utime+stime over the wall time (1 = one core busy): redis is not what limits it. ${noise}`,
+          `redis_cmds_per_s from INFO total_commands_processed; redis_cpu_share = redis-server's utime+stime over the wall time (1 = one core busy): redis is not what limits it. ` +
+          `burst_N_error_share: N publishToken calls handed to one TokenStore at once (as serveStore does with the publishes of one worker message), the product's 50 ms command timeout: the share that failed ` +
+          `(median of ${bursts[1000].length}; runs ${Object.entries(bursts).map(([k, v]) => `${k}: ${v.map(r3).join('/')}`).join(', ')}). ${noise}`,
       },
       {
         id: 'cluster.store_bytes_per_conn', value: Math.round(mem.bytesPerConn), unit: 'bytes', target: 'n/a (reported)',
@@ -611,7 +631,7 @@ function latencyRows(l: LatencyResult): BenchResult[] {
   const diffs = l.perBatch.map((b) => b.crossedP50 - b.sameP50);
   const sc = l.store;
   const common = `${l.connections} MPTCP connections (${l.batches} batches of ${l.perBatchConns} concurrent, each held 1 s with a 64-byte echo every 100 ms) from the client through 2 mplb balancers sharing tokens through redis ` +
-    `(testbed, ECMP router with an L4 hash, rate limits off); each join classified by the balancers' tables: crossed (its subflow is in the table of the other balancer than the first subflow's) or same. ` +
+    `(testbed: an ECMP router in front, rate limits off); each join classified by the balancers' tables: crossed (its subflow is in the table of the other balancer than the first subflow's) or same. ` +
     `Client side: SYN -> SYN/ACK of each join, from tcpdump on the client's second link; ${l.crossed.length} crossed, ${l.same.length} same, ${l.unclassified} not classified. ` +
     `The machine is shared with other jobs (2 cores, ${(100 * l.machineBusy).toFixed(0)}% busy during the batches: machine_busy_share): scheduling delays of the two balancers (main thread and packet worker each), redis and the client all land in these figures.`;
   return [

@@ -15,7 +15,7 @@ import { fmt, verdict } from './report.js';
 const quick = process.argv.includes('--quick');
 const skipE2e = process.argv.includes('--no-e2e');
 const onlyArg = process.argv.indexOf('--only');
-const only = onlyArg >= 0 ? process.argv[onlyArg + 1] : undefined;
+const only = onlyArg >= 0 ? process.argv[onlyArg + 1] ?? '' : undefined;
 const SECTIONS = ['cluster'];
 /** Rows of the balancers-in-parallel section (bench/cluster.bench.ts): a section of their own in BENCHMARKS.md. */
 const isCluster = (id: string) => id.startsWith('cluster.');
@@ -117,16 +117,35 @@ ${CLUSTER_NOTES}
 ${CLUSTER_END}`;
 }
 
-const CLUSTER_NOTES = `- **cluster.join_added_latency_***: what a join pays when the router sends it to another balancer than its connection's
-  first subflow: held there, looked up in redis (retried a third of holdMs later when the token is not published yet),
-  then steered. Measured at the client (SYN -> SYN/ACK of each join on its link), crossed joins against joins that
-  reached their own balancer in the same batches; the balancers' hold-wait histogram is given beside it. Targets are
-  this section's own: p50 <= 5 ms (a small share of a WAN RTT, paid once per subflow), p99 <= tokenStore.holdMs.
-- **cluster.new_conns_per_s_store_on** / **cluster.store_writes_per_s**: the packet worker's side (engine, StoreSync)
-  and the store client (TokenStore) in one thread, so the figure is a floor for one core; in \`mplb run\` they are
-  two threads. Target 100 thousand per second per balancer (issue 10).
+const CLUSTER_NOTES = `How these are measured:
+
+- **cluster.join_added_latency_***: what a join pays when the router sends it to another balancer than its connection's
+  first subflow: held there, looked up in redis (asked again a third of holdMs later when the token is not published
+  yet), then steered. Measured at the client (SYN -> SYN/ACK of each join on its link, tcpdump), crossed joins against
+  joins that reached their own balancer in the same batches; the balancers' hold-wait histogram is given beside it.
+  Targets are this section's own: p50 <= 5 ms (small beside a WAN RTT, paid once per join), p99 <= tokenStore.holdMs.
+- **cluster.new_conns_per_s_store_on** / **cluster.store_writes_per_s**: the packet worker's side (engine, StoreSync) and
+  the store client (TokenStore) in one thread, at most 1024 store commands in flight. Target 100 thousand per second per
+  balancer on one core (issue 10).
 - **cluster.store_bytes_per_conn**: what one balancer's connections cost redis: a token entry per connection and a
-  subflow entry per join it steered (\`t:<token>\`, \`f:<client:port>VIP:port>\`, each with a TTL).`;
+  subflow entry per join it steered (\`t:<token>\`, \`f:<client:port>VIP:port>\`, each with a TTL).
+
+Targets missed, and why:
+
+- **New connections/s and store writes/s with the store on** (about 40% of 100 thousand): the engine side is not what
+  limits it (the StoreSync with its requests thrown away keeps about 95% of the no-store rate) and neither is redis
+  (about a fifth of a core at that rate). The cost is the store client's, per command: ioredis builds a Command, arms
+  a 50 ms command-timeout timer, and settles a promise for every publishToken (a CPU profile of the one-thread run:
+  ioredis and the garbage collector take most of the time). Sending each batch's publishes as one pipeline gains about
+  20% only, since ioredis still makes a Command (and timer) per key.
+- **Two threads, as mplb run** (the two_threads_* peers): the worker produces learned tokens faster than the main
+  thread's store client can send them, and serveStore (src/dataplane/packet-loop.ts) hands every publish to ioredis at
+  once; the ones that wait more than the 50 ms command timeout fail. In a burst of 200 thousand new connections most
+  publishes failed (two_threads_publish_error_share); a failed publish is not retried (the refresh every ttlMs/3 sends
+  PEXPIRE, which does not recreate a missing key), so joins of those connections that reach another balancer get the
+  unknown-token answer. The burst_*_error_share peers show the threshold with the store client alone: a thousand
+  publishes handed over at once all succeed, five thousand do not. What would fix it belongs to src/dataplane and src/cluster: a bounded publish queue on the main thread, failed
+  publishes retried, and a refresh that re-creates a missing key.`;
 
 function markdown(results: BenchResult[], m: Record<string, string | number>): string {
   const git = gitHead();

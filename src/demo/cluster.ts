@@ -5,8 +5,11 @@
 // another balancer than its connection's first subflow is reset there; (store) the same balancers sharing tokens
 // through the testbed's redis-server, so such a join is held, looked up and steered.
 //
-// The router hashes every subflow (5-tuple) on its own: whether a connection's join reaches the other balancer
-// ("crosses") is decided by the kernel's hash of ports the client picks, so it is random, about 1 in N. Each run
+// The router hashes every subflow on its own: whether a connection's join reaches the other balancer ("crosses") is
+// random, about 1 in N per connection. (In this testbed the router's multipath hash follows the flow hash the client's
+// socket put on the packet, not the 5-tuple: `ip route get` with the ports predicts the balancer of about half of the
+// first subflows. TCP picks a new flow hash after a retransmission timeout, so a subflow can also move to the other
+// balancer mid-connection: with the store its entry is found there, without it a steered join is then lost.) Each run
 // therefore sends, before the timed transfer, a probe of 16 short concurrent connections (1 s each: long enough for the join to be made), makes the
 // timed transfer a pool of concurrent connections (default 4; more subflows than that underfill the 20 Mbit/s links
 // of --quick), and records for every connection which balancer saw its first subflow and which one its join (from
@@ -250,10 +253,13 @@ export async function runClusterDemo(o: DemoOptions): Promise<ClusterDemoResult>
   const serverAddrs = tb.servers.map((s) => s.addr);
   const addrs = tb.client.addrs;
   const keyPrefix = `mplb:${tb.runId}:`;
-  log(`testbed ${tb.runId} up: ${nb} balancers behind an ECMP router (L4 hash), ${o.servers} servers, two ${o.rateMbit} Mbit/s client links, redis ${tb.redis!.host}:${tb.redis!.port}`);
+  log(`testbed ${tb.runId} up: ${nb} balancers behind an ECMP router, ${o.servers} servers, two ${o.rateMbit} Mbit/s client links, redis ${tb.redis!.host}:${tb.redis!.port}`);
   const servers: ChildProcess[] = [];
   let lbs: BalancerProcess[] = [];
   let routed = false;
+  // startBalancerProcess adds an 'exit' listener per start that stop() leaves in place (src/testbed/balancer-process.ts):
+  // 2 per mode and balancer over the runs would pass Node's warning threshold of 10.
+  process.setMaxListeners(Math.max(process.getMaxListeners(), 10 + 2 * nb * o.runs + 4));
   const samples: ClusterRunSample[] = [];
   const srv1 = tb.servers[0];
   // No balancer: the VIP lives on server 1 and every balancer namespace just routes to it (the router's ECMP
@@ -266,8 +272,12 @@ export async function runClusterDemo(o: DemoOptions): Promise<ClusterDemoResult>
   const delVipRoutes = () => {
     if (!routed) return;
     routed = false;
-    for (const b of tb.balancers) ipn(b.ns, ['route', 'del', `${VIP}/32`]);
-    ipn(srv1.ns, ['addr', 'del', `${VIP}/32`, 'dev', 'lo']);
+    // Each step on its own: a route that was never added (a failed addVipRoutes) must not keep the others in place.
+    const errors: string[] = [];
+    for (const step of [...tb.balancers.map((b) => () => ipn(b.ns, ['route', 'del', `${VIP}/32`])), () => ipn(srv1.ns, ['addr', 'del', `${VIP}/32`, 'dev', 'lo'])]) {
+      try { step(); } catch (e) { errors.push((e as Error).message); }
+    }
+    if (errors.length) log(`removing the no-balancer routes: ${errors.join('; ')}`);
   };
   const stats = () => Promise.all(lbs.map(async (l) => (await l.request('stats')) as BalancerStats));
   const tables = () => Promise.all(lbs.map(connectionTable));
@@ -492,11 +502,12 @@ export function formatClusterDemo(r: ClusterDemoResult): string {
   const pc = (m: ClusterMode) => `${m} ${fmt(r.perConnection[m].crossedMbps)} (${r.perConnection[m].crossed} crossed) vs ${fmt(r.perConnection[m].sameMbps)} (${r.perConnection[m].same} same balancer)`;
   const totalConns = CLUSTER_MODES.filter((m) => m !== 'noBalancer').reduce((a, m) => a + r.samples.filter((s) => s.mode === m).reduce((b, s) => b + s.connections.length, 0), 0);
   lines.push('');
-  lines.push(`${r.runs} run(s) x ${r.seconds} s at ${r.rateMbps} Mbit/s per link, ${r.balancers} balancers behind an ECMP router (L4 hash), ${r.servers} servers, ` +
+  lines.push(`${r.runs} run(s) x ${r.seconds} s at ${r.rateMbps} Mbit/s per link, ${r.balancers} balancers behind an ECMP router, ${r.servers} servers, ` +
     `timed transfer = ${r.connections} concurrent MPTCP connections (goodput is their sum), sizes ${r.sizes.map((s) => s.label).join(',')} one connection each, ` +
     `and before them a probe of ${r.probe} concurrent 1 s connections per run`);
-  lines.push(`Which joins cross is the router's hash of ports the client picks: "joins crossed" counts the connections (probe, timed and sized) whose join reached another ` +
-    `balancer than their first subflow, read from the balancers' tables (${totalConns} connections through mplb; per connection in results.json).`);
+  lines.push(`Which joins cross is up to the router's per-subflow hash (random per connection): "joins crossed" counts the connections (probe, timed and sized) whose join reached another ` +
+    `balancer than their first subflow, read from the balancers' tables (${totalConns} connections through mplb; per connection in results.json). "joins reset" counts the ` +
+    `balancers' RSTs for unknown tokens and the servers' MPJoinNoTokenFound; it can exceed "crossed" when a connection could not be classified (its table entry gone, or it failed).`);
   lines.push(`per-connection goodput of the timed pools, Mbit/s median, join crossed vs not: ${pc('noStore')}; ${pc('store')}`);
   const sc = r.store;
   lines.push(`store: ${sc.joins_held ?? 0} joins held, ${sc.joins_found_in_store ?? 0} found in the store, ${sc.joins_store_retried ?? 0} retried, ${sc.joins_store_timed_out ?? 0} timed out, ` +
@@ -505,7 +516,7 @@ export function formatClusterDemo(r: ClusterDemoResult): string {
   lines.push(`noStore/noBalancer = ${fmt(r.ratios.medianNoStoreOverNoBalancer, 2)} median of per-run ratios [${r.ratios.noStoreOverNoBalancer.map((x) => x.toFixed(2)).join(', ')}] ` +
     `(the links stay full while any connection keeps both paths: the loss is per connection, above)`);
   lines.push(`${pf(r.pass.all)}: store >= ${CLUSTER_TARGETS.storeOverNoBalancer * 100}% of noBalancer ${pf(r.pass.storeOverNoBalancer)}, store resets no join ${pf(r.pass.storeJoinsReset)} ` +
-    `(noStore reset ${r.modes.noStore.joinsReset} of ${r.modes.noStore.joinsCrossed ?? 0} crossing joins)`);
+    `(noStore: ${r.modes.noStore.joinsCrossed ?? 0} joins crossed, ${r.modes.noStore.joinsReset} reset)`);
   return lines.join('\n');
 }
 
