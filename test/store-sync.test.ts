@@ -228,3 +228,18 @@ test('a collision reported by the store makes the token ambiguous here: its join
   assert.equal(dev.written.at(-1)!.reply, true);
   assert.equal(engine.counters.snapshot().counters.joins_ambiguous_token, 1);
 });
+
+test('the refresh publishes this balancer\'s live tokens again (a failed publish is repaired), set-if-absent', () => {
+  const { dev, fwd, sync, sent } = setup();
+  dev.inject(tcp({ src: CLIENT, dst: VIP, sport: 7000, dport: 5201, flags: SYN, options: [capSyn(1)] }));
+  fwd.runOnce(0);
+  const beAddr = endpoints(dev.written[0].pkt).dst.split(':')[0];
+  dev.inject(tcp({ src: beAddr, dst: CLIENT, sport: 5201, dport: 7000, flags: SYN | ACK, options: [capSynAck(1, 4242n)] }));
+  fwd.runOnce(1);
+  sync.step(1);
+  assert.equal(sent.flatMap((r) => r.publish).length, 1, 'published once when learned');
+  sync.step(1 + 60_000 / 3 + 1);
+  const pubs = sent.flatMap((r) => r.publish);
+  assert.equal(pubs.length, 2, 'and again at the refresh, so a key the store lost comes back');
+  assert.equal(pubs[1].token, keyToken(1, 0, 4242));
+});

@@ -188,12 +188,28 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     worker.postMessage(m);
     if (!closedFds) signalEventFd(wakeFd);
   };
+  // Publishes go out at most PUBLISH_IN_FLIGHT at a time: a burst of new connections handed to the client at once
+  // would wait past commandTimeoutMs and fail. A failed publish is tried again (at most PUBLISH_TRIES times).
+  const PUBLISH_IN_FLIGHT = 256, PUBLISH_TRIES = 3;
+  const publishQueue: Array<{ token: number; entry: StoreRequests['publish'][number]['entry']; tries: number }> = [];
+  let publishing = 0;
+  const pumpPublishes = () => {
+    while (store && publishing < PUBLISH_IN_FLIGHT && publishQueue.length > 0) {
+      const p = publishQueue.shift()!;
+      publishing++;
+      void store.publishToken(p.token, p.entry, ts!.ttlMs).then((r) => {
+        publishing--;
+        if (r === 'collision') toWorker({ type: 'store-collision', token: p.token });
+        else if (r === 'error' && ++p.tries < PUBLISH_TRIES && store.up) publishQueue.push(p);
+        pumpPublishes();
+      });
+    }
+  };
   const serveStore = async (m: StoreRequests) => {
     if (!store) return;
     if (m.writes.length > 0) void store.writeBatch(m.writes);
-    for (const p of m.publish) {
-      void store.publishToken(p.token, p.entry, ts!.ttlMs).then((r) => { if (r === 'collision') toWorker({ type: 'store-collision', token: p.token }); });
-    }
+    for (const p of m.publish) publishQueue.push({ token: p.token, entry: p.entry, tries: 0 });
+    pumpPublishes();
     if (m.lookups.length > 0) {
       const answers = await Promise.all(m.lookups.map(async (l) => ({ id: l.id, ...(await store.lookup(l.key)) })));
       toWorker({ type: 'store-answers', answers });

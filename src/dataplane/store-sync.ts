@@ -70,7 +70,8 @@ export class StoreSync {
   private req: StoreRequests = { type: 'store', publish: [], writes: [], lookups: [] };
   private readonly inflight = new Set<number>();
   private readonly retryAt = new Map<number, number>();
-  private nextRefresh = 0;
+  /** When the next refresh is due (NaN until the first step: nothing learned yet needs one). */
+  private nextRefresh = NaN;
   private up = false;
 
   constructor(private readonly engine: Engine, private readonly fwd: Forwarder, private readonly opts: StoreSyncOptions,
@@ -120,6 +121,7 @@ export class StoreSync {
       this.counters[p.kind === HoldKind.Token ? SyncCounter.JoinsTimedOut : SyncCounter.FlowsNotInStore]++;
       this.release(p, undefined, nowMs);
     }
+    if (this.nextRefresh !== this.nextRefresh) this.nextRefresh = nowMs + this.opts.ttlMs / 3;
     if (this.up && nowMs >= this.nextRefresh) { this.nextRefresh = nowMs + this.opts.ttlMs / 3; this.refresh(false); }
     const r = this.req;
     if (r.publish.length + r.writes.length + r.lookups.length > 0) {
@@ -150,17 +152,18 @@ export class StoreSync {
     }
   }
 
-  /** Keeps the entries of live connections learned here alive; `all`: publish them again (the store came back). */
+  /**
+   * Keeps the entries of live connections learned here alive (set-if-absent again: a missing one is recreated, a
+   * collision marker is kept); `all`: the store came back, subflow entries are written again too.
+   */
   private refresh(all: boolean): void {
     const e = this.engine, pre = this.opts.keyPrefix, ttl = this.opts.ttlMs;
     for (const c of e.connectionIndices()) {
       const info = e.storeInfo(c);
       if (!info) continue;
       const entry = entryOf(info);
-      if (info.ours) {
-        if (all) this.req.publish.push({ token: info.token, entry });
-        else this.req.writes.push({ op: 'expire', key: tokenKey(pre, info.token), ttlMs: ttl });
-      }
+      // Published again, not just extended: a publish that failed (a burst, a blip) is repaired by the next refresh.
+      if (info.ours) this.req.publish.push({ token: info.token, entry });
       for (const f of e.joinSubflows(c)) {
         const key = flowKey(pre, e.flowDescription(f));
         this.req.writes.push(all ? { op: 'set', key, value: encodeEntry(entry), ttlMs: ttl } : { op: 'expire', key, ttlMs: ttl });
