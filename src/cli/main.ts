@@ -24,7 +24,9 @@ usage:
       --keep-guard: on exit leave blackhole routes for the VIPs and backend replies, so that a restarted mplb
       finds its clients' connections alive (the next start takes them over; stop once without it to remove them).
   mplb demo [--runs N] [--seconds S] [--rate MBIT] [--servers N] [--sizes 5M,10M,...] [--out DIR] [--json FILE] [--quick]
-      the poster's experiment on a namespace testbed (root, Linux): no balancer, an MPTCP-unaware balancer and mplb
+            [--balancers N [--connections C]]
+      the poster's experiment on a namespace testbed (root, Linux): no balancer, an MPTCP-unaware balancer and mplb;
+      with --balancers N: no balancer, N mplb balancers behind an ECMP router without and with the shared token store
   mplb testbed up [--servers N] [--rate MBIT] [--mode balancer|noBalancer] [--balancers N] [--redis|--no-redis]
                | down RUNID...|--all | status
       network namespaces with real Linux MPTCP hosts (root): a client with two rate-limited links, a balancer, servers;
