@@ -149,7 +149,12 @@ test('a subflow with no flow (moved from another balancer) is held, pinned to th
   dev.inject(tcp({ src: CLIENT, dst: VIP, sport: 46000, dport: 5201, flags: ACK }));
   fwd.runOnce(3);
   sync.step(3);
-  sync.onMessage({ type: 'store-answers', answers: [{ id: 2, outcome: 'absent' }] }, 4);
+  // Asked again within the wait (the subflow may be published a moment later), then given the policy's backend.
+  for (let i = 0; i < 3; i++) {
+    const id = lookups(sent).at(-1)!.id;
+    sync.onMessage({ type: 'store-answers', answers: [{ id, outcome: 'absent' }] }, 4 + i * 20);
+    sync.step(24 + i * 20);
+  }
   assert.equal(dev.written.length, 3);
   assert.equal(counters[SyncCounter.FlowsNotInStore], 1);
   assert.equal(engine.counters.snapshot().counters.flows_adopted, 2);

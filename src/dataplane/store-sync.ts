@@ -190,9 +190,10 @@ export class StoreSync {
     }
     if (outcome === 'error') c[SyncCounter.LookupErrors]++;
     // The race is real: a join can reach this balancer microseconds after its third ACK reached another one, before
-    // that one has published the token. Ask again within the wait.
-    if (outcome === 'absent' && p.kind === HoldKind.Token && p.tries < this.opts.tries) {
-      c[SyncCounter.JoinsRetried]++;
+    // that one has published the token; and a join's own ACK can reach this balancer before the one that steered its
+    // SYN has published the subflow. Ask again within the wait.
+    if (outcome === 'absent' && p.tries < this.opts.tries) {
+      if (p.kind === HoldKind.Token) c[SyncCounter.JoinsRetried]++;
       this.retryAt.set(id, nowMs + this.opts.maxWaitMs / this.opts.tries);
       return;
     }
