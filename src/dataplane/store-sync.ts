@@ -68,7 +68,6 @@ export const SYNC_COUNTER_LABELS = [
 export class StoreSync {
   readonly pool: HoldPool;
   private req: StoreRequests = { type: 'store', publish: [], writes: [], lookups: [] };
-  private readonly inflight = new Set<number>();
   private readonly retryAt = new Map<number, number>();
   /** When the next refresh is due (NaN until the first step: nothing learned yet needs one). */
   private nextRefresh = NaN;
@@ -173,12 +172,10 @@ export class StoreSync {
 
   private ask(p: HeldPacket): void {
     p.tries++;
-    this.inflight.add(p.id);
     this.req.lookups.push({ id: p.id, key: p.kind === HoldKind.Token ? tokenKey(this.opts.keyPrefix, p.token) : flowKey(this.opts.keyPrefix, p.subflow) });
   }
 
   private onAnswer(id: number, outcome: string, entry: StoreEntry | undefined, nowMs: number): void {
-    this.inflight.delete(id);
     const p = this.pool.get(id);
     if (!p) return;
     const c = this.counters;
@@ -210,7 +207,6 @@ export class StoreSync {
     let k = 0;
     while (k < HOLD_WAIT_BUCKETS_MS.length && waited > HOLD_WAIT_BUCKETS_MS[k]) k++;
     this.counters[SyncCounter.HoldWaitHist + k]++;
-    this.inflight.delete(p.id);
     this.retryAt.delete(p.id);
     if (entry) {
       const e = this.engine;
