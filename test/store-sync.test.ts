@@ -10,7 +10,7 @@ import { MemoryDevice } from '../src/dataplane/device.js';
 import { Forwarder } from '../src/dataplane/forwarder.js';
 import { StoreSync, SyncCounter, type StoreRequests } from '../src/dataplane/store-sync.js';
 import { decodeEntry } from '../src/cluster/token-store.js';
-import { ACK, FIN, SYN, capAck, capSyn, capSynAck, endpoints, fastclose, joinSyn, tcp } from './helpers/packets.js';
+import { ACK, FIN, SYN, capAck, capSyn, capSynAck, dss, endpoints, fastclose, joinAck, joinSyn, tcp } from './helpers/packets.js';
 import { keyToken } from '../src/wire/tokens.js';
 
 const VIP = '198.19.0.10', CLIENT = '198.18.1.2', CLIENT2 = '198.18.2.2';
@@ -94,6 +94,20 @@ test('the store does not have the token yet: retried within the wait, then the u
   assert.equal(engine.counters.snapshot().counters.joins_unknown_reset, 1);
 });
 
+test('a lookup that failed (a store command timed out) is asked again within the wait, like an absent one', () => {
+  const { dev, fwd, sync, sent, counters } = setup({ tries: 3, waitMs: 30 });
+  dev.inject(joinOf(0x0a0b0c0e));
+  fwd.runOnce(0);
+  sync.step(0);
+  sync.onMessage({ type: 'store-answers', answers: [{ id: 1, outcome: 'error' }] }, 1);
+  assert.equal(dev.written.length, 0, 'not answered on an error');
+  sync.step(11);
+  assert.equal(lookups(sent).length, 2, 'asked again');
+  sync.onMessage({ type: 'store-answers', answers: [{ id: 1, outcome: 'found', entry: { vip: vipId, backend: `${B2}:5201`, version: 1 } }] }, 12);
+  assert.equal(endpoints(dev.written[0].pkt).dst, `${B2}:5201`);
+  assert.equal(counters[SyncCounter.LookupErrors], 1);
+});
+
 test('no answer within the wait: released with the unknown-token answer, counted as timed out', () => {
   const { dev, fwd, sync, counters } = setup({ waitMs: 20 });
   dev.inject(joinOf(0x11111111));
@@ -145,19 +159,49 @@ test('a subflow with no flow (moved from another balancer) is held, pinned to th
   fwd.runOnce(2);
   assert.equal(endpoints(dev.written[1].pkt).dst, `${other}:5201`, 'the next packet follows the adopted flow, not held');
   assert.equal(engine.counters.snapshot().counters.packets_held, 1);
-  // A subflow the store does not know (a first subflow after a restart) gets the policy's backend and a flow.
-  dev.inject(tcp({ src: CLIENT, dst: VIP, sport: 46000, dport: 5201, flags: ACK }));
+  // A DSS-only packet the store does not know (a first subflow after a restart, or one that moved): asked once,
+  // then given the policy's backend at once; waiting for an entry that no balancer will write would stall it.
+  dev.inject(tcp({ src: CLIENT, dst: VIP, sport: 46000, dport: 5201, flags: ACK, options: [dss(7n)] }));
   fwd.runOnce(3);
   sync.step(3);
-  // Asked again within the wait (the subflow may be published a moment later), then given the policy's backend.
-  for (let i = 0; i < 3; i++) {
-    const id = lookups(sent).at(-1)!.id;
-    sync.onMessage({ type: 'store-answers', answers: [{ id, outcome: 'absent' }] }, 4 + i * 20);
-    sync.step(24 + i * 20);
-  }
-  assert.equal(dev.written.length, 3);
+  const id = lookups(sent).at(-1)!.id;
+  sync.onMessage({ type: 'store-answers', answers: [{ id, outcome: 'absent' }] }, 4);
+  sync.step(4);
+  assert.equal(dev.written.length, 3, 'released on the first absent answer');
+  assert.equal(lookups(sent).length, 2, 'not asked again');
   assert.equal(counters[SyncCounter.FlowsNotInStore], 1);
   assert.equal(engine.counters.snapshot().counters.flows_adopted, 2);
+});
+
+test('a join\'s third ACK with no flow is asked for again within the wait (the balancer that steered its SYN may not have published yet)', () => {
+  const { dev, fwd, sync, sent, counters } = setup();
+  dev.inject(tcp({ src: CLIENT2, dst: VIP, sport: 47000, dport: 5201, flags: ACK, options: [joinAck()] }));
+  fwd.runOnce(0);
+  sync.step(0);
+  for (let i = 0; i < 3; i++) {
+    const id = lookups(sent).at(-1)!.id;
+    assert.equal(dev.written.length, 0, `still held after ${i} absent answers`);
+    sync.onMessage({ type: 'store-answers', answers: [{ id, outcome: 'absent' }] }, 1 + i * 20);
+    sync.step(20 + i * 20);
+  }
+  assert.equal(lookups(sent).length, 3, 'asked the configured number of times');
+  assert.equal(dev.written.length, 1, 'then given the policy\'s backend');
+  assert.equal(counters[SyncCounter.FlowsNotInStore], 1);
+});
+
+test('a first subflow\'s third ACK with no flow (MP_CAPABLE: hashed alike on every balancer) is not held', () => {
+  const { engine, dev, fwd, sent } = setup();
+  const pkt = () => tcp({ src: CLIENT, dst: VIP, sport: 48000, dport: 5201, flags: ACK, options: [capAck(1, 0x0102030405060708n, 0x1112131415161718n)] });
+  dev.inject(pkt());
+  fwd.runOnce(0);
+  assert.equal(dev.written.length, 1, 'forwarded at once');
+  const probe = pkt();
+  new Engine(engine.config).process(probe, 0, probe.length, 0);
+  assert.equal(endpoints(dev.written[0].pkt).dst, endpoints(probe).dst, 'to the backend the policy picks');
+  const c = engine.counters.snapshot().counters;
+  assert.equal(c.packets_held, 0);
+  assert.equal(c.flows_adopted, 1, 'kept as a local flow');
+  assert.equal(lookups(sent).length, 0, 'the store is not asked');
 });
 
 test('the store goes down: every held packet is answered at once, and nothing more is held until it is back', () => {

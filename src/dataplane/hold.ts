@@ -21,6 +21,8 @@ export interface HeldPacket {
   readonly heldAtMs: number;
   /** Store lookups made for it so far. */
   tries: number;
+  /** Lookups it may get (capped by the configured tries). */
+  maxTries: number;
 }
 
 export interface HoldLimits {
@@ -46,7 +48,7 @@ export class HoldPool {
   hold(kind: HoldKind, token: number, subflow: string, src: Uint8Array, headerBytes: number, len: number, flags: number, nowMs: number): HeldPacket | undefined {
     const n = headerBytes + len;
     if (this.held.size >= this.limits.maxPackets || this.bytes + n > this.limits.maxBytes) { this.refused++; return undefined; }
-    const p: HeldPacket = { id: this.nextId++, kind, token, subflow, bytes: src.slice(0, n), headerBytes, flags, heldAtMs: nowMs, tries: 0 };
+    const p: HeldPacket = { id: this.nextId++, kind, token, subflow, bytes: src.slice(0, n), headerBytes, flags, heldAtMs: nowMs, tries: 0, maxTries: Infinity };
     this.held.set(p.id, p);
     this.bytes += n;
     return p;

@@ -85,6 +85,8 @@ export class StoreSync {
     const kind = e.lastHold === HoldKind.Flow ? HoldKind.Flow : HoldKind.Token;
     const p = this.pool.hold(kind, e.lastJoinToken, kind === HoldKind.Flow ? e.lastHoldSubflow : '', view, headerBytes, len, flags, nowMs);
     if (!p) { this.counters[SyncCounter.HoldRefused]++; return false; }
+    // A DSS or plain packet with no flow is asked for once: "absent" then means no balancer steered it by token.
+    if (kind === HoldKind.Flow && !e.lastHoldMayRace) p.maxTries = 1;
     this.counters[kind === HoldKind.Token ? SyncCounter.JoinsHeld : SyncCounter.FlowsHeld]++;
     this.ask(p);
     return true;
@@ -189,7 +191,8 @@ export class StoreSync {
     // The race is real: a join can reach this balancer microseconds after its third ACK reached another one, before
     // that one has published the token; and a join's own ACK can reach this balancer before the one that steered its
     // SYN has published the subflow. Ask again within the wait.
-    if (outcome === 'absent' && p.tries < this.opts.tries) {
+    // A failed lookup (a command timed out on a busy store) is asked again too; the wait still bounds it.
+    if ((outcome === 'absent' || outcome === 'error') && p.tries < Math.min(p.maxTries, this.opts.tries)) {
       if (p.kind === HoldKind.Token) c[SyncCounter.JoinsRetried]++;
       this.retryAt.set(id, nowMs + this.opts.maxWaitMs / this.opts.tries);
       return;

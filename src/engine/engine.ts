@@ -83,6 +83,8 @@ export class Engine {
   /** What the last Hold waits for, and the subflow it was for ("client:port>vip:port"). */
   lastHold: HoldKind | 0 = 0;
   lastHoldSubflow = '';
+  /** The last HoldKind.Flow is a join's third ACK: its entry may be published a moment later, so ask again. */
+  lastHoldMayRace = false;
   /** The store's backend for the next packet with no flow (a released HoldKind.Flow), or -1. */
   private pinBackend = -1;
 
@@ -243,9 +245,15 @@ export class Engine {
     const ev = this.counters.events;
     let b = this.pinBackend;
     this.pinBackend = -1;
-    if (b < 0 && this.holdEnabled && !this.noHold) return this.hold(HoldKind.Flow, buf);
+    const first = this.mptcpAwareFirst(buf);
+    // Only joins have subflow entries in the store. A first subflow (MP_CAPABLE on its third ACK or first data)
+    // hashes alike on every balancer: asking would only delay it, and a delay past the client's RTO moves it again.
+    if (b < 0 && this.holdEnabled && !this.noHold && first !== MptcpSubtype.MpCapable) {
+      this.lastHoldMayRace = first === MptcpSubtype.MpJoin;
+      return this.hold(HoldKind.Flow, buf);
+    }
     ev[Counter.MidstreamNoFlow]++;
-    if (this.cfg.mptcpAware && this.findMpCapableKeys(buf)) ev[Counter.KeysForUnopenedFlow]++;
+    if (first === MptcpSubtype.MpCapable && this.findMpCapableKeys(buf)) ev[Counter.KeysForUnopenedFlow]++;
     if (b < 0) b = this.services.select(vip, buf, this.view);
     if (b < 0) return this.drop(DropReason.NoBackend);
     this.lastBackend = b;
@@ -397,6 +405,17 @@ export class Engine {
         if (c >= 0 && (this.conns.flags[c] & ConnFlag.HasClientKey) === 0) this.storeClientKey(c, buf, opt.senderKeyOff);
       }
     }
+  }
+
+  /** MP_CAPABLE or MP_JOIN if the packet carries one (the first found), else -1; -1 when not MPTCP-aware. */
+  private mptcpAwareFirst(buf: Uint8Array): number {
+    if (!this.cfg.mptcpAware) return -1;
+    for (let o = this.nextMptcp(buf, this.view.optOff); o >= 0; o = this.nextMptcp(buf, o + buf[o + 1])) {
+      if (buf[o + 1] < 3) continue;
+      const st = buf[o + 2] >>> 4;
+      if (st === MptcpSubtype.MpCapable || st === MptcpSubtype.MpJoin) return st;
+    }
+    return -1;
   }
 
   private findMpCapableKeys(buf: Uint8Array): boolean {

@@ -80,6 +80,8 @@ export const capAck = (version: number, clientKey: bigint, serverKey: bigint): M
 export const capData = (clientKey: bigint, serverKey: bigint, dataLength: number): MptcpOptionSpec => ({ subtype: MptcpSubtype.MpCapable, version: 1, senderKey: clientKey, receiverKey: serverKey, dataLength });
 /** MP_JOIN SYN: the receiver's token. */
 export const joinSyn = (token: number, nonce = 0x11223344, addrId = 1): MptcpOptionSpec => ({ subtype: MptcpSubtype.MpJoin, form: JoinForm.Syn, token, nonce, addrId });
+/** MP_JOIN third ACK: the sender's truncated-free HMAC (20 bytes). */
+export const joinAck = (hmac = new Uint8Array(20)): MptcpOptionSpec => ({ subtype: MptcpSubtype.MpJoin, form: JoinForm.Ack, hmac });
 /** MP_FASTCLOSE: the receiver's key. */
 export const fastclose = (key: bigint): MptcpOptionSpec => ({ subtype: MptcpSubtype.MpFastclose, receiverKey: key });
 /** DSS with a 4- or 8-byte data ACK. */

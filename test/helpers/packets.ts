@@ -2,7 +2,7 @@
 import { checksum, transportChecksum } from '../../src/wire/checksum.js';
 import { PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN } from '../../src/wire/parse.js';
 
-export { buildTcpPacket as tcp, capAck, capData, capSyn, capSynAck, dss, fastclose, joinSyn, mptcpOptions, type TcpSpec } from '../../src/wire/build.js';
+export { buildTcpPacket as tcp, capAck, capData, capSyn, capSynAck, dss, fastclose, joinAck, joinSyn, mptcpOptions, type TcpSpec } from '../../src/wire/build.js';
 export const SYN = TCP_SYN, ACK = TCP_ACK, FIN = TCP_FIN, RST = TCP_RST, PSH = TCP_PSH;
 
 /** True when the IPv4 header checksum (if any) and the TCP checksum of pkt[0, len) verify. */
