@@ -65,6 +65,21 @@ if (missing) {
       } finally { await a.close(); }
     });
 
+    test('pipelined writes that time out (the server stalls) are tried again, not lost', async () => {
+      const raw = new Redis(r.url, { password: r.password, lazyConnect: true });
+      await raw.connect();
+      const a = new TokenStore(opts(r, { commandTimeoutMs: 40 }));
+      await a.connect();
+      try {
+        // Write commands wait 120 ms: longer than the command timeout, shorter than the retries' backoff.
+        await raw.call('CLIENT', 'PAUSE', '120', 'WRITE');
+        const key = 'mplb:test:f:198.18.2.2:40001>198.19.0.10:5201';
+        assert.equal(await a.writeBatch([{ op: 'set', key, value: encodeEntry(E), ttlMs: 60_000 }]), true);
+        assert.ok(a.counters.writeErrors >= 1, 'the first try timed out');
+        assert.deepEqual(await a.lookupFlow('198.18.2.2:40001>198.19.0.10:5201'), { outcome: 'found', entry: E });
+      } finally { await a.close(); raw.disconnect(); }
+    });
+
     test('hostile values are refused and counted, never used', async () => {
       const raw = new Redis(r.url, { password: r.password, lazyConnect: true });
       await raw.connect();

@@ -140,26 +140,37 @@ export class TokenStore {
     }
   }
 
-  /** Pipelined writes off the packet path: refresh TTLs, set subflow entries, delete or shorten closed ones. */
-  async writeBatch(ops: ReadonlyArray<StoreWrite>): Promise<boolean> {
-    if (ops.length === 0) return true;
-    if (!this.up) { this.counters.writeErrors += ops.length; return false; }
-    const p = this.redis.pipeline();
-    for (const op of ops) {
-      if (op.op === 'set') p.set(op.key, op.value, 'PX', op.ttlMs);
-      else if (op.op === 'expire') p.pexpire(op.key, op.ttlMs);
-      else p.del(op.key);
+  /**
+   * Pipelined writes off the packet path: refresh TTLs, set subflow entries, delete or shorten closed ones. The ops
+   * that fail (a command timed out on a stalled server) are tried again after a backoff, at most `tries` times in
+   * all: each op sets an absolute state, so running one twice is harmless, and a lost subflow entry would send a
+   * moved subflow to the wrong server.
+   */
+  async writeBatch(ops: ReadonlyArray<StoreWrite>, tries = WRITE_TRIES): Promise<boolean> {
+    let todo = ops;
+    for (let attempt = 1; todo.length > 0; attempt++) {
+      if (!this.up) { this.counters.writeErrors += todo.length; return false; }
+      const p = this.redis.pipeline();
+      for (const op of todo) {
+        if (op.op === 'set') p.set(op.key, op.value, 'PX', op.ttlMs);
+        else if (op.op === 'expire') p.pexpire(op.key, op.ttlMs);
+        else p.del(op.key);
+      }
+      this.counters.writes += todo.length;
+      let failed: StoreWrite[];
+      try {
+        const res = await p.exec();
+        failed = todo.filter((_, i) => !res || res[i]?.[0]);
+      } catch {
+        failed = [...todo];
+      }
+      this.counters.writeErrors += failed.length;
+      if (failed.length === 0) return true;
+      if (attempt >= tries || this.closed) return false;
+      todo = failed;
+      await new Promise((res) => setTimeout(res, this.opts.commandTimeoutMs * attempt * 2).unref());
     }
-    this.counters.writes += ops.length;
-    try {
-      const res = await p.exec();
-      const failed = (res ?? []).filter(([err]) => err).length;
-      this.counters.writeErrors += failed;
-      return failed === 0;
-    } catch {
-      this.counters.writeErrors += ops.length;
-      return false;
-    }
+    return true;
   }
 
   async lookupToken(token: number): Promise<{ outcome: ReadOutcome; entry?: StoreEntry }> {
@@ -217,6 +228,9 @@ export interface TokenStoreConfig {
   /** Lifetime of a live connection's entries, refreshed every third of it. */
   ttlMs: number;
 }
+
+/** Tries of a pipelined write batch (TokenStore.writeBatch). */
+export const WRITE_TRIES = 3;
 
 export const TOKEN_STORE_DEFAULTS: Omit<TokenStoreConfig, 'url'> = {
   keyPrefix: 'mplb:', connectTimeoutMs: 1000, commandTimeoutMs: 50, holdMs: 50, holdTries: 3,

@@ -200,7 +200,10 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
       void store.publishToken(p.token, p.entry, ts!.ttlMs).then((r) => {
         publishing--;
         if (r === 'collision') toWorker({ type: 'store-collision', token: p.token });
-        else if (r === 'error' && ++p.tries < PUBLISH_TRIES && store.up) publishQueue.push(p);
+        else if (r === 'error' && ++p.tries < PUBLISH_TRIES && store.up) {
+          // After a backoff: a store stalled past the command timeout needs a moment, not an instant retry.
+          setTimeout(() => { publishQueue.push(p); pumpPublishes(); }, ts!.commandTimeoutMs * p.tries * 2).unref();
+        }
         pumpPublishes();
       });
     }
