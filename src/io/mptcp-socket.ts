@@ -229,3 +229,25 @@ export function getTcpBytesAcked(s: net.Socket | number): number | undefined {
   if (sock().getsockopt(fd, IPPROTO_TCP, TCP_INFO, tcpInfoBuf, lenBuf) < 0 || lenBuf[0] < 128) return undefined;
   return Number(tcpInfoBuf.readBigUInt64LE(120));
 }
+
+const MPTCP_TCPINFO = 2;
+const SUBFLOW_HDR = 16, SUBFLOW_ELEM = 8, MAX_SUBFLOWS = 16;
+const subflowBuf = Buffer.alloc(SUBFLOW_HDR + MAX_SUBFLOWS * SUBFLOW_ELEM);
+/**
+ * Subflows in TCP state ESTABLISHED, from MPTCP_TCPINFO (struct mptcp_subflow_data + one tcp_info per subflow,
+ * of which only tcpi_state, the first byte, is asked for); undefined when it cannot be read. Unlike MPTCP_INFO's
+ * counts, a join whose handshake is still under way is not counted.
+ */
+export function establishedSubflows(s: net.Socket | number): number | undefined {
+  const fd = typeof s === 'number' ? s : socketFd(s);
+  if (fd < 0) return undefined;
+  subflowBuf.fill(0);
+  subflowBuf.writeUInt32LE(SUBFLOW_HDR, 0); // size_subflow_data
+  subflowBuf.writeUInt32LE(SUBFLOW_ELEM, 12); // size_user
+  lenBuf[0] = subflowBuf.length;
+  if (sock().getsockopt(fd, SOL_MPTCP, MPTCP_TCPINFO, subflowBuf, lenBuf) < 0) return undefined;
+  const n = Math.min(subflowBuf.readUInt32LE(4), MAX_SUBFLOWS, Math.floor((lenBuf[0] - SUBFLOW_HDR) / SUBFLOW_ELEM));
+  let up = 0;
+  for (let i = 0; i < n; i++) if (subflowBuf[SUBFLOW_HDR + i * SUBFLOW_ELEM] === 1 /* TCP_ESTABLISHED */) up++;
+  return up;
+}

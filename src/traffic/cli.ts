@@ -11,8 +11,9 @@ const USAGE = `usage:
       {"event":"listening",...} when ready. The report (every connection: token, subflows, bytes) is
       written to FILE after each connection closes, on SIGUSR1, and on SIGTERM/SIGINT before exiting.
   cli.js client --host H --port P (--bytes N[K|M|G] | --seconds S) [--connections C] [--bind ADDR]
-                [--tcp] [--interval-ms 100] [--timeout-ms T] [--json]
+                [--tcp] [--interval-ms 100] [--timeout-ms T] [--min-subflows N [--subflow-wait-ms 10000]] [--json]
       Sends N bytes (or for S seconds) on each of C connections; prints a report (JSON with --json).
+      --min-subflows: a connection is not ended before it has had N subflows (or the wait is over).
       Exit code 0 when every connection delivered all its bytes.`;
 
 function parseBytes(s: string): number {
@@ -88,10 +89,16 @@ async function client(argv: string[]): Promise<void> {
       tcp: { type: 'boolean', default: false },
       'interval-ms': { type: 'string', default: '100' },
       'timeout-ms': { type: 'string' },
+      'min-subflows': { type: 'string' },
+      'subflow-wait-ms': { type: 'string' },
       json: { type: 'boolean', default: false },
     },
   });
   if (!values.host || !values.port) throw new Error('--host and --port are required');
+  for (const k of ['min-subflows', 'subflow-wait-ms'] as const) {
+    const v = values[k];
+    if (v !== undefined && !/^\d+$/.test(v)) throw new Error(`--${k} must be a whole number (got "${v}")`);
+  }
   const r = await runTrafficClient({
     host: values.host,
     port: Number(values.port),
@@ -102,6 +109,8 @@ async function client(argv: string[]): Promise<void> {
     localAddress: values.bind,
     intervalMs: Number(values['interval-ms']),
     timeoutMs: values['timeout-ms'] !== undefined ? Number(values['timeout-ms']) : undefined,
+    minSubflows: values['min-subflows'] !== undefined ? Number(values['min-subflows']) : undefined,
+    subflowWaitMs: values['subflow-wait-ms'] !== undefined ? Number(values['subflow-wait-ms']) : undefined,
   });
   process.stdout.write(values.json ? `${JSON.stringify(r)}\n` : `${summary(r)}\n`);
   process.exitCode = r.ok ? 0 : 1;

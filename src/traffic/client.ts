@@ -1,7 +1,7 @@
 // Traffic source: C concurrent MPTCP (or plain TCP) connections, each sending a fixed byte count or for a
 // fixed time; samples acknowledged bytes every interval and reads the server's JSON trailer at the end.
 import net from 'node:net';
-import { connectMptcp, getMptcpInfo, getTcpBytesAcked } from '../io/mptcp-socket.js';
+import { connectMptcp, establishedSubflows, getMptcpInfo, getTcpBytesAcked } from '../io/mptcp-socket.js';
 import type { ServerTrailer } from './server.js';
 
 export interface TrafficClientOptions {
@@ -23,6 +23,13 @@ export interface TrafficClientOptions {
   chunkBytes?: number;
   /** Gives up after this long (default: seconds*1000 or 60000, plus 15000). */
   timeoutMs?: number;
+  /**
+   * MPTCP: do not end a connection before it has had this many subflows, waiting at most subflowWaitMs (default
+   * 10000) past the end of sending. Linux refuses a join that completes after the connection began to close, so
+   * a test of joins must not let a slow start (a congested first subflow) make the client close first.
+   */
+  minSubflows?: number;
+  subflowWaitMs?: number;
 }
 
 export interface ConnectionResult {
@@ -94,10 +101,25 @@ export async function runTrafficClient(opts: TrafficClientOptions): Promise<Clie
       let trailer = '';
       let deadline = Infinity;
       let remaining = opts.bytes ?? Infinity;
+      let ending = false;
+      const finish = () => {
+        if (ending) return;
+        ending = true;
+        const want = mptcp ? opts.minSubflows ?? 0 : 0;
+        const until = performance.now() + (opts.subflowWaitMs ?? 10000);
+        const check = () => {
+          if (s.destroyed) return;
+          // Established ones: MPTCP_INFO already counts a join whose SYN is out, and closing then would reset it.
+          const up = want > 0 ? establishedSubflows(s) : undefined;
+          if (want === 0 || up === undefined || up >= want || performance.now() >= until) s.end();
+          else setTimeout(check, 20);
+        };
+        check();
+      };
       const pump = () => {
         while (!s.destroyed) {
           if (remaining <= 0 || performance.now() >= deadline) {
-            s.end();
+            finish();
             return;
           }
           const len = Math.min(chunk.length, remaining);
@@ -122,7 +144,7 @@ export async function runTrafficClient(opts: TrafficClientOptions): Promise<Clie
           setTimeout(() => {
             if (s.writableNeedDrain) {
               s.removeListener('drain', pump);
-              s.end();
+              finish();
             }
           }, opts.seconds * 1000).unref();
         }

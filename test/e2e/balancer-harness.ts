@@ -132,8 +132,8 @@ export function runClient(tb: TestbedHandle, args: string[], hardMs: number): Pr
   });
 }
 
-export const SERVER_NSTAT = ['MPTcpExtMPCapableSYNRX', 'MPTcpExtMPJoinSynRx', 'MPTcpExtMPJoinAckRx', 'MPTcpExtMPJoinNoTokenFound', 'MPTcpExtDSSNotMatching', 'MPTcpExtMPTCPRetrans', 'TcpOutRsts', 'TcpAttemptFails', 'TcpExtTCPAbortOnData'];
-export const CLIENT_NSTAT = ['MPTcpExtMPJoinSynTx', 'MPTcpExtMPJoinSynAckRx', 'MPTcpExtMPCapableSYNTX', 'MPTcpExtMPCapableSYNACKRX', 'TcpAttemptFails', 'TcpEstabResets', 'TcpOutRsts', 'MPTcpExtMPRstRx'];
+export const SERVER_NSTAT = ['MPTcpExtMPCapableSYNRX', 'MPTcpExtMPJoinSynRx', 'MPTcpExtMPJoinAckRx', 'MPTcpExtMPJoinNoTokenFound', 'MPTcpExtDSSNotMatching', 'MPTcpExtMPTCPRetrans', 'TcpOutRsts', 'TcpAttemptFails', 'TcpExtTCPAbortOnData', 'MPTcpExtMPJoinAckHMacFailure', 'MPTcpExtMPJoinRejected', 'TcpInCsumErrors', 'TcpExtTCPTimeouts', 'IpInDiscards', 'TcpExtListenDrops'];
+export const CLIENT_NSTAT = ['MPTcpExtMPJoinSynTx', 'MPTcpExtMPJoinSynAckRx', 'MPTcpExtMPCapableSYNTX', 'MPTcpExtMPCapableSYNACKRX', 'TcpAttemptFails', 'TcpEstabResets', 'TcpOutRsts', 'MPTcpExtMPRstRx', 'MPTcpExtMPJoinSynAckHMacFailure', 'MPTcpExtMPJoinSynTxConnectErr', 'TcpExtTCPTimeouts', 'TcpRetransSegs', 'TcpInCsumErrors'];
 
 /** Absolute kernel counters per namespace (nstatIn sets NSTAT_HISTORY=/dev/null per call). */
 export function nstatMany(nss: string[], names?: string[]): Record<string, Record<string, number>> {

@@ -43,9 +43,10 @@ if (why) {
         vips: [MPTCP_PORT, TCP_PORT].map((p) => ({ address: `${h.vips[0]}:${p}`, backends: h.servers.map((s) => ({ address: s.addr })) })),
         // The answer a join gets when the store does not know its token either: a RST, so a miss is visible.
         unknownTokenAnswer: 'reset',
-        // A longer wait than the default (50 ms): this checks that every join is steered, on a machine whose other
-        // jobs can delay a thread by tens of ms; the wait a join really costs is measured in BENCHMARKS.md.
-        tokenStore: { url: `redis://${h.redis!.host}:${h.redis!.port}`, keyPrefix: `mplb:${h.runId}:`, holdMs: 250 },
+        // A longer wait and command timeout than the defaults (50 ms each): this checks that every join is steered,
+        // on a 2-core machine whose other jobs can delay a thread or redis by 100 ms and more; the wait a join
+        // really costs is measured in BENCHMARKS.md.
+        tokenStore: { url: `redis://${h.redis!.host}:${h.redis!.port}`, keyPrefix: `mplb:${h.runId}:`, holdMs: 500, commandTimeoutMs: 150 },
       },
       env: { MPLB_TOKEN_STORE_PASSWORD: h.redis!.password },
     });
@@ -65,7 +66,11 @@ if (why) {
       const e0 = await stats();
       const s0 = nstatMany(tb.namespaces.servers, SERVER_NSTAT);
       const c0 = nstatMany([tb.namespaces.client], CLIENT_NSTAT);
-      const running = runClient(tb, ['--port', String(MPTCP_PORT), '--connections', String(n), '--seconds', String(seconds), '--timeout-ms', '30000'], 60000);
+      const running = runClient(tb, ['--port', String(MPTCP_PORT), '--connections', String(n), '--seconds', String(seconds), '--timeout-ms', '30000',
+        // 50 connections start at once into 50 Mbit/s links: a first subflow can lose its first window and stall
+        // for seconds; Linux resets a join that completes after its connection began to close, so none may close
+        // before its join is up (or 10 s have passed: then it is reported).
+        '--min-subflows', '2'], 60000);
       if (during) await during();
       const r: ClientReport = await running;
       const e1 = await stats();
@@ -110,13 +115,7 @@ if (why) {
       const fromStore = sum(st.map((x) => x.joins_found_in_store));
       const joins = sum(d.map((x) => x.joins_steered_by_token));
       t.diagnostic(`MEASURED: ${fromStore} of ${joins} joins were steered with the store's answer (they reached the other balancer than their first subflow's); retries ${sum(st.map((x) => x.joins_store_retried))}, timeouts ${sum(st.map((x) => x.joins_store_timed_out))}`);
-      // KNOWN GAP (issue 10 stays open for it): in about one run of three, 1-6 of 50 joins reach their server (the
-      // join SYN is steered right: no MPJoinNoTokenFound) but their handshake does not complete there. Tolerated up
-      // to 6 here and reported; everything else must hold.
-      const oneSubflow = problems.filter((p) => /1 subflow\(s\) on its server/.test(p));
-      if (oneSubflow.length > 0) t.diagnostic(`KNOWN GAP: ${oneSubflow.length} join handshakes did not complete: ${oneSubflow.join('; ')}`);
-      assert.ok(oneSubflow.length <= 6, `${oneSubflow.length} connections lost their join`);
-      assert.deepEqual(problems.filter((p) => !oneSubflow.includes(p)), []);
+      assert.deepEqual(problems, []);
       assert.equal(joins, N_CONNS, 'every join was steered by token, locally or with the store');
       assert.ok(fromStore >= 0.3 * N_CONNS, `only ${fromStore} of ${N_CONNS} joins needed the store`);
       assert.equal(sum(d.map((x) => x.joins_unknown_token)), 0);
@@ -155,11 +154,7 @@ if (why) {
       await waitStore(true);
       await sleep(500);
       const back = await mptcpRound(t, 20, 1);
-      // The same known gap as above (a join handshake that does not complete, rarely a connection that then stalls).
-      const gap = back.problems.filter((p) => /1 subflow\(s\) on its server|incomplete/.test(p));
-      if (gap.length > 0) t.diagnostic(`KNOWN GAP: ${gap.join('; ')}`);
-      assert.ok(gap.length <= 2, `with the store back: ${back.problems.join('; ')}`);
-      assert.deepEqual(back.problems.filter((p) => !gap.includes(p)), [], 'with the store back every join is steered again');
+      assert.deepEqual(back.problems, [], 'with the store back every join is steered again');
       assert.ok(sum(back.st.map((x) => x.joins_found_in_store)) > 0);
     });
 
