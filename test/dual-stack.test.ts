@@ -4,6 +4,7 @@
 // the builder makes for the expected addresses (its checksums computed from scratch, not patched).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import { Engine, Verdict } from '../src/engine/engine.js';
 import { ConfigError, validateEngineConfig } from '../src/engine/config.js';
 import { keyToken } from '../src/wire/tokens.js';
@@ -182,4 +183,40 @@ test('config: service and server names are validated with the field path', () =>
   assert.equal(ok.vips[1].service, 'web');
   assert.equal(ok.vips[1].backends[0].server, 's3');
   assert.doesNotThrow(() => validateEngineConfig({ vips: [v4('solo')] }));
+});
+
+test('property: pairing joins exactly the backends whose server names match, both ways, and survives reconfiguration', () => {
+  const names = fc.uniqueArray(fc.constantFrom('a', 'b', 'c', 'd', 'e', 'f'), { maxLength: 6 });
+  fc.assert(fc.property(names, names, names, fc.boolean(), (n4, n6, n6later, sameService) => {
+    const cfg = (v6: string[]) => validateEngineConfig({ vips: [
+      { address: `${VIP4}:${PORT}`, service: 'web', backends: n4.map((n, i) => ({ address: `198.18.20.${i + 1}`, server: n })) },
+      { address: `[${VIP6}]:${PORT}`, service: sameService ? 'web' : 'other', backends: v6.map((n, i) => ({ address: `2001:db8:20::${i + 1}`, server: n })) },
+    ], tables: { maxFlows: 64, maxConnections: 64 } });
+    const e = new Engine(cfg(n6));
+    // A backend's server name, from its address (index in the list that configured it now), or undefined if removed.
+    const nameOf = (b: number, v6: string[]): string | undefined => {
+      const info = e.services.backendInfo(b);
+      if (info.removed) return undefined;
+      const k = Number(info.address.split(/[.:]/).pop()) - 1;
+      return info.vip === 0 ? n4[k] : v6[parseInt(info.address.split(':').pop()!, 16) - 1];
+    };
+    const check = (v6: string[]) => {
+      const svc = e.services;
+      for (let b = 0; b < svc.backendCount; b++) {
+        const mine = nameOf(b, v6), p = svc.bePeer[b], info = svc.backendInfo(b);
+        // A removed backend may keep a peer (its connections' joins of the other family still reach the server).
+        if (mine === undefined) continue;
+        const other = info.vip === 0 ? v6 : n4;
+        if (!sameService || !other.includes(mine)) { assert.equal(p, -1, `${info.id} (${mine}) has no peer`); continue; }
+        assert.ok(p >= 0, `${info.id} (${mine}) is paired`);
+        assert.notEqual(svc.backendInfo(p).vip, info.vip, 'a peer is on the other VIP');
+        assert.equal(nameOf(p, v6), mine, 'the peer carries the same server name');
+        assert.equal(svc.bePeer[p], b, 'pairing is symmetric');
+      }
+    };
+    check(n6);
+    // Servers leave and join the v6 VIP: removed backends stop being peers, new ones become peers.
+    e.reconfigure(cfg(n6later));
+    check(n6later);
+  }), { numRuns: 300 });
 });

@@ -17,7 +17,7 @@ export type { RedisInfo } from './redis.js';
 export type TestbedMode = 'balancer' | 'noBalancer';
 
 export interface TestbedOptions {
-  /** 6 hex digits; random when omitted. Namespace names are mplb-<runId>-<role>. */
+  /** 6 lowercase letters or digits; random (hex) when omitted. Namespace names are mplb-<runId>-<role>. */
   runId?: string;
   /** 'noBalancer': VIP lives on server 1 (lo) and the balancer namespace just routes to it (the ceiling).
    *  'balancer': VIP routing is left to `mplb run` (routes.ts) inside the balancer namespace. Default 'balancer'. */
