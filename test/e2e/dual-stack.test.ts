@@ -9,16 +9,39 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import { testbedUp, testbedDown, type TestbedHandle } from '../../src/testbed/testbed.js';
-import { startBalancerProcess, type BalancerProcess } from '../../src/testbed/balancer-process.js';
+import { startBalancerCluster, startBalancerProcess, type BalancerProcess } from '../../src/testbed/balancer-process.js';
 import { ipn, listNetns } from '../../src/testbed/netns.js';
+import { findRedisServer } from '../../src/testbed/redis.js';
 import {
-  CLIENT_NSTAT, MPTCP_PORT, SERVER_NSTAT, diff, engineConnections, engineStats, mptcpBatchChecked, nonZero, nstatDelta, nstatMany, preflightReason6,
-  runClientTo, startTrafficServer, tmpDir, type TrafficServerProc,
+  CLIENT_NSTAT, MPTCP_PORT, SERVER_NSTAT, diff, engineConnections, engineStats, maxId, mptcpBatchChecked, newConnections, nonZero, nstatDelta, nstatMany,
+  preflightReason6, runClientTo, startTrafficServer, tmpDir, type TrafficServerProc,
 } from './balancer-harness.js';
 
 const CI = process.env.CI === 'true';
 const N_SERVERS = 3;
 const reason = preflightReason6();
+const clusterReason = reason ?? (findRedisServer() ? undefined : 'needs redis-server (Debian package redis-server) for the cluster');
+
+/** The service "web" of a dual-stack testbed: one IPv4 and one IPv6 VIP; the IPv6 VIP lists the servers in reverse (paired by name). */
+function webVips(tb: TestbedHandle, service: boolean): Array<Record<string, unknown>> {
+  const names = tb.servers.map((_, i) => `srv${i + 1}`);
+  return [
+    { address: `${tb.vips[0]}:${MPTCP_PORT}`, ...(service ? { service: 'web' } : {}), backends: tb.servers.map((s, i) => ({ address: s.addr, ...(service ? { server: names[i] } : {}) })) },
+    { address: `[${tb.vips6[0]}]:${MPTCP_PORT}`, ...(service ? { service: 'web' } : {}), backends: tb.servers.map((s, i) => ({ address: s.addr6!, ...(service ? { server: names[i] } : {}) })).reverse() },
+  ];
+}
+
+/**
+ * The client's only extra subflow is then the one to the announced IPv6 VIP (not one from its second IPv4 address),
+ * and every server announces the service's IPv6 VIP.
+ */
+function announceVip6(tb: TestbedHandle): void {
+  const eps = ipn(tb.namespaces.client, ['mptcp', 'endpoint', 'show']);
+  const id4 = new RegExp(`^${tb.client.addrs[1].replace(/\./g, '\\.')} id (\\d+)`, 'm').exec(eps)?.[1];
+  assert.ok(id4, `client endpoint of ${tb.client.addrs[1]} not found in: ${eps}`);
+  ipn(tb.namespaces.client, ['mptcp', 'endpoint', 'delete', 'id', id4]);
+  for (const s of tb.servers) ipn(s.ns, ['mptcp', 'endpoint', 'add', tb.vips6[0], 'signal']);
+}
 
 if (reason) {
   test('dual-stack e2e prerequisites', (t) => {
@@ -31,28 +54,16 @@ if (reason) {
     let dir: string;
     let servers: TrafficServerProc[] = [];
     let lb: BalancerProcess | undefined;
-    const names = Array.from({ length: N_SERVERS }, (_, i) => `srv${i + 1}`);
-
-    /** The service "web": one IPv4 and one IPv6 VIP; the IPv6 VIP lists the servers in reverse (paired by name). */
-    const vips = (service: boolean) => [
-      { address: `${tb.vips[0]}:${MPTCP_PORT}`, ...(service ? { service: 'web' } : {}), backends: tb.servers.map((s, i) => ({ address: s.addr, ...(service ? { server: names[i] } : {}) })) },
-      { address: `[${tb.vips6[0]}]:${MPTCP_PORT}`, ...(service ? { service: 'web' } : {}), backends: tb.servers.map((s, i) => ({ address: s.addr6!, ...(service ? { server: names[i] } : {}) })).reverse() },
-    ];
     const startLb = async (service: boolean) => {
       await lb?.stop();
-      lb = await startBalancerProcess(tb, { engine: { vips: vips(service), unknownTokenAnswer: 'reset' } });
+      lb = await startBalancerProcess(tb, { engine: { vips: webVips(tb, service), unknownTokenAnswer: 'reset' } });
     };
 
     before(async () => {
       dir = tmpDir();
       process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
       tb = testbedUp({ runId: `ds${randomBytes(2).toString('hex')}`, mode: 'balancer', servers: N_SERVERS, rateMbit: 0, ipv6: true });
-      // The client's only extra subflow is then the one to the announced IPv6 VIP (not one from its second IPv4 address).
-      const eps = ipn(tb.namespaces.client, ['mptcp', 'endpoint', 'show']);
-      const id4 = new RegExp(`^${tb.client.addrs[1].replace(/\./g, '\\.')} id (\\d+)`, 'm').exec(eps)?.[1];
-      assert.ok(id4, `client endpoint of ${tb.client.addrs[1]} not found in: ${eps}`);
-      ipn(tb.namespaces.client, ['mptcp', 'endpoint', 'delete', 'id', id4]);
-      for (const s of tb.servers) ipn(s.ns, ['mptcp', 'endpoint', 'add', tb.vips6[0], 'signal']);
+      announceVip6(tb);
       servers = await Promise.all(tb.servers.map((s) => startTrafficServer(s.ns, s.addr, dir, '::')));
       await startLb(true);
     });
@@ -105,6 +116,83 @@ if (reason) {
       for (const s of servers) await s.stop();
       testbedDown(tb);
       assert.deepEqual(listNetns().filter((ns) => ns.startsWith(`mplb-${tb.runId}-`)), []);
+    });
+  });
+}
+
+if (clusterReason) {
+  test('dual-stack cluster e2e prerequisites', (t) => {
+    if (CI) assert.fail(`the dual-stack cluster end-to-end test cannot run here: ${clusterReason}. CI must run it as root with iproute2, IPv6 and redis-server.`);
+    t.skip(clusterReason);
+  });
+} else {
+  describe('dual stack through two balancers sharing tokens: the IPv6 join may reach the other balancer', { timeout: 120000 }, () => {
+    let tb: TestbedHandle;
+    let dir: string;
+    let servers: TrafficServerProc[] = [];
+    let lbs: BalancerProcess[] = [];
+
+    before(async () => {
+      dir = tmpDir();
+      process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+      // The router hashes the IPv4 subflow and the IPv6 join each on its own (fib_multipath_hash_policy=1, both families).
+      tb = testbedUp({ runId: `ds${randomBytes(2).toString('hex')}`, balancers: 2, servers: N_SERVERS, rateMbit: 0, ipv6: true });
+      announceVip6(tb);
+      servers = await Promise.all(tb.servers.map((s) => startTrafficServer(s.ns, s.addr, dir, '::')));
+      lbs = await startBalancerCluster(tb, {
+        engine: { vips: webVips(tb, true), unknownTokenAnswer: 'reset', tokenStore: { url: `redis://${tb.redis!.host}:${tb.redis!.port}`, keyPrefix: `mplb:${tb.runId}:`, holdMs: 250 } },
+        env: { MPLB_TOKEN_STORE_PASSWORD: tb.redis!.password },
+      });
+      // Both balancers connected to the store before any join can need it.
+      for (const t0 = Date.now(); ; await new Promise((r) => setTimeout(r, 100))) {
+        const st = await Promise.all(lbs.map(engineStats));
+        if (st.every((x) => (x.loop as unknown as { store?: Record<string, number> }).store?.store_up === 1)) break;
+        assert.ok(Date.now() - t0 < 15000, 'the balancers did not reach the store within 15 s');
+      }
+    });
+
+    after(async () => {
+      for (const l of lbs) { try { await l.stop(); } catch { /* teardown goes on */ } }
+      for (const s of servers) { try { await s.stop(); } catch { /* teardown goes on */ } }
+      if (tb) testbedDown(tb);
+      if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    });
+
+    test('16 connections over IPv4, each joined over IPv6: every join steered to its server\'s IPv6 address, through either balancer', { timeout: 60000 }, async (t) => {
+      const n = 16;
+      const since = await Promise.all(servers.map(async (s) => maxId(await s.report())));
+      const e0 = await Promise.all(lbs.map(engineStats));
+      const s0 = nstatMany(tb.namespaces.servers, SERVER_NSTAT);
+      const r = await runClientTo(tb, `::ffff:${tb.vips[0]}`, ['--port', String(MPTCP_PORT), '--connections', String(n), '--seconds', '1.5', '--timeout-ms', '15000'], 25000);
+      const e1 = await Promise.all(lbs.map(engineStats));
+      const sd = nstatDelta(s0, nstatMany(tb.namespaces.servers, SERVER_NSTAT), SERVER_NSTAT).sum;
+      const d = e0.map((x, i) => diff(x.engine.counters, e1[i].engine.counters));
+      const store = e0.map((x, i) => diff((x.loop as unknown as { store: Record<string, number> }).store, (e1[i].loop as unknown as { store: Record<string, number> }).store));
+      const served = (await Promise.all(servers.map(async (s, i) => newConnections(await s.report(), since[i])))).map((l) => l.filter((c) => c.listener === 'mptcp'));
+      const sum = (k: string) => d.reduce((a, x) => a + (x[k] ?? 0), 0);
+      const fromStore = store.reduce((a, x) => a + (x.joins_found_in_store ?? 0), 0);
+      t.diagnostic(`per balancer ${JSON.stringify(d.map(nonZero))}; store ${JSON.stringify(store.map(nonZero))}; servers ${JSON.stringify(nonZero(sd))}`);
+      const problems: string[] = [];
+      const oneSubflow: string[] = [];
+      for (const c of r.connections) {
+        if (c.error || c.server?.bytes !== c.bytesSent) { problems.push(`#${c.index} incomplete: ${c.error ?? `${c.server?.bytes}/${c.bytesSent}`}`); continue; }
+        const hits = served.flatMap((l) => l.filter((x) => x.tokenHex === c.server!.tokenHex));
+        if (hits.length !== 1) problems.push(`token ${c.server!.tokenHex} on ${hits.length} servers`);
+        else if (hits[0].subflowsTotalMax !== 2) oneSubflow.push(`token ${c.server!.tokenHex}: ${hits[0].subflowsTotalMax} subflow(s) on its server`);
+      }
+      // KNOWN GAP (as in cluster-store.test.ts, issue 10): rarely a join steered right (no MPJoinNoTokenFound) does not
+      // complete its handshake at the server; at most 2 of 16 are tolerated, and reported.
+      if (oneSubflow.length > 0) t.diagnostic(`KNOWN GAP: ${oneSubflow.join('; ')}`);
+      assert.ok(oneSubflow.length <= 2, `${oneSubflow.length} connections lost their IPv6 join: ${oneSubflow.join('; ')}`);
+      assert.deepEqual(problems, []);
+      assert.equal(r.connections.length, n);
+      assert.equal(sd.MPTcpExtMPJoinNoTokenFound, 0, 'no join reached a server without its connection');
+      assert.ok(sd.MPTcpExtMPJoinSynRx >= n, `servers got ${sd.MPTcpExtMPJoinSynRx} join SYNs`);
+      assert.equal(sum('joins_cross_family'), n, 'every IPv6 join was steered to its server\'s IPv6 address');
+      assert.equal(sum('joins_steered_by_token'), n);
+      assert.equal(sum('joins_unknown_token'), 0);
+      // Both subflows were hashed on their own by the router: some joins reached the other balancer and needed the store.
+      assert.ok(fromStore > 0, `no join needed the store (${fromStore}): the router never split a connection's subflows`);
     });
   });
 }
