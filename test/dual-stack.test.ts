@@ -8,6 +8,8 @@ import fc from 'fast-check';
 import { Engine, Verdict } from '../src/engine/engine.js';
 import { ConfigError, validateEngineConfig } from '../src/engine/config.js';
 import { keyToken } from '../src/wire/tokens.js';
+import { defaultVips } from '../src/testbed/balancer-process.js';
+import type { TestbedHandle } from '../src/testbed/testbed.js';
 import { ACK, SYN, capAck, capSyn, capSynAck, checksumsOk, endpoints, joinSyn, tcp, type TcpSpec } from './helpers/packets.js';
 
 const VIP4 = '198.18.100.1', VIP6 = '2001:db8::100', PORT = 5201;
@@ -219,4 +221,17 @@ test('property: pairing joins exactly the backends whose server names match, bot
     e.reconfigure(cfg(n6later));
     check(n6later);
   }), { numRuns: 300 });
+});
+
+test('the testbed\'s default balancer config on an ipv6 testbed is one valid dual-stack service that pairs each server', () => {
+  const tb = { ipv6: true, vips: ['198.19.0.10'], vips6: ['fd00:19::10'], servers: [{ addr: '198.18.11.2', addr6: 'fd00:18:11::2' }, { addr: '198.18.12.2', addr6: 'fd00:18:12::2' }] } as unknown as TestbedHandle;
+  const e = new Engine(validateEngineConfig({ vips: defaultVips(tb, 5201), tables: { maxFlows: 64, maxConnections: 64 } }));
+  const svc = e.services;
+  assert.equal(svc.backendCount, 4);
+  for (let b = 0; b < 4; b++) {
+    const me = svc.backendInfo(b), peer = svc.backendInfo(svc.bePeer[b]);
+    assert.equal(tb.servers.findIndex((s) => s.addr === me.address || s.addr6 === me.address), tb.servers.findIndex((s) => s.addr === peer.address || s.addr6 === peer.address), `${me.id} pairs with ${peer.id}`);
+    assert.notEqual(me.vip, peer.vip);
+  }
+  assert.equal(defaultVips({ ...tb, ipv6: false } as TestbedHandle, 5201).length, 1, 'IPv4 only without ipv6');
 });
