@@ -4,6 +4,8 @@
 // manager `signal` endpoint; the kernel announces it although the address is not the server's own), and the client's
 // in-kernel path manager opens a subflow to an announced address of the other family only from an IPv6 socket:
 // the client connects to "::ffff:" + the IPv4 VIP (measured on Linux 6.18; an AF_INET socket gets no such subflow).
+// Linux net/mptcp/pm.c, mptcp_pm_addr_families_match(), which both path managers call: "if sk is ipv4 or ipv6_only
+// allows only same-family local and remote addresses, otherwise allow any matching local/remote pair".
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
