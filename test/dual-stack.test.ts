@@ -235,3 +235,25 @@ test('the testbed\'s default balancer config on an ipv6 testbed is one valid dua
   }
   assert.equal(defaultVips({ ...tb, ipv6: false } as TestbedHandle, 5201).length, 1, 'IPv4 only without ipv6');
 });
+
+test('control plane: a server added to one VIP of a service needs its name (400); drained through the API in both VIPs, its joins still cross families', async () => {
+  const { Controller, ControlError, inProcessPort } = await import('../src/control/controller.js');
+  const { validateRunConfig } = await import('../src/control/run-config.js');
+  const cfg = validateRunConfig({ vips: dualStackVips({ v6Servers: ['s1', 's2'] }), unknownTokenAnswer: 'reset', tables: { maxFlows: 256, maxConnections: 256 } });
+  const port = inProcessPort(cfg);
+  const ctl = new Controller(port, cfg), e = port.local;
+  const v6 = `[${VIP6}]:${PORT}`;
+  await assert.rejects(ctl.addBackend(v6, { address: SERVERS.s3[1] }), (err: unknown) => err instanceof ControlError && err.status === 400 && /engine\.vips\[1\]\.backends\[2\]\.server: required/.test(err.message));
+  // A connection on s3 (v4 only so far): its v6 join is unpaired, then paired once s3's v6 address is added.
+  let c: { server: string; token: number } | undefined;
+  for (let i = 0; i < 40 && c?.server !== 's3'; i++) c = open(e, CLI4, VIP4, 47000 + i, 0x3000n + BigInt(i) * 0x2468ace1n);
+  assert.equal(c!.server, 's3');
+  let [v] = send(e, tcp({ src: CLI6, dst: VIP6, sport: 57100, dport: PORT, flags: SYN, options: [joinSyn(c!.token)] }));
+  assert.equal(v, Verdict.Reply, 'no v6 address of s3 yet: unknown-token answer');
+  await ctl.addBackend(v6, { address: SERVERS.s3[1], server: 's3' });
+  for (const vip of [`${VIP4}:${PORT}`, v6]) await ctl.drain(vip, `${vip === v6 ? `[${SERVERS.s3[1]}]` : SERVERS.s3[0]}:${PORT}`);
+  sendExpect(e, { src: CLI6, dst: VIP6, sport: 57101, dport: PORT, flags: SYN, options: [joinSyn(c!.token)] }, { dst: SERVERS.s3[1] }, Verdict.ToBackend, 'v6 join to the drained s3');
+  const s = e.counters.snapshot().counters;
+  assert.equal(s.joins_family_unpaired, 1);
+  assert.equal(s.joins_cross_family, 1);
+});
