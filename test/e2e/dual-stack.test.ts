@@ -21,6 +21,7 @@ import {
 
 const CI = process.env.CI === 'true';
 const N_SERVERS = 3;
+const RATE_MBIT = 50;
 const reason = preflightReason6();
 const clusterReason = reason ?? (findRedisServer() ? undefined : 'needs redis-server (Debian package redis-server) for the cluster');
 
@@ -34,14 +35,17 @@ function webVips(tb: TestbedHandle, service: boolean): Array<Record<string, unkn
 }
 
 /**
- * The client's only extra subflow is then the one to the announced IPv6 VIP (not one from its second IPv4 address),
- * and every server announces the service's IPv6 VIP.
+ * Every server announces the service's IPv6 VIP; the client's only extra subflow is the one to it, from its second
+ * link's IPv6 address: the IPv4 endpoint of that link goes, its IPv6 endpoint becomes `fullmesh` (an announced
+ * address is otherwise joined from the routed source, i.e. over the first subflow's link).
  */
 function announceVip6(tb: TestbedHandle): void {
   const eps = ipn(tb.namespaces.client, ['mptcp', 'endpoint', 'show']);
-  const id4 = new RegExp(`^${tb.client.addrs[1].replace(/\./g, '\\.')} id (\\d+)`, 'm').exec(eps)?.[1];
-  assert.ok(id4, `client endpoint of ${tb.client.addrs[1]} not found in: ${eps}`);
+  const id = (a: string) => new RegExp(`^${a.replace(/[.]/g, '[.]')} id (\\d+)`, 'm').exec(eps)?.[1];
+  const id4 = id(tb.client.addrs[1]), id6 = id(tb.client.addrs6![1]);
+  assert.ok(id4 && id6, `client endpoints of ${tb.client.addrs[1]} and ${tb.client.addrs6![1]} not found in: ${eps}`);
   ipn(tb.namespaces.client, ['mptcp', 'endpoint', 'delete', 'id', id4]);
+  ipn(tb.namespaces.client, ['mptcp', 'endpoint', 'change', 'id', id6, 'fullmesh']);
   for (const s of tb.servers) ipn(s.ns, ['mptcp', 'endpoint', 'add', tb.vips6[0], 'signal']);
 }
 
@@ -64,7 +68,8 @@ if (reason) {
     before(async () => {
       dir = tmpDir();
       process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
-      tb = testbedUp({ runId: `ds${randomBytes(2).toString('hex')}`, mode: 'balancer', servers: N_SERVERS, rateMbit: 0, ipv6: true });
+      // 50 Mbit/s per client link: a connection whose IPv6 join works uses both links.
+      tb = testbedUp({ runId: `ds${randomBytes(2).toString('hex')}`, mode: 'balancer', servers: N_SERVERS, rateMbit: RATE_MBIT, ipv6: true });
       announceVip6(tb);
       servers = await Promise.all(tb.servers.map((s) => startTrafficServer(s.ns, s.addr, dir, '::')));
       await startLb(true);
@@ -78,7 +83,7 @@ if (reason) {
     });
 
     test('12 connections opened over IPv4, each joined over IPv6: both subflows on one server, the join at its IPv6 address', { timeout: 60000 }, async (t) => {
-      const join6 = (f: string) => f.startsWith(`[${tb.client.addrs6![0]}]:`) && f.endsWith(`>[${tb.vips6[0]}]:${MPTCP_PORT}`);
+      const join6 = (f: string) => f.startsWith(`[${tb.client.addrs6![1]}]:`) && f.endsWith(`>[${tb.vips6[0]}]:${MPTCP_PORT}`);
       const init4 = (f: string) => f.startsWith(`${tb.client.addrs[0]}:`) && f.endsWith(`>${tb.vips[0]}:${MPTCP_PORT}`);
       await mptcpBatchChecked({
         tb, lb: lb!, servers, host: `::ffff:${tb.vips[0]}`, clientAddr: `::ffff:${tb.client.addrs[0]}`, serverAddr: (i) => tb.servers[i].addr,
@@ -86,8 +91,17 @@ if (reason) {
         atLeastN: ['joins_cross_family'],
         zero: ['joins_unknown_token', 'joins_family_unpaired', 'joins_ambiguous_token', 'joins_vip_mismatch', 'token_collision_stripped', 'token_collision_ambiguous', 'mptcp_fallback', 'midstream_no_flow', 'stateless_reply'],
         // The engine's record of the IPv4 connection holds its IPv6 join: one subflow of each family.
-        checkConn: (ec) => (ec.subflows.length === 2 && ec.subflows.some(init4) && ec.subflows.some(join6) ? undefined : `engine subflows ${ec.subflows.join(', ')}: expected ${tb.client.addrs[0]} > ${tb.vips[0]} and [${tb.client.addrs6![0]}] > [${tb.vips6[0]}]`),
+        checkConn: (ec) => (ec.subflows.length === 2 && ec.subflows.some(init4) && ec.subflows.some(join6) ? undefined : `engine subflows ${ec.subflows.join(', ')}: expected ${tb.client.addrs[0]} > ${tb.vips[0]} and [${tb.client.addrs6![1]}] > [${tb.vips6[0]}]`),
       }, t, 'dual-stack connections');
+    });
+
+    test('one dual-stack connection uses both links: IPv4 on the first, IPv6 on the second (> 70 Mbit/s on two 50 Mbit/s links)', { timeout: 30000 }, async (t) => {
+      const r = await runClientTo(tb, `::ffff:${tb.vips[0]}`, ['--port', String(MPTCP_PORT), '--seconds', '4', '--timeout-ms', '15000'], 25000);
+      const c = r.connections[0];
+      t.diagnostic(`MEASURED: one dual-stack connection through mplb: ${c?.goodputMbps?.toFixed(1)} Mbit/s, subflows ${c?.subflowsTotalMax}/${c?.server?.subflowsTotalMax}`);
+      assert.equal(c?.server?.bytes, c?.bytesSent);
+      assert.equal(c?.server?.subflowsTotalMax, 2);
+      assert.ok((c?.goodputMbps ?? 0) > 70, `${c?.goodputMbps?.toFixed(1)} Mbit/s: the IPv6 subflow did not carry the second link's share`);
     });
 
     test('without a service pairing the two VIPs, the IPv6 join gets the unknown-token answer (reset), counted; the IPv4 subflow carries on', { timeout: 45000 }, async (t) => {
@@ -110,6 +124,9 @@ if (reason) {
       assert.equal(ed.joins_steered_by_token, 0);
       assert.equal(sd.MPTcpExtMPJoinSynRx, 0, 'no join reached a server');
       assert.ok(conns.every((c) => c.subflows.every((f) => !f.startsWith('['))), 'no IPv6 subflow was linked to a connection');
+      const one = await runClientTo(tb, `::ffff:${tb.vips[0]}`, ['--port', String(MPTCP_PORT), '--seconds', '4', '--timeout-ms', '15000'], 25000);
+      t.diagnostic(`MEASURED: one connection whose IPv6 join is refused: ${one.connections[0]?.goodputMbps?.toFixed(1)} Mbit/s`);
+      assert.ok((one.connections[0]?.goodputMbps ?? 100) < 55, 'one link only');
     });
 
     test('nothing of this run is left in ip netns list', async () => {
