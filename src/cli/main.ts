@@ -27,7 +27,7 @@ usage:
             [--balancers N [--connections C]]
       the poster's experiment on a namespace testbed (root, Linux): no balancer, an MPTCP-unaware balancer and mplb;
       with --balancers N: no balancer, N mplb balancers behind an ECMP router without and with the shared token store
-  mplb testbed up [--servers N] [--rate MBIT] [--mode balancer|noBalancer] [--balancers N] [--redis|--no-redis]
+  mplb testbed up [--servers N] [--rate MBIT] [--mode balancer|noBalancer] [--balancers N] [--redis|--no-redis] [--ipv6] [--run-id ID]
                | down RUNID...|--all | status
       network namespaces with real Linux MPTCP hosts (root): a client with two rate-limited links, a balancer, servers;
       --balancers N (2-16): a router spreads the VIP over N balancers by an L4 ECMP hash, servers reply through any
@@ -256,7 +256,8 @@ async function cmdTestbed(argv: string[]): Promise<number> {
     args: rest, allowPositionals: true,
     options: {
       servers: { type: 'string', default: '2' }, rate: { type: 'string', default: '50' }, mode: { type: 'string', default: 'balancer' }, all: { type: 'boolean', default: false },
-      balancers: { type: 'string', default: '1' }, redis: { type: 'boolean' }, 'no-redis': { type: 'boolean' },
+      balancers: { type: 'string', default: '1' }, redis: { type: 'boolean' }, 'no-redis': { type: 'boolean' }, ipv6: { type: 'boolean', default: false },
+      'run-id': { type: 'string' },
     },
   });
   if (sub === 'up') {
@@ -268,8 +269,9 @@ async function cmdTestbed(argv: string[]): Promise<number> {
     if (balancers > 1 && values.mode !== 'balancer') throw new UsageError('--mode noBalancer has no balancer: it needs --balancers 1');
     if (values.redis && values['no-redis']) throw new UsageError('give --redis or --no-redis, not both');
     const redis = values.redis ? true : values['no-redis'] ? false : undefined;
-    const h = tb.testbedUp({ servers, rateMbit: rate, mode: values.mode, balancers, redis, persist: true });
+    const h = tb.testbedUp({ servers, rateMbit: rate, mode: values.mode, balancers, redis, ipv6: values.ipv6, runId: values['run-id'], persist: true });
     const out: Record<string, unknown> = { runId: h.runId, namespaces: h.namespaces, vips: h.vips, client: h.client.addrs, servers: h.servers.map((s) => s.addr) };
+    if (h.ipv6) Object.assign(out, { vips6: h.vips6, client6: h.client.addrs6, servers6: h.servers.map((s) => s.addr6) });
     if (h.router) {
       out.balancers = h.balancers.map((b) => ({ ns: b.ns, uplink: b.uplinkAddr, lan: b.lanAddr, ...(b.ctlAddr ? { ctl: b.ctlAddr } : {}) }));
       out.router = { ns: h.router.ns, vipNexthops: h.balancers.map((b) => b.uplinkAddr) };

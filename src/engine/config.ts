@@ -16,6 +16,11 @@ export interface BackendConfig {
   port?: number;
   /** Relative weight, integer 0..65535; 0 drains (no new connections; joins of existing ones still arrive). Default 1. */
   weight?: number;
+  /**
+   * Name of the machine behind this address, required in a VIP with a `service`: the backends of a service's VIPs
+   * that share a name are one server, so a join arriving on the service's other-family VIP reaches that server.
+   */
+  server?: string;
 }
 
 export interface VipConfig {
@@ -24,6 +29,11 @@ export interface VipConfig {
   backends: BackendConfig[];
   /** Selection policy for this VIP; default: the engine's `policy`. */
   policy?: Policy;
+  /**
+   * Dual stack: VIPs with the same service name (one IPv4, one IPv6) front the same servers (paired by their
+   * backends' `server` names), so a join on either reaches the server of its connection, in the join's family.
+   */
+  service?: string;
 }
 
 export interface EngineConfig {
@@ -107,6 +117,15 @@ function intIn(v: unknown, path: string, min: number, max: number, def: number):
   return v;
 }
 
+/** Service and server names: short, printable, no spaces (they appear in errors and in the admin API). */
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+function nameIn(v: unknown, path: string): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || !NAME_RE.test(v)) throw new ConfigError(path, `must be a name of 1-64 letters, digits, ".", "_" or "-" (starting with a letter or digit), got ${show(v)}`);
+  return v;
+}
+
 function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[], def: T): T {
   if (v === undefined) return def;
   if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) {
@@ -152,10 +171,12 @@ export function validateEngineConfig(input: unknown, path = ''): EngineConfig {
 
   if (!Array.isArray(input.vips)) throw new ConfigError(p('vips'), 'must be a list of VIPs');
   const seen = new Set<string>();
+  /** "service/family" -> index of its VIP. */
+  const services = new Map<string, number>();
   const vips: VipConfig[] = input.vips.map((raw, i) => {
     const vp = p(`vips[${i}]`);
     if (!isObj(raw)) throw new ConfigError(vp, 'must be a mapping with address and backends');
-    checkKeys(raw, ['address', 'backends', 'policy'], vp);
+    checkKeys(raw, ['address', 'backends', 'policy', 'service'], vp);
     if (typeof raw.address !== 'string') throw new ConfigError(`${vp}.address`, 'must be "addr:port"');
     // The engine ignores a zone (fe80::1%eth0): two zones would be one VIP, and the routes cannot carry it.
     if (raw.address.includes('%')) throw new ConfigError(`${vp}.address`, `zone-scoped addresses are not supported (the engine and the routes ignore the zone), got ${show(raw.address)}`);
@@ -165,12 +186,21 @@ export function validateEngineConfig(input: unknown, path = ''): EngineConfig {
     if (seen.has(key)) throw new ConfigError(`${vp}.address`, `duplicate VIP ${raw.address}`);
     seen.add(key);
     const vipPolicy = raw.policy === undefined ? undefined : oneOf(raw.policy, `${vp}.policy`, POLICIES, policy);
+    const service = nameIn(raw.service, `${vp}.service`);
+    if (service !== undefined) {
+      // One VIP per family: a join on the other family's VIP then has exactly one address to go to.
+      const k = `${service}/${ep.addr.family}`;
+      const other = services.get(k);
+      if (other !== undefined) throw new ConfigError(`${vp}.service`, `service ${show(service)} already has an IPv${ep.addr.family} VIP (vips[${other}]); its VIPs must be one IPv4 and one IPv6`);
+      services.set(k, i);
+    }
     if (!Array.isArray(raw.backends)) throw new ConfigError(`${vp}.backends`, 'must be a list');
     const bseen = new Set<string>();
+    const names = new Set<string>();
     const backends: BackendConfig[] = raw.backends.map((b, j) => {
       const bp = `${vp}.backends[${j}]`;
       if (!isObj(b)) throw new ConfigError(bp, 'must be a mapping with address (and optional port, weight)');
-      checkKeys(b, ['address', 'port', 'weight'], bp);
+      checkKeys(b, ['address', 'port', 'weight', 'server'], bp);
       if (typeof b.address !== 'string') throw new ConfigError(`${bp}.address`, 'must be an IP address');
       if (b.address.includes('%')) throw new ConfigError(`${bp}.address`, `zone-scoped addresses are not supported (the engine and the routes ignore the zone), got ${show(b.address)}`);
       const a = parseIp(b.address);
@@ -182,9 +212,16 @@ export function validateEngineConfig(input: unknown, path = ''): EngineConfig {
       const bkey = formatEndpoint(a.bytes, 0, a.bytes.length, port);
       if (bseen.has(bkey)) throw new ConfigError(`${bp}`, `duplicate backend ${bkey}`);
       bseen.add(bkey);
-      return { address: b.address, port, weight };
+      const server = nameIn(b.server, `${bp}.server`);
+      if (service === undefined && server !== undefined) throw new ConfigError(`${bp}.server`, `names a server across a service's VIPs, but ${vp} has no service`);
+      if (service !== undefined) {
+        if (server === undefined) throw new ConfigError(`${bp}.server`, `required in a VIP of service ${show(service)} (the name pairs this address with the same server's address in the service's other VIP)`);
+        if (names.has(server)) throw new ConfigError(`${bp}.server`, `server ${show(server)} appears twice in ${vp}`);
+        names.add(server);
+      }
+      return server === undefined ? { address: b.address, port, weight } : { address: b.address, port, weight, server };
     });
-    return { address: raw.address, backends, policy: vipPolicy };
+    return service === undefined ? { address: raw.address, backends, policy: vipPolicy } : { address: raw.address, backends, policy: vipPolicy, service };
   });
   return { vips, policy, mptcpAware, unknownTokenAnswer, tables, timeouts, hashSeed };
 }

@@ -58,6 +58,10 @@ export const enum Counter {
   JoinsUnknownReset,
   JoinsAmbiguousToken,
   JoinsVipMismatch,
+  /** Joins steered to their server's address in the other family (a dual-stack service's other VIP). */
+  JoinsCrossFamily,
+  /** Joins of a live connection on a VIP of the other family that pairs no address of its server: unknown-token answer. */
+  JoinsFamilyUnpaired,
   JoinsUnaware,
   TokenCollisionStripped,
   TokenCollisionAmbiguous,
@@ -80,7 +84,7 @@ export const COUNTER_LABELS: readonly string[] = [
   'midstream_no_flow', 'stateless_reply', 'conns_created', 'conns_expired', 'conns_fastclosed', 'conn_table_full',
   'mp_capable_syn', 'mptcp_fallback', 'keys_from_synack', 'keys_from_ack', 'keys_from_data', 'keys_for_unopened_flow',
   'joins_steered_by_token', 'joins_unknown_token', 'joins_unknown_hashed', 'joins_unknown_dropped', 'joins_unknown_reset',
-  'joins_ambiguous_token', 'joins_vip_mismatch', 'joins_unaware',
+  'joins_ambiguous_token', 'joins_vip_mismatch', 'joins_cross_family', 'joins_family_unpaired', 'joins_unaware',
   'token_collision_stripped', 'token_collision_ambiguous', 'token_replaced',
   'mptcp_option_malformed', 'mptcp_option_unknown_subtype', 'tcp_options_malformed', 'fastclose_seen',
   'packets_held', 'conns_adopted', 'flows_adopted',

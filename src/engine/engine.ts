@@ -254,6 +254,11 @@ export class Engine {
     }
     ev[Counter.MidstreamNoFlow]++;
     if (first === MptcpSubtype.MpCapable && this.findMpCapableKeys(buf)) ev[Counter.KeysForUnopenedFlow]++;
+    // The store names the connection's backend; a subflow of the other family goes to the same server's peer.
+    if (b >= 0 && this.services.vipFamily[this.services.beVip[b]] !== this.view.family) {
+      const p = this.services.bePeer[b];
+      b = p >= 0 && this.services.beVip[p] === vip ? p : -1;
+    }
     if (b < 0) b = this.services.select(vip, buf, this.view);
     if (b < 0) return this.drop(DropReason.NoBackend);
     this.lastBackend = b;
@@ -318,18 +323,18 @@ export class Engine {
           this.life.freeConn(conn);
           conn = -1;
         }
-        if (conn >= 0 && (conns.flags[conn] & ConnFlag.Ambiguous) === 0) {
-          b = conns.backend[conn];
+        let jb = -1;
+        if (conn >= 0 && (conns.flags[conn] & ConnFlag.Ambiguous) === 0 && (jb = this.joinBackend(conn, vip)) >= 0) {
+          b = jb;
           steer = Steer.Token;
           this.lastJoinConnBackend = b;
           ev[Counter.JoinsSteeredByToken]++;
-          if (conns.vip[conn] !== vip) ev[Counter.JoinsVipMismatch]++;
         } else if (conn < 0 && this.holdEnabled && !this.noHold) {
           // Unknown here: its first subflow may have passed another balancer. Ask the shared store.
           return this.hold(HoldKind.Token, buf);
         } else {
           ev[Counter.JoinsUnknownToken]++;
-          if (conn >= 0) ev[Counter.JoinsAmbiguousToken]++;
+          if (conn >= 0) ev[(conns.flags[conn] & ConnFlag.Ambiguous) !== 0 ? Counter.JoinsAmbiguousToken : Counter.JoinsFamilyUnpaired]++;
           conn = -1;
           const answer = this.cfg.unknownTokenAnswer;
           if (answer === 'drop') { ev[Counter.JoinsUnknownDropped]++; return this.drop(DropReason.JoinUnknownToken); }
@@ -381,6 +386,24 @@ export class Engine {
     if (state & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, svc.beAddrBytes, b << 4, svc.bePort[b]);
     else natToBackend(buf, v, svc, b);
     return this.countIn(b);
+  }
+
+  /**
+   * Where a join for live connection c that arrived on VIP vip goes, or -1. In the connection's family: its backend
+   * (another VIP of the same family too, counted). In the other family (a dual-stack client's subflow over IPv6
+   * of a connection opened over IPv4, or the reverse): the same server's backend on vip, when vip's service pairs
+   * it; the connection's own address cannot be reached in that family.
+   */
+  private joinBackend(c: number, vip: number): number {
+    const svc = this.services, b = this.conns.backend[c];
+    if (svc.vipFamily[svc.beVip[b]] === svc.vipFamily[vip]) {
+      if (this.conns.vip[c] !== vip) this.counters.events[Counter.JoinsVipMismatch]++;
+      return b;
+    }
+    const p = svc.bePeer[b];
+    if (p < 0 || svc.beVip[p] !== vip) return -1;
+    this.counters.events[Counter.JoinsCrossFamily]++;
+    return p;
   }
 
   /** MPTCP options of a client packet on a known flow: keys (third ACK / first data) and MP_FASTCLOSE. */

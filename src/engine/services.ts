@@ -54,6 +54,8 @@ export class Services {
   /** Per VIP: global indices of backends that take new connections (weight > 0, up). */
   vipActive: Int32Array[] = [];
   private vipIds: string[] = [];
+  /** Per VIP: its dual-stack service name ('' when none). */
+  private vipService: string[] = [];
   private vipPolicyNames: Policy[] = [];
   /** Per VIP: the inputs its tables were built from (see refreshVip). */
   private vipBuiltFrom: string[] = [];
@@ -86,6 +88,13 @@ export class Services {
   /** Per backend: packets to it, bytes to it, packets from it, bytes from it (float64: never wraps). */
   beStats = new Float64Array(32);
   private beIds: string[] = [];
+  /** Per backend: the name of its server across a service's VIPs ('' when none). */
+  private beServer: string[] = [];
+  /**
+   * Per backend: the same server's backend in its service's VIP of the other family, or -1 (no service, no such
+   * server there, or that backend removed). A join of a connection on b that arrives on that VIP goes there.
+   */
+  bePeer = new Int32Array(8);
   // Backend lookup by (address, port) for replies without a flow: entry = backend + 1, or -(backend + 1) when the
   // same address:port serves several VIPs (the reply's VIP is then unknown).
   private beIndex = new OpenIndex(64);
@@ -110,6 +119,7 @@ export class Services {
       let v = this.vipIds.indexOf(id);
       if (v < 0) v = this.addVip(id, ep.addr.bytes, ep.port!);
       this.vipRemoved[v] = 0;
+      this.vipService[v] = vc.service ?? '';
       this.vipPolicyNames[v] = vc.policy ?? cfg.policy;
       this.vipPolicy[v] = POLICY_CODES[this.vipPolicyNames[v]];
       wantVips.add(v);
@@ -122,6 +132,7 @@ export class Services {
         if (b === undefined) b = this.addBackend(v, bid, addr.bytes, port);
         this.beRemoved[b] = 0;
         this.beWeight[b] = bc.weight ?? 1;
+        this.beServer[b] = bc.server ?? '';
         wantBe.add(b);
       }
       for (const b of this.vipBackends[v]) if (!wantBe.has(b)) { this.beRemoved[b] = 1; this.beWeight[b] = 0; }
@@ -132,6 +143,28 @@ export class Services {
     if (this.vipCount !== vips) this.rebuildVipSlots();
     if (this.backendCount !== backends) this.rebuildBackendSlots();
     this.pruneTableCache();
+    this.pairServers();
+  }
+
+  /** Fills bePeer from the service and server names (cold: on every configuration). */
+  private pairServers(): void {
+    this.bePeer = grow(this.bePeer, this.backendCount);
+    this.bePeer.fill(-1);
+    // "service/family" -> VIP, of the VIPs in the configuration.
+    const byService = new Map<string, number>();
+    for (let v = 0; v < this.vipCount; v++) {
+      if (!this.vipRemoved[v] && this.vipService[v] !== '') byService.set(`${this.vipService[v]}/${this.vipFamily[v]}`, v);
+    }
+    for (let v = 0; v < this.vipCount; v++) {
+      if (this.vipRemoved[v] || this.vipService[v] === '') continue;
+      const other = byService.get(`${this.vipService[v]}/${this.vipFamily[v] === 4 ? 6 : 4}`);
+      if (other === undefined) continue;
+      for (const b of this.vipBackends[v]) {
+        // b itself may be removed (its connections' joins still arrive); the peer must not be.
+        const p = this.vipBackends[other].find((x) => !this.beRemoved[x] && this.beServer[x] !== '' && this.beServer[x] === this.beServer[b]);
+        if (p !== undefined) this.bePeer[b] = p;
+      }
+    }
   }
 
   private rebuildBackendSlots(): void {

@@ -12,7 +12,8 @@ export interface BalancerProcessOptions {
   /** Which balancer namespace (index into tb.balancers, default 0: the only one with 1 balancer). */
   balancer?: number;
   /**
-   * Engine settings merged over the defaults; vips default to the testbed's VIP on `port` with all servers.
+   * Engine settings merged over the defaults; vips default to defaultVips(tb, port): the testbed's VIP on `port`
+   * with all servers (and its IPv6 twin as one dual-stack service on an ipv6 testbed).
    * Balancers in parallel need the same vips, backends and hashSeed: give each the same `engine`.
    */
   engine?: Record<string, unknown>;
@@ -48,13 +49,26 @@ function balancerNs(tb: TestbedHandle, i: number): string {
   return list[i];
 }
 
+/**
+ * The testbed's VIP on `port` with every server; on an ipv6 testbed also its IPv6 VIP, the two as one dual-stack
+ * service (each server named by its namespace role), so that an IPv4 connection's IPv6 join reaches its server.
+ */
+export function defaultVips(tb: TestbedHandle, port: number): Array<Record<string, unknown>> {
+  if (!tb.ipv6) return [{ address: `${tb.vips[0]}:${port}`, backends: tb.servers.map((s) => ({ address: s.addr })) }];
+  const name = (i: number) => `srv${i + 1}`;
+  return [
+    { address: `${tb.vips[0]}:${port}`, service: 'testbed', backends: tb.servers.map((s, i) => ({ address: s.addr, server: name(i) })) },
+    { address: `[${tb.vips6[0]}]:${port}`, service: 'testbed', backends: tb.servers.map((s, i) => ({ address: s.addr6!, server: name(i) })) },
+  ];
+}
+
 export async function startBalancerProcess(tb: TestbedHandle, opts: BalancerProcessOptions = {}): Promise<BalancerProcess> {
   const index = opts.balancer ?? 0;
   const ns = balancerNs(tb, index);
   const port = opts.port ?? 5201;
   const config = {
     device: { name: opts.tunName ?? 'mplb0' },
-    vips: [{ address: `${tb.vips[0]}:${port}`, backends: tb.servers.map((s) => ({ address: s.addr })) }],
+    vips: defaultVips(tb, port),
     tables: { maxFlows: 65536, maxConnections: 32768 },
     ...(opts.engine ?? {}),
   };

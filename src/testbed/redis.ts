@@ -158,7 +158,7 @@ export function stopRedis(info: Partial<RedisInfo> | undefined): void {
     }
   }
   // Only a directory the testbed named (<stateDir>/<runId>-redis).
-  if (info.dir && /^[0-9a-f]{6}-redis$/.test(path.basename(info.dir))) fs.rmSync(info.dir, { recursive: true, force: true });
+  if (info.dir && /^[0-9a-z]{6}-redis$/.test(path.basename(info.dir))) fs.rmSync(info.dir, { recursive: true, force: true });
 }
 
 /** One RESP reply: a status or error line as written ("+OK", "-NOAUTH ..."), a bulk string, an integer as ":n", null, or an array. */

@@ -17,7 +17,7 @@ export type { RedisInfo } from './redis.js';
 export type TestbedMode = 'balancer' | 'noBalancer';
 
 export interface TestbedOptions {
-  /** 6 hex digits; random when omitted. Namespace names are mplb-<runId>-<role>. */
+  /** 6 lowercase letters or digits; random (hex) when omitted. Namespace names are mplb-<runId>-<role>. */
   runId?: string;
   /** 'noBalancer': VIP lives on server 1 (lo) and the balancer namespace just routes to it (the ceiling).
    *  'balancer': VIP routing is left to `mplb run` (routes.ts) inside the balancer namespace. Default 'balancer'. */
@@ -48,6 +48,14 @@ export interface TestbedOptions {
   redis?: boolean;
   /** redis port (default 6379). */
   redisPort?: number;
+  /**
+   * Dual stack: every link also gets an IPv6 address (ULA, `nodad`): the IPv4 address 198.(18|19).X.Y becomes
+   * fd00:(18|19):X::Y in a /64 per /24, with IPv6 forwarding, routes, policy rules, MPTCP endpoints and (cluster)
+   * multipath routes mirroring IPv4's. Default false: IPv4 only, as before.
+   */
+  ipv6?: boolean;
+  /** IPv6 virtual addresses (with ipv6). Default: the IPv6 mirror of each of `vips`. */
+  vips6?: string[];
 }
 
 export interface LinkInfo {
@@ -58,6 +66,9 @@ export interface LinkInfo {
   /** Device and address at the other end. */
   peerDev: string;
   peerAddr: string;
+  /** With ipv6: this end's and the other end's IPv6 addresses (a /64). */
+  addr6?: string;
+  peerAddr6?: string;
 }
 
 /** One balancer namespace; index i = `balancers[i]` (namespace `lb` with 1 balancer, `lb1`...`lbN` otherwise). */
@@ -72,6 +83,9 @@ export interface BalancerInfo {
   uplinkAddr?: string;
   /** Cluster: its address on the server LAN, a next hop of the servers' default route. */
   lanAddr?: string;
+  /** Cluster with ipv6: the IPv6 mirrors of uplinkAddr and lanAddr. */
+  uplinkAddr6?: string;
+  lanAddr6?: string;
   /** With redis: its address on the control network. */
   ctlAddr?: string;
 }
@@ -106,12 +120,15 @@ export interface TestbedHandle {
   stateFile: string;
   rateMbit: number | null;
   vips: string[];
+  /** With ipv6 (else empty): the IPv6 VIPs. */
+  vips6: string[];
+  ipv6: boolean;
   /**
    * `balancer` is balancer 0's namespace (the only one with 1 balancer); `balancers` lists all of them. Cluster
    * only: `router`, `switch` (the LAN and control bridges); with redis: `redis` (and `switch`).
    */
   namespaces: { client: string; balancer: string; servers: string[]; balancers: string[]; router?: string; switch?: string; redis?: string };
-  client: { addrs: [string, string]; links: [LinkInfo, LinkInfo] };
+  client: { addrs: [string, string]; links: [LinkInfo, LinkInfo]; addrs6?: [string, string] };
   /** Balancer 0's view: links towards the client (two, or the router uplink) and towards the servers. */
   balancer: { clientLinks: LinkInfo[]; serverLinks: LinkInfo[] };
   /** Every balancer (one with 1 balancer). */
@@ -123,7 +140,7 @@ export interface TestbedHandle {
   /** Cluster only: the next hops in use (see withdrawBalancer). */
   ecmp?: EcmpState;
   /** `link`: the server's link (cluster: its LAN port; peerAddr is balancer 0). `gateways`: its default route's next hops. */
-  servers: Array<{ ns: string; addr: string; link: LinkInfo; gateways: string[] }>;
+  servers: Array<{ ns: string; addr: string; link: LinkInfo; gateways: string[]; addr6?: string; gateways6?: string[] }>;
   /** Every command run, in order (for debugging). */
   log: string[];
   /**
@@ -153,7 +170,9 @@ export interface TestbedStatus {
   orphanNamespaces: string[];
 }
 
-const NS_RE = /^mplb-([0-9a-f]{6})-/;
+// Run ids: 6 lowercase letters or digits (random ones are hex; a caller may pick its own, e.g. "ds" + 4 hex).
+const RUN_ID_RE = /^[0-9a-z]{6}$/;
+const NS_RE = /^mplb-([0-9a-z]{6})-/;
 
 export function defaultStateDir(): string {
   return path.join(os.tmpdir(), 'mplb-testbeds');
@@ -173,6 +192,21 @@ function gatewayFor(a: string): string {
 function subnet24(a: string): string {
   const p = ipv4Parts(a);
   return `${p[0]}.${p[1]}.${p[2]}.0/24`;
+}
+
+/**
+ * The IPv6 mirror of a testbed IPv4 address: 198.B.C.D -> fd00:B:C::D (the decimal digits read as hex groups), in
+ * the canonical text form (as ss and ip print it). ULA space (RFC 4193), so nothing leaves the namespaces.
+ */
+export function mirror6(a: string): string {
+  const p = ipv4Parts(a);
+  return p[2] === 0 ? `fd00:${p[1]}::${p[3]}` : `fd00:${p[1]}:${p[2]}::${p[3]}`;
+}
+
+/** The /64 of mirror6(a). */
+function subnet64(a: string): string {
+  const p = ipv4Parts(a);
+  return p[2] === 0 ? `fd00:${p[1]}::/64` : `fd00:${p[1]}:${p[2]}::/64`;
 }
 
 function inBenchRange(a: string): boolean {
@@ -241,11 +275,22 @@ function applyEcmp(h: TestbedHandle): void {
     h.log.push(`ip -n ${r.ns} ${args.join(' ')}`);
     ipn(r.ns, args);
   }
+  const toVips6 = nexthopArgs(e.toVips.map((i) => [h.balancers[i].uplinkAddr6 ?? '', r.balancerLinks[i].dev]));
+  for (const v of h.vips6 ?? []) {
+    const args = ['-6', 'route', 'replace', `${v}/128`, ...toVips6];
+    h.log.push(`ip -n ${r.ns} ${args.join(' ')}`);
+    ipn(r.ns, args);
+  }
   for (const s of h.servers) {
     s.gateways = e.fromServers.map((i) => h.balancers[i].lanAddr!);
     const args = ['route', 'replace', 'default', ...nexthopArgs(s.gateways.map((g) => [g, s.link.dev]))];
     h.log.push(`ip -n ${s.ns} ${args.join(' ')}`);
     ipn(s.ns, args);
+    if (!h.ipv6) continue;
+    s.gateways6 = e.fromServers.map((i) => h.balancers[i].lanAddr6!);
+    const args6 = ['-6', 'route', 'replace', 'default', ...nexthopArgs(s.gateways6.map((g) => [g, s.link.dev]))];
+    h.log.push(`ip -n ${s.ns} ${args6.join(' ')}`);
+    ipn(s.ns, args6);
   }
 }
 
@@ -305,7 +350,7 @@ function attachMethods(h: TestbedHandle): TestbedHandle {
 /** Builds the testbed. On any failure everything made so far is removed and the error rethrown. */
 export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
   const runId = opts.runId ?? randomBytes(3).toString('hex');
-  if (!/^[0-9a-f]{6}$/.test(runId)) throw new TestbedError('TESTBED_BAD_OPTION', `runId "${runId}" must be 6 lowercase hex digits`);
+  if (!RUN_ID_RE.test(runId)) throw new TestbedError('TESTBED_BAD_OPTION', `runId "${runId}" must be 6 lowercase letters or digits`);
   const mode = opts.mode ?? 'balancer';
   const nServers = opts.servers ?? 2;
   if (!Number.isInteger(nServers) || nServers < 1 || nServers > 200) throw new TestbedError('TESTBED_BAD_OPTION', `servers must be 1..200, got ${nServers}`);
@@ -323,6 +368,13 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
   const vips = opts.vips ?? ['198.19.0.10'];
   for (const a of [...clientAddrs, ...vips]) {
     if (!inBenchRange(a)) throw new TestbedError('TESTBED_BAD_OPTION', `address ${a} is outside 198.18.0.0/15 (the benchmarking range the testbed must use)`);
+  }
+  const v6 = opts.ipv6 ?? false;
+  if (opts.vips6 !== undefined && !v6) throw new TestbedError('TESTBED_BAD_OPTION', 'vips6 needs ipv6: true');
+  const vips6 = v6 ? (opts.vips6 ?? vips.map(mirror6)) : [];
+  for (const a of vips6) {
+    // Only the testbed's own ULA prefix: fd00:18::/32 and fd00:19::/32 mirror the IPv4 benchmarking range.
+    if (!net.isIPv6(a) || !/^fd00:1[89]:/.test(a)) throw new TestbedError('TESTBED_BAD_OPTION', `IPv6 VIP ${a} is outside fd00:18::/32 and fd00:19::/32 (the testbed's mirror of 198.18.0.0/15)`);
   }
   // Subnets the testbed itself uses behind the client links.
   const serverSubnets = cluster
@@ -354,7 +406,7 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
   const nsRedis = withRedis ? `${prefix}-redis` : undefined;
   const stateDir = opts.stateDir ?? defaultStateDir();
   const stateFile = path.join(stateDir, `${runId}.json`);
-  const link = (dev: string, addr: string, peerDev: string, peerAddr: string): LinkInfo => ({ dev, addr, prefixLen: 24, peerDev, peerAddr });
+  const link = (dev: string, addr: string, peerDev: string, peerAddr: string): LinkInfo => ({ dev, addr, prefixLen: 24, peerDev, peerAddr, ...(v6 ? { addr6: mirror6(addr), peerAddr6: mirror6(peerAddr) } : {}) });
 
   // The client's links end at the balancer (1) or at the router (cluster).
   const edgeDev = (i: number) => (cluster ? `rc${i}` : `lbc${i}`);
@@ -367,11 +419,13 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
   let balancers: BalancerInfo[];
   let router: RouterInfo | undefined;
   if (!cluster) {
-    servers = nsS.map((ns, i) => ({ ns, addr: `198.18.${10 + i + 1}.2`, link: link('eth0', `198.18.${10 + i + 1}.2`, `lbs${i + 1}`, `198.18.${10 + i + 1}.1`), gateways: [`198.18.${10 + i + 1}.1`] }));
+    servers = nsS.map((ns, i) => ({ ns, addr: `198.18.${10 + i + 1}.2`, link: link('eth0', `198.18.${10 + i + 1}.2`, `lbs${i + 1}`, `198.18.${10 + i + 1}.1`), gateways: [`198.18.${10 + i + 1}.1`],
+      ...(v6 ? { addr6: mirror6(`198.18.${10 + i + 1}.2`), gateways6: [mirror6(`198.18.${10 + i + 1}.1`)] } : {}) }));
     balancers = [{ index: 0, ns: nsB, clientLinks: edgeLinks, serverLinks: servers.map((s) => link(s.link.peerDev, s.link.peerAddr, s.link.dev, s.addr)) }];
   } else {
     const lanAddr = (i: number) => `${LAN_NET}.${1 + i}`;
-    servers = nsS.map((ns, i) => ({ ns, addr: `${LAN_NET}.${101 + i}`, link: link('eth0', `${LAN_NET}.${101 + i}`, `s${i + 1}`, lanAddr(0)), gateways: nsBs.map((_, j) => lanAddr(j)) }));
+    servers = nsS.map((ns, i) => ({ ns, addr: `${LAN_NET}.${101 + i}`, link: link('eth0', `${LAN_NET}.${101 + i}`, `s${i + 1}`, lanAddr(0)), gateways: nsBs.map((_, j) => lanAddr(j)),
+      ...(v6 ? { addr6: mirror6(`${LAN_NET}.${101 + i}`), gateways6: nsBs.map((_, j) => mirror6(lanAddr(j))) } : {}) }));
     balancers = nsBs.map((ns, i) => ({
       index: i,
       ns,
@@ -380,6 +434,7 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
       serverLinks: [link('lan0', lanAddr(i), `l${i + 1}`, servers[0].addr)],
       uplinkAddr: `${uplinkNet(i)}.2`,
       lanAddr: lanAddr(i),
+      ...(v6 ? { uplinkAddr6: mirror6(`${uplinkNet(i)}.2`), lanAddr6: mirror6(lanAddr(i)) } : {}),
     }));
     router = { ns: nsR!, clientLinks: edgeLinks, balancerLinks: balancers.map((b) => link(b.clientLinks[0].peerDev, b.clientLinks[0].peerAddr, b.clientLinks[0].dev, b.clientLinks[0].addr)) };
   }
@@ -394,8 +449,10 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
     stateFile,
     rateMbit: rate && rate > 0 ? rate : null,
     vips,
+    vips6,
+    ipv6: v6,
     namespaces: { client: nsC, balancer: nsB, servers: nsS, balancers: nsBs, ...(nsR ? { router: nsR } : {}), ...(nsSw ? { switch: nsSw } : {}), ...(nsRedis ? { redis: nsRedis } : {}) },
-    client: { addrs: clientAddrs, links: cLinks },
+    client: { addrs: clientAddrs, links: cLinks, ...(v6 ? { addrs6: [mirror6(clientAddrs[0]), mirror6(clientAddrs[1])] as [string, string] } : {}) },
     balancer: { clientLinks: balancers[0].clientLinks, serverLinks: balancers[0].serverLinks },
     balancers,
     ...(router ? { router, ecmp: { toVips: nsBs.map((_, i) => i), fromServers: nsBs.map((_, i) => i) } } : {}),
@@ -425,8 +482,20 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
     h.log.push(`ip link add ${devA} netns ${nsA} type veth peer name ${devZ} netns ${nsZ}`);
     run('ip', ['link', 'add', devA, 'netns', nsA, 'type', 'veth', 'peer', 'name', devZ, 'netns', nsZ]);
   };
+  /**
+   * With ipv6: no duplicate address detection on the devices made next, link-local addresses included: a link-local
+   * still in DAD cannot answer neighbour solicitations, which held the first packets of every path for about 1 s.
+   */
+  const noDad = (ns: string) => {
+    if (v6) for (const k of ['all', 'default']) sysctl(ns, `net.ipv6.conf.${k}.accept_dad`, '0');
+  };
+  /** With ipv6: the IPv6 mirror of a device's IPv4 address (nodad: usable at once, no duplicate can exist here). */
+  const addr6 = (ns: string, dev: string, addr?: string) => {
+    if (v6 && addr) ip(ns, ['-6', 'addr', 'add', `${mirror6(addr)}/64`, 'dev', dev, 'nodad']);
+  };
   const up = (ns: string, dev: string, addr?: string) => {
     if (addr) ip(ns, ['addr', 'add', `${addr}/24`, 'dev', dev]);
+    addr6(ns, dev, addr);
     ip(ns, ['link', 'set', dev, 'up']);
   };
 
@@ -437,6 +506,7 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
         h.log.push(`ip netns add ${ns}`);
         run('ip', ['netns', 'add', ns]);
         ip(ns, ['link', 'set', 'lo', 'up']);
+        noDad(ns);
       }
       // veth pairs are created directly inside their namespaces: nothing appears in the caller's namespace.
       for (const l of cLinks) {
@@ -444,6 +514,8 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
         run('ip', ['link', 'add', l.dev, 'netns', nsC, 'type', 'veth', 'peer', 'name', l.peerDev, 'netns', nsB]);
         ip(nsC, ['addr', 'add', `${l.addr}/24`, 'dev', l.dev]);
         ip(nsB, ['addr', 'add', `${l.peerAddr}/24`, 'dev', l.peerDev]);
+        addr6(nsC, l.dev, l.addr);
+        addr6(nsB, l.peerDev, l.peerAddr);
         ip(nsC, ['link', 'set', l.dev, 'up']);
         ip(nsB, ['link', 'set', l.peerDev, 'up']);
       }
@@ -452,15 +524,19 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
         run('ip', ['link', 'add', s.link.dev, 'netns', s.ns, 'type', 'veth', 'peer', 'name', s.link.peerDev, 'netns', nsB]);
         ip(s.ns, ['addr', 'add', `${s.addr}/24`, 'dev', s.link.dev]);
         ip(nsB, ['addr', 'add', `${s.link.peerAddr}/24`, 'dev', s.link.peerDev]);
+        addr6(s.ns, s.link.dev, s.addr);
+        addr6(nsB, s.link.peerDev, s.link.peerAddr);
         ip(s.ns, ['link', 'set', s.link.dev, 'up']);
         ip(nsB, ['link', 'set', s.link.peerDev, 'up']);
         ip(s.ns, ['route', 'add', 'default', 'via', s.link.peerAddr, 'dev', s.link.dev]);
+        if (v6) ip(s.ns, ['-6', 'route', 'add', 'default', 'via', s.link.peerAddr6!, 'dev', s.link.dev]);
       }
     } else {
       for (const ns of [nsC, nsR!, ...nsBs, nsSw!, ...nsS]) {
         h.log.push(`ip netns add ${ns}`);
         run('ip', ['netns', 'add', ns]);
         ip(ns, ['link', 'set', 'lo', 'up']);
+        noDad(ns);
       }
       // Asymmetric paths are the point (a reply may leave through another balancer than its SYN came in by):
       // no reverse-path filtering on the router and the balancers, set before their devices exist.
@@ -478,6 +554,7 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
         // Back to the client's networks through the router; no default route, so a VIP without mplb running
         // is unreachable here (as with one balancer) instead of looping back to the router.
         for (const s of clientSubnets) ip(b.ns, ['route', 'add', s, 'via', u.peerAddr, 'dev', u.dev]);
+        if (v6) for (const a of clientAddrs) ip(b.ns, ['-6', 'route', 'add', subnet64(a), 'via', u.peerAddr6!, 'dev', u.dev]);
       }
       // The server LAN: one bridge in the switch namespace, a port per balancer and per server.
       ip(nsSw!, ['link', 'add', 'brlan', 'type', 'bridge']);
@@ -497,11 +574,20 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
         // Replies go back through any balancer: L4 hash over one next hop per balancer.
         sysctl(s.ns, 'net.ipv4.fib_multipath_hash_policy', '1');
         ip(s.ns, ['route', 'add', 'default', ...nexthopArgs(s.gateways.map((g) => [g, s.link.dev]))]);
+        if (v6) {
+          sysctl(s.ns, 'net.ipv6.fib_multipath_hash_policy', '1');
+          ip(s.ns, ['-6', 'route', 'add', 'default', ...nexthopArgs(s.gateways6!.map((g) => [g, s.link.dev]))]);
+        }
       }
       // The router: forwards, and spreads each VIP over the balancers by an L4 (5-tuple) hash.
       sysctl(nsR!, 'net.ipv4.ip_forward', '1');
       sysctl(nsR!, 'net.ipv4.fib_multipath_hash_policy', '1');
       for (const v of vips) ip(nsR!, ['route', 'add', `${v}/32`, ...nexthopArgs(balancers.map((b, i) => [b.uplinkAddr!, router!.balancerLinks[i].dev]))]);
+      if (v6) {
+        sysctl(nsR!, 'net.ipv6.conf.all.forwarding', '1');
+        sysctl(nsR!, 'net.ipv6.fib_multipath_hash_policy', '1');
+        for (const v of vips6) ip(nsR!, ['-6', 'route', 'add', `${v}/128`, ...nexthopArgs(balancers.map((b, i) => [b.uplinkAddr6!, router!.balancerLinks[i].dev]))]);
+      }
     }
     if (withRedis) {
       // The control network: its own bridge in the switch namespace, a port per balancer, redis at .254.
@@ -534,7 +620,13 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
       ip(nsC, ['route', 'add', subnet24(l.addr), 'dev', l.dev, 'src', l.addr, 'table', table]);
       ip(nsC, ['route', 'add', 'default', 'via', l.peerAddr, 'dev', l.dev, 'table', table]);
       ip(nsC, ['rule', 'add', 'from', l.addr, 'table', table, 'priority', String(1000 + i)]);
+      if (v6) {
+        ip(nsC, ['-6', 'route', 'add', subnet64(l.addr), 'dev', l.dev, 'src', l.addr6!, 'table', table]);
+        ip(nsC, ['-6', 'route', 'add', 'default', 'via', l.peerAddr6!, 'dev', l.dev, 'table', table]);
+        ip(nsC, ['-6', 'rule', 'add', 'from', l.addr6!, 'table', table, 'priority', String(1000 + i)]);
+      }
     });
+    if (v6) ip(nsC, ['-6', 'route', 'add', 'default', 'via', cLinks[0].peerAddr6!, 'dev', cLinks[0].dev]);
 
     if (opts.mptcp ?? true) {
       for (const ns of [nsC, ...nsS]) {
@@ -542,13 +634,21 @@ export function testbedUp(opts: TestbedOptions = {}): TestbedHandle {
         ip(ns, ['mptcp', 'limits', 'set', 'subflow', '2', 'add_addr_accepted', '2']);
       }
       ip(nsC, ['mptcp', 'endpoint', 'add', cLinks[1].addr, 'dev', cLinks[1].dev, 'subflow']);
+      // The in-kernel path manager pairs an endpoint only with remote addresses of its own family: this one makes
+      // the join of an IPv6 connection, the IPv4 one that of an IPv4 connection.
+      if (v6) ip(nsC, ['mptcp', 'endpoint', 'add', cLinks[1].addr6!, 'dev', cLinks[1].dev, 'subflow']);
     }
 
     for (const ns of nsBs) sysctl(ns, 'net.ipv4.ip_forward', '1');
+    if (v6) for (const ns of nsBs) sysctl(ns, 'net.ipv6.conf.all.forwarding', '1');
     if (mode === 'noBalancer') {
       for (const v of vips) {
         ip(nsS[0], ['addr', 'add', `${v}/32`, 'dev', 'lo']);
         ip(nsB, ['route', 'add', `${v}/32`, 'via', servers[0].addr, 'dev', servers[0].link.peerDev]);
+      }
+      for (const v of vips6) {
+        ip(nsS[0], ['-6', 'addr', 'add', `${v}/128`, 'dev', 'lo', 'nodad']);
+        ip(nsB, ['-6', 'route', 'add', `${v}/128`, 'via', servers[0].addr6!, 'dev', servers[0].link.peerDev]);
       }
     }
 
@@ -632,7 +732,7 @@ function stateFiles(dir: string): string[] {
   try {
     return fs
       .readdirSync(dir)
-      .filter((f) => /^[0-9a-f]{6}\.json$/.test(f))
+      .filter((f) => /^[0-9a-z]{6}\.json$/.test(f))
       .map((f) => path.join(dir, f));
   } catch {
     return [];
@@ -706,7 +806,12 @@ export function testbedLoad(runId: string, opts: { stateDir?: string } = {}): Te
 /** Cluster: the gateways of the router's route to `vip` (default the first VIP), as the kernel has it now. */
 export function routerNexthops(h: TestbedHandle, vip = h.vips[0]): string[] {
   if (!h.router) throw new TestbedError('TESTBED_BAD_OPTION', `testbed ${h.runId} has no router (one balancer)`);
-  return routeGateways(h.router.ns, `${vip}/32`);
+  return net.isIPv6(vip) ? routeGateways(h.router.ns, `${vip}/128`, 6) : routeGateways(h.router.ns, `${vip}/32`);
+}
+
+/** The gateways of server i's IPv6 default route (ipv6 testbeds), as the kernel has it now. */
+export function serverGateways6(h: TestbedHandle, i: number): string[] {
+  return routeGateways(h.servers[i].ns, 'default', 6);
 }
 
 /** The gateways of server i's default route, as the kernel has it now. */
@@ -714,7 +819,7 @@ export function serverGateways(h: TestbedHandle, i: number): string[] {
   return routeGateways(h.servers[i].ns, 'default');
 }
 
-function routeGateways(ns: string, dst: string): string[] {
-  const routes = JSON.parse(ipn(ns, ['-j', 'route', 'show', dst]) || '[]') as Array<{ gateway?: string; nexthops?: Array<{ gateway?: string }> }>;
+function routeGateways(ns: string, dst: string, family: 4 | 6 = 4): string[] {
+  const routes = JSON.parse(ipn(ns, [family === 6 ? '-6' : '-4', '-j', 'route', 'show', dst]) || '[]') as Array<{ gateway?: string; nexthops?: Array<{ gateway?: string }> }>;
   return routes.flatMap((r) => (r.nexthops ? r.nexthops.map((n) => n.gateway ?? '') : r.gateway ? [r.gateway] : []));
 }

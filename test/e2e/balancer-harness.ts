@@ -10,12 +10,21 @@ import { execFileSync } from 'node:child_process';
 import { isRoot, haveIp, nstatIn } from '../../src/testbed/netns.js';
 import type { TestbedHandle } from '../../src/testbed/testbed.js';
 import type { BalancerProcess } from '../../src/testbed/balancer-process.js';
-import type { ClientReport } from '../../src/traffic/client.js';
+import type { ClientReport, ConnectionResult } from '../../src/traffic/client.js';
 import type { ServerReport, ServedConnection } from '../../src/traffic/server.js';
 
 export const MPTCP_PORT = 5201;
 export const TCP_PORT = 5202;
 const cliJs = fileURLToPath(new URL('../../src/traffic/cli.js', import.meta.url));
+
+/** Why an IPv6 testbed (testbedUp({ ipv6: true })) cannot run here, or undefined. */
+export function preflightReason6(): string | undefined {
+  const r = preflightReason();
+  if (r) return r;
+  // New namespaces start with IPv6 on unless the kernel has none (ipv6.disable=1 removes this directory).
+  if (!fs.existsSync('/proc/sys/net/ipv6/conf/default')) return 'needs a kernel with IPv6 (booted without ipv6.disable=1)';
+  return undefined;
+}
 
 /** Why the testbed cannot run here, or undefined. */
 export function preflightReason(): string | undefined {
@@ -52,11 +61,14 @@ export interface TrafficServerProc {
   stop(): Promise<void>;
 }
 
-/** `cli.js server` (MPTCP on 5201, plain TCP on 5202) in ns; resolves once it listens. */
-export async function startTrafficServer(ns: string, addr: string, dir: string): Promise<TrafficServerProc> {
+/**
+ * `cli.js server` (MPTCP on 5201, plain TCP on 5202) in ns; resolves once it listens. `host`: the listen address
+ * (default 0.0.0.0; "::" listens on both families, so IPv6 subflows of an IPv4 connection are accepted too).
+ */
+export async function startTrafficServer(ns: string, addr: string, dir: string, host?: string): Promise<TrafficServerProc> {
   const reportFile = path.join(dir, `${ns}.json`);
   // `ip netns exec` execs node, so the child's PID is the server's (SIGSTOP/SIGUSR1 reach it directly).
-  const child = track(spawn('ip', ['netns', 'exec', ns, process.execPath, cliJs, 'server', '--port', String(MPTCP_PORT), '--tcp-port', String(TCP_PORT), '--report', reportFile], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  const child = track(spawn('ip', ['netns', 'exec', ns, process.execPath, cliJs, 'server', '--port', String(MPTCP_PORT), '--tcp-port', String(TCP_PORT), '--report', reportFile, ...(host ? ['--host', host] : [])], { stdio: ['ignore', 'pipe', 'pipe'] }));
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const rl = readline.createInterface({ input: child.stdout! });
@@ -114,7 +126,12 @@ export function maxId(r: ServerReport): number {
 
 /** `cli.js client ... --json` in the client namespace; killed after hardMs. Exit code 1 still gives a report. */
 export function runClient(tb: TestbedHandle, args: string[], hardMs: number): Promise<ClientReport> {
-  const child = track(spawn('ip', ['netns', 'exec', tb.namespaces.client, process.execPath, cliJs, 'client', '--host', tb.vips[0], '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  return runClientTo(tb, tb.vips[0], args, hardMs);
+}
+
+/** runClient towards `host` (an IPv6 VIP, or "::ffff:" + an IPv4 VIP for an IPv6 socket on an IPv4 path). */
+export function runClientTo(tb: TestbedHandle, host: string, args: string[], hardMs: number): Promise<ClientReport> {
+  const child = track(spawn('ip', ['netns', 'exec', tb.namespaces.client, process.execPath, cliJs, 'client', '--host', host, '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }));
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -256,4 +273,105 @@ export function forwardProbe(tb: TestbedHandle, dir: string, dropLeak = false): 
       try { execFileSync('ip', ['netns', 'exec', ns, 'nft', 'delete', 'table', 'inet', 'mplbprobe'], { stdio: 'ignore', timeout: 10000 }); } catch { /* namespace gone */ }
     },
   };
+}
+
+/** The address of an engine backend or VIP id ("1.2.3.4:80", "[fd00::1]:80"). */
+export function idAddr(id: string): string {
+  return id.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+}
+
+export interface MptcpBatchSpec {
+  tb: TestbedHandle;
+  lb: BalancerProcess;
+  servers: TrafficServerProc[];
+  /** What the client connects to (an IPv6 VIP, or "::ffff:" + an IPv4 VIP). */
+  host: string;
+  /** The initial subflow's client address as the servers report it. */
+  clientAddr: string;
+  /** Server i's address as the engine's connection record names its backend. */
+  serverAddr(i: number): string;
+  n: number;
+  clientArgs: string[];
+  /** Engine counters that must not move. */
+  zero: string[];
+  /** Engine counters that must grow by at least n (joins_steered_by_token is always one). */
+  atLeastN?: string[];
+  /** A further check of each connection's engine record (e.g. that one subflow is IPv6); a problem or undefined. */
+  checkConn?(ec: EngineConnection, c: ConnectionResult): string | undefined;
+}
+
+export interface MptcpBatchResult { r: ClientReport; problems: string[]; dssNotMatching: number; engineDelta: Record<string, number>; kernel: string }
+
+/**
+ * N MPTCP connections from the client, then every check of "all subflows of each connection on one server": two
+ * subflows at both ends, the server token on exactly one server, the engine's record naming that server, no join
+ * reset at the servers, engine counters. Returns the problems (empty = fine).
+ */
+export async function mptcpBatch(spec: MptcpBatchSpec, t: { diagnostic(m: string): void }): Promise<MptcpBatchResult> {
+  const { tb, lb, servers, n } = spec;
+  const since = await Promise.all(servers.map(async (s) => maxId(await s.report())));
+  const e0 = await engineStats(lb);
+  const s0 = nstatMany(tb.namespaces.servers);
+  const c0 = nstatMany([tb.namespaces.client]);
+  const r = await runClientTo(tb, spec.host, ['--port', String(MPTCP_PORT), '--connections', String(n), '--timeout-ms', '15000', ...spec.clientArgs], 25000);
+  const e1 = await engineStats(lb);
+  const s1 = nstatMany(tb.namespaces.servers);
+  const c1 = nstatMany([tb.namespaces.client]);
+  const served = await Promise.all(servers.map(async (s, i) => newConnections(await s.report(), since[i])));
+  const engineConns = await engineConnections(lb);
+  const sd = nstatDelta(s0, s1, SERVER_NSTAT).sum;
+  const cd = nstatDelta(c0, c1, CLIENT_NSTAT).sum;
+  const ed = diff(e0.engine.counters, e1.engine.counters);
+  const problems: string[] = [];
+  if (r.connections.length !== n) problems.push(`client reported ${r.connections.length} connections, expected ${n}`);
+  const bad = r.connections.filter((c) => c.error || c.server?.bytes !== c.bytesSent || c.bytesSent === 0);
+  if (bad.length > 0) problems.push(`${bad.length} connections incomplete, e.g. #${bad[0].index}: ${bad[0].error ?? `${bad[0].server?.bytes} of ${bad[0].bytesSent} bytes`}`);
+  const notTwo = r.connections.filter((c) => c.subflowsTotalMax !== 2 || c.server?.subflowsTotalMax !== 2 || c.fallback);
+  if (notTwo.length > 0) problems.push(`${notTwo.length} connections without 2 subflows (client/server): ${notTwo.slice(0, 8).map((c) => `#${c.index} ${c.subflowsTotalMax}/${c.server?.subflowsTotalMax}${c.fallback ? ' fallback' : ''}`).join(', ')}`);
+  const perServer = served.map((l) => l.filter((c) => c.listener === 'mptcp'));
+  for (const c of r.connections) {
+    const tok = c.server?.tokenHex;
+    if (!tok || tok === '00000000') { problems.push(`#${c.index} has no server token`); continue; }
+    const hits: Array<{ srv: number; sc: ServedConnection }> = [];
+    perServer.forEach((l, srv) => l.forEach((sc) => { if (sc.tokenHex === tok) hits.push({ srv, sc }); }));
+    if (hits.length !== 1) { problems.push(`token ${tok} (#${c.index}) found on ${hits.length} servers`); continue; }
+    const { srv, sc } = hits[0];
+    if (sc.subflowsTotalMax !== 2) problems.push(`token ${tok} on ${spec.serverAddr(srv)} had ${sc.subflowsTotalMax} subflows`);
+    if (sc.remoteAddress !== spec.clientAddr || sc.remotePort !== c.localPort) problems.push(`token ${tok}: server saw peer ${sc.remoteAddress}:${sc.remotePort}, client was ${spec.clientAddr}:${c.localPort}`);
+    const ec = engineConns.find((x) => x.token === tok);
+    if (!ec) { problems.push(`engine has no connection for token ${tok}`); continue; }
+    if (idAddr(ec.backend) !== spec.serverAddr(srv)) problems.push(`engine maps token ${tok} to ${ec.backend}, but it lives on ${spec.serverAddr(srv)}`);
+    const extra = spec.checkConn?.(ec, c);
+    if (extra) problems.push(`token ${tok}: ${extra}`);
+  }
+  const counts = perServer.map((l) => l.length);
+  if (counts.some((k) => k === 0)) problems.push(`connections per server ${JSON.stringify(counts)}: some server got none`);
+  if (counts.reduce((a, b) => a + b, 0) !== n) problems.push(`servers served ${counts.reduce((a, b) => a + b, 0)} MPTCP connections, expected ${n}`);
+  if (sd.MPTcpExtMPJoinNoTokenFound !== 0) problems.push(`servers reset ${sd.MPTcpExtMPJoinNoTokenFound} joins with an unknown token (MPJoinNoTokenFound)`);
+  if (sd.MPTcpExtMPJoinSynRx < n) problems.push(`servers got ${sd.MPTcpExtMPJoinSynRx} join SYNs, expected >= ${n}`);
+  if (sd.MPTcpExtMPJoinAckRx < n) problems.push(`servers completed ${sd.MPTcpExtMPJoinAckRx} join handshakes (MPJoinAckRx), expected >= ${n}`);
+  if (cd.MPTcpExtMPJoinSynTx < n) problems.push(`client sent ${cd.MPTcpExtMPJoinSynTx} join SYNs, expected >= ${n}`);
+  for (const k of ['joins_steered_by_token', 'conns_created', ...(spec.atLeastN ?? [])]) if (!(ed[k] >= n)) problems.push(`engine ${k} ${ed[k]} < ${n}`);
+  for (const k of spec.zero) if (ed[k] !== 0) problems.push(`engine ${k} = ${ed[k]}, expected 0`);
+  // IPv6 router solicitations / MLD reports from the fresh TUN are the only drops expected (not_tcp).
+  const drops = nonZero(diff(e0.engine.drops, e1.engine.drops));
+  delete drops.not_tcp;
+  if (Object.keys(drops).length > 0) problems.push(`engine drops ${JSON.stringify(drops)}`);
+  if (ed.packets_in !== ed.to_backend + ed.to_client + ed.replied + ed.dropped) problems.push(`packets_in ${ed.packets_in} != to_backend + to_client + replied + dropped`);
+  const kernel = `servers ${JSON.stringify(nonZero(sd))}, client ${JSON.stringify(nonZero(cd))}`;
+  t.diagnostic(`${n} MPTCP connections to ${spec.host} in ${r.durationMs.toFixed(0)} ms: per server ${JSON.stringify(counts)}, engine ${JSON.stringify(nonZero(ed))}, kernel ${kernel}`);
+  return { r, problems, dssNotMatching: sd.MPTcpExtDSSNotMatching, engineDelta: ed, kernel };
+}
+
+/** mptcpBatch, failing on any problem; one retry only when the servers counted DSSNotMatching (a known server-side reset), reported. */
+export async function mptcpBatchChecked(spec: MptcpBatchSpec, t: { diagnostic(m: string): void }, what: string): Promise<MptcpBatchResult> {
+  for (let attempt = 1; ; attempt++) {
+    const res = await mptcpBatch(spec, t);
+    if (res.problems.length === 0) return res;
+    if (attempt === 1 && res.dssNotMatching > 0) {
+      t.diagnostic(`RETRY of ${what}: servers counted MPTcpExtDSSNotMatching ${res.dssNotMatching} (known server-side join reset, not a balancer fault): ${res.problems.join('; ')}`);
+      continue;
+    }
+    throw new Error(`${what}: ${res.problems.join('; ')}; engine ${JSON.stringify(nonZero(res.engineDelta))}; kernel ${res.kernel}`);
+  }
 }
