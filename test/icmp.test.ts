@@ -11,14 +11,14 @@ import { IcmpStatus, IcmpView, parseIcmp } from '../src/wire/icmp.js';
 import { PacketView, parsePacket, ParseStatus } from '../src/wire/parse.js';
 import { ACK, SYN, tcp } from './helpers/packets.js';
 
-export const VIP4 = '203.0.113.10', VIP6 = '2001:db8:100::10';
-export const BE4 = ['10.1.0.1', '10.1.0.2', '10.1.0.3'], BE6 = ['2001:db8:1::1', '2001:db8:1::2', '2001:db8:1::3'];
-export const CLIENT4 = '192.0.2.7', CLIENT6 = '2001:db8:c::7';
-export const ROUTER4 = '198.51.100.1', ROUTER6 = '2001:db8:ff::1';
-export const VPORT = 443, BPORT = 8443, CPORT = 40000;
+const VIP4 = '203.0.113.10', VIP6 = '2001:db8:100::10';
+const BE4 = ['10.1.0.1', '10.1.0.2', '10.1.0.3'], BE6 = ['2001:db8:1::1', '2001:db8:1::2', '2001:db8:1::3'];
+const CLIENT4 = '192.0.2.7', CLIENT6 = '2001:db8:c::7';
+const ROUTER4 = '198.51.100.1', ROUTER6 = '2001:db8:ff::1';
+const VPORT = 443, BPORT = 8443, CPORT = 40000;
 const T0 = 5_000_000;
 
-export function engine(icmp: Record<string, unknown> = {}, policy = 'maglev'): Engine {
+function engine(icmp: Record<string, unknown> = {}, policy = 'maglev'): Engine {
   return new Engine(validateEngineConfig({
     vips: [
       { address: `${VIP4}:${VPORT}`, backends: BE4.map((address) => ({ address, port: BPORT })) },
@@ -42,7 +42,7 @@ function pseudo6(p: Uint8Array, len: number): number {
   const ph = [...p.subarray(8, 40), 0, 0, len >> 8, len & 0xff, 0, 0, 0, 58];
   return sum16(ph, 0, ph.length);
 }
-export function icmpOk(p: Uint8Array): boolean {
+function icmpOk(p: Uint8Array): boolean {
   if (p[0] >> 4 === 4) return regionOk(p, 0, (p[0] & 15) * 4) && regionOk(p, (p[0] & 15) * 4, p.length);
   return sum16(p, 40, p.length, pseudo6(p, p.length - 40)) === 0xffff;
 }
@@ -76,7 +76,7 @@ function send(e: Engine, pkt: Uint8Array, now = T0): [Verdict, Uint8Array] {
 }
 
 /** Opens a flow (client SYN) and returns its backend address. */
-export function openFlow(e: Engine, v6: boolean, cport = CPORT): string {
+function openFlow(e: Engine, v6: boolean, cport = CPORT): string {
   const [v, out] = send(e, tcp({ src: v6 ? CLIENT6 : CLIENT4, dst: v6 ? VIP6 : VIP4, sport: cport, dport: VPORT, flags: SYN }));
   assert.equal(v, Verdict.ToBackend);
   const b = v6 ? BE6[e.lastBackend - BE4.length] : BE4[e.lastBackend];
@@ -85,7 +85,7 @@ export function openFlow(e: Engine, v6: boolean, cport = CPORT): string {
 }
 
 /** A full-size segment as the backend sends it, and the same after mplb (source VIP:443). */
-export function backendSegment(e: Engine, v6: boolean, be: string, cport = CPORT): { orig: Uint8Array; natted: Uint8Array } {
+function backendSegment(e: Engine, v6: boolean, be: string, cport = CPORT): { orig: Uint8Array; natted: Uint8Array } {
   const orig = tcp({ src: be, dst: v6 ? CLIENT6 : CLIENT4, sport: BPORT, dport: cport, flags: ACK, seq: 0x01020304, ack: 77, payload: v6 ? 1440 : 1460 });
   const natted = orig.slice();
   assert.equal(e.process(natted, 0, natted.length, T0), Verdict.ToClient);
