@@ -13,11 +13,14 @@ import { preflightReason } from './balancer-harness.js';
 
 const CI = process.env.CI === 'true';
 const reason = preflightReason() ?? (spawnSync('iperf3', ['--version']).status === 0 ? undefined : 'needs iperf3 (Debian package iperf3)')
-  ?? (spawnSync('ping', ['-V']).status === 0 ? undefined : 'needs ping (Debian package iputils-ping)');
+  ?? (spawnSync('ping', ['-V']).status === 0 ? undefined : 'needs ping (Debian package iputils-ping)')
+  ?? (spawnSync('nft', ['--version']).status === 0 ? undefined : 'needs nft (Debian package nftables)');
 
 const RUN = `mpicmp-${randomBytes(3).toString('hex')}`;
 const NS = { cli: `${RUN}-c`, rtr: `${RUN}-r`, lb: `${RUN}-lb`, srv: `${RUN}-s` };
 const PORT = 5201;
+/** The server rejects connections to this port with an ICMP error (nft), which mplb must translate for the client. */
+const REJECT_PORT = 5202;
 const V4 = { cli: '10.77.1.2', rtrCli: '10.77.1.1', rtrLb: '10.77.2.1', lbRtr: '10.77.2.2', lbSrv: '10.77.3.1', srv: '10.77.3.2', vip: '10.77.100.1' };
 const V6 = { cli: 'fd77:1::2', rtrCli: 'fd77:1::1', rtrLb: 'fd77:2::1', lbRtr: 'fd77:2::2', lbSrv: 'fd77:3::1', srv: 'fd77:3::2', vip: 'fd77:100::1' };
 const SMALL_MTU = 1400;
@@ -124,12 +127,22 @@ if (reason) {
           vips: [
             { address: `${V4.vip}:${PORT}`, backends: [{ address: V4.srv }] },
             { address: `[${V6.vip}]:${PORT}`, backends: [{ address: V6.srv }] },
+            { address: `${V4.vip}:${REJECT_PORT}`, backends: [{ address: V4.srv }] },
+            { address: `[${V6.vip}]:${REJECT_PORT}`, backends: [{ address: V6.srv }] },
           ],
           admin: { enabled: false },
         },
       });
       await new Promise((r) => setTimeout(r, 300)); // iperf3 listening
     });
+
+    /** The server answers a SYN to REJECT_PORT with ICMP host unreachable (IPv6: address unreachable) from its address. */
+    function rejectWithIcmp(): void {
+      const nft = (args: string[]) => { const r = spawnSync('ip', ['netns', 'exec', NS.srv, 'nft', ...args], { encoding: 'utf8' }); assert.equal(r.status, 0, r.stderr); };
+      nft(['add', 'table', 'inet', 'mpicmp']);
+      nft(['add', 'chain', 'inet', 'mpicmp', 'in', '{ type filter hook input priority 0; }']);
+      nft(['add', 'rule', 'inet', 'mpicmp', 'in', 'tcp', 'dport', String(REJECT_PORT), 'reject', 'with', 'icmpx', 'type', 'host-unreachable']);
+    }
 
     after(async () => {
       await lb?.stop();
@@ -168,6 +181,23 @@ if (reason) {
         for (const k of ['icmp_embedded_malformed', 'icmp_bad_checksum', 'icmp_no_service', 'icmp_no_flow', 'icmp_truncated']) {
           assert.equal(delta(c0, c1, `drop:${k}`), 0, `drops ${k}`);
         }
+      });
+    }
+
+    for (const fam of [4, 6] as const) {
+      test(`IPv${fam}: the server's ICMP unreachable reaches the client translated (its connect fails at once, not by timeout)`, async () => {
+        if (fam === 4) rejectWithIcmp();
+        const vip = fam === 4 ? V4.vip : V6.vip;
+        const c0 = await engineCounters(lb!);
+        const t0 = Date.now();
+        // bash's /dev/tcp: one connect, its error on stderr; a connect nobody answers would take the whole 8 s.
+        const r = spawnSync('ip', ['netns', 'exec', NS.cli, 'timeout', '8', 'bash', '-c', `exec 3<>/dev/tcp/${vip}/${REJECT_PORT}`], { encoding: 'utf8', timeout: 15000 });
+        const ms = Date.now() - t0;
+        const c1 = await engineCounters(lb!);
+        assert.notEqual(r.status, 124, `the connect timed out: the ICMP error never reached the client (${r.stderr})`);
+        assert.match(r.stderr, /No route to host/);
+        assert.ok(ms < 4000, `the connect took ${ms} ms`);
+        assert.ok(delta(c0, c1, 'icmp_errors_to_client') >= 1, 'no ICMP error was translated by its flow');
       });
     }
 
