@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Engine, Verdict } from '../src/engine/engine.js';
 import { ConfigError, validateEngineConfig } from '../src/engine/config.js';
+import { validateRunConfig } from '../src/control/run-config.js';
 import { DROP_REASON_LABELS, DropReason } from '../src/engine/counters.js';
 import { parseIp } from '../src/wire/addr.js';
 import { buildEchoRequest, buildIcmpError, buildIcmpPacket } from '../src/wire/icmp-build.js';
@@ -273,4 +274,7 @@ test('icmp config: defaults, and bad values refused with the field path', () => 
   refused({ noFlowAnswer: 'reset' }, 'icmp.noFlowAnswer');
   refused({ rate: 1 }, 'icmp.rate');
   refused([], 'icmp');
+  // The `mplb run` file takes the same section at its top level.
+  assert.deepEqual(validateRunConfig({ vips: [], icmp: { echoReply: false } }).engine.icmp, { echoReply: false, echoRatePerSec: 1000, noFlowAnswer: 'hash' });
+  assert.throws(() => validateRunConfig({ vips: [], icmp: { echoRatePerSec: 0 } }), (err: unknown) => err instanceof ConfigError && err.path === 'icmp.echoRatePerSec');
 });
