@@ -65,6 +65,8 @@ export class Metrics {
     counter('mplb_token_collisions_total', 'Server tokens that collided, by outcome (stripped: MP_CAPABLE removed, ambiguous: marked, replaced: same backend).', ['outcome']);
     counter('mplb_flows_evicted_total', 'Flow entries evicted to make room (kind = embryonic).', ['kind']);
     counter('mplb_flows_expired_total', 'Flow entries that timed out.');
+    counter('mplb_icmp_total', 'ICMP/ICMPv6 handled by outcome (errors to_backend by flow or hashed by the VIP policy, to_client by flow or stateless, echo_answered); ICMP drops are mplb_drops_total{reason=~"icmp_.*"}.', ['outcome']);
+    counter('mplb_icmp_pmtu_errors_total', 'Path-MTU errors (IPv4 fragmentation needed, IPv6 packet too big) forwarded or translated.');
     counter('mplb_engine_events_total', 'Every engine event counter, by its label.', ['event']);
     gauge('mplb_packet_loop_lag_max_seconds', 'Longest time one batch kept the packet worker from its event loop, since start (maxLoopLagMs).');
     counter('mplb_packet_loop_errors_total', 'TUN read/write errors (engine errors are drops: reason engine_error).', ['kind']);
@@ -138,6 +140,9 @@ export class Metrics {
     setTotal(c.mplb_token_collisions_total, { outcome: 'replaced' }, n('token_replaced'));
     setTotal(c.mplb_flows_evicted_total, { kind: 'embryonic' }, n('flows_evicted_embryonic'));
     setTotal(c.mplb_flows_expired_total, {}, n('flows_expired'));
+    for (const [outcome, k] of [['to_backend', 'icmp_errors_to_backend'], ['to_backend_hashed', 'icmp_errors_to_backend_hashed'], ['to_client', 'icmp_errors_to_client'],
+      ['to_client_stateless', 'icmp_errors_to_client_stateless'], ['echo_answered', 'icmp_echo_answered']]) setTotal(c.mplb_icmp_total, { outcome }, n(k));
+    setTotal(c.mplb_icmp_pmtu_errors_total, {}, n('icmp_pmtu_errors'));
     for (const [event, v] of Object.entries(e)) setTotal(c.mplb_engine_events_total, { event }, v);
     if (s.loop) {
       const l = s.loop;

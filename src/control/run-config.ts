@@ -98,7 +98,7 @@ const MAX_YAML_ALIASES = 100;
 /** Shortest admin token accepted: long enough that guessing over HTTP is hopeless. */
 export const MIN_TOKEN_LENGTH = 16;
 
-const ENGINE_KEYS = ['vips', 'policy', 'mptcpAware', 'unknownTokenAnswer', 'tables', 'timeouts', 'hashSeed'];
+const ENGINE_KEYS = ['vips', 'policy', 'mptcpAware', 'unknownTokenAnswer', 'tables', 'timeouts', 'hashSeed', 'icmp'];
 const OWN_KEYS = ['device', 'admin', 'health', 'log', 'tokenStore'];
 
 function mapping(v: unknown, path: string, allowed: readonly string[]): Record<string, unknown> {

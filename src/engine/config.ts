@@ -9,6 +9,19 @@ export const POLICIES: readonly Policy[] = ['maglev', 'hash-5tuple', 'hash-ip-pa
 export type UnknownTokenAnswer = 'hash' | 'drop' | 'reset';
 export const UNKNOWN_TOKEN_ANSWERS: readonly UnknownTokenAnswer[] = ['hash', 'drop', 'reset'];
 
+/** An ICMP error about a flow with no state: `hash` = where the VIP's policy sends that flow, `drop` = dropped. */
+export type IcmpNoFlowAnswer = 'hash' | 'drop';
+export const ICMP_NO_FLOW_ANSWERS: readonly IcmpNoFlowAnswer[] = ['hash', 'drop'];
+
+export interface IcmpConfig {
+  /** Answer ICMP/ICMPv6 echo requests to a VIP's address. Default true. */
+  echoReply: boolean;
+  /** Echo replies per second at most (token bucket on the engine's clock, burst of one second). Default 1000. */
+  echoRatePerSec: number;
+  /** Errors (fragmentation needed, packet too big, unreachable, time exceeded) about an unknown flow. Default 'hash'. */
+  noFlowAnswer: IcmpNoFlowAnswer;
+}
+
 export interface BackendConfig {
   /** Backend address (IPv4 or IPv6, same family as its VIP). */
   address: string;
@@ -66,6 +79,8 @@ export interface EngineConfig {
   };
   /** Seed of the flow hashes; balancers in parallel must share it. Default 0x6d706c62. */
   hashSeed: number;
+  /** ICMP and ICMPv6 handling (engine/icmp.ts). */
+  icmp: IcmpConfig;
 }
 
 export const ENGINE_DEFAULTS: Omit<EngineConfig, 'vips'> = {
@@ -75,6 +90,7 @@ export const ENGINE_DEFAULTS: Omit<EngineConfig, 'vips'> = {
   tables: { maxFlows: 1 << 20, maxConnections: 1 << 19, maglevSize: 65537 },
   timeouts: { synMs: 10_000, establishedMs: 300_000, finMs: 10_000, rstMs: 2_000, tokenLingerMs: 60_000 },
   hashSeed: 0x6d706c62,
+  icmp: { echoReply: true, echoRatePerSec: 1000, noFlowAnswer: 'hash' },
 };
 
 export class ConfigError extends Error {
@@ -138,7 +154,7 @@ function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[]
 export function validateEngineConfig(input: unknown, path = ''): EngineConfig {
   const p = (k: string) => (path ? `${path}.${k}` : k);
   if (!isObj(input)) throw new ConfigError(path || '(root)', 'must be a mapping');
-  checkKeys(input, ['vips', 'policy', 'mptcpAware', 'unknownTokenAnswer', 'tables', 'timeouts', 'hashSeed'], path);
+  checkKeys(input, ['vips', 'policy', 'mptcpAware', 'unknownTokenAnswer', 'tables', 'timeouts', 'hashSeed', 'icmp'], path);
   const d = ENGINE_DEFAULTS;
   const policy = oneOf(input.policy, p('policy'), POLICIES, d.policy);
   const mptcpAware = input.mptcpAware === undefined ? d.mptcpAware : input.mptcpAware;
@@ -168,6 +184,17 @@ export function validateEngineConfig(input: unknown, path = ''): EngineConfig {
     tokenLingerMs: intIn(to.tokenLingerMs, p('timeouts.tokenLingerMs'), 0, maxMs, d.timeouts.tokenLingerMs),
   };
   const hashSeed = intIn(input.hashSeed, p('hashSeed'), 0, 0xffffffff, d.hashSeed);
+
+  const ic = input.icmp ?? {};
+  if (!isObj(ic)) throw new ConfigError(p('icmp'), 'must be a mapping');
+  checkKeys(ic, ['echoReply', 'echoRatePerSec', 'noFlowAnswer'], p('icmp'));
+  const echoReply = ic.echoReply === undefined ? d.icmp.echoReply : ic.echoReply;
+  if (typeof echoReply !== 'boolean') throw new ConfigError(p('icmp.echoReply'), `must be true or false, got ${show(echoReply)}`);
+  const icmp: IcmpConfig = {
+    echoReply,
+    echoRatePerSec: intIn(ic.echoRatePerSec, p('icmp.echoRatePerSec'), 1, 1_000_000, d.icmp.echoRatePerSec),
+    noFlowAnswer: oneOf(ic.noFlowAnswer, p('icmp.noFlowAnswer'), ICMP_NO_FLOW_ANSWERS, d.icmp.noFlowAnswer),
+  };
 
   if (!Array.isArray(input.vips)) throw new ConfigError(p('vips'), 'must be a list of VIPs');
   const seen = new Set<string>();
@@ -223,5 +250,5 @@ export function validateEngineConfig(input: unknown, path = ''): EngineConfig {
     });
     return service === undefined ? { address: raw.address, backends, policy: vipPolicy } : { address: raw.address, backends, policy: vipPolicy, service };
   });
-  return { vips, policy, mptcpAware, unknownTokenAnswer, tables, timeouts, hashSeed };
+  return { vips, policy, mptcpAware, unknownTokenAnswer, tables, timeouts, hashSeed, icmp };
 }

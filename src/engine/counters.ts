@@ -18,12 +18,30 @@ export const enum DropReason {
   BadDeviceHeader = 13,
   /** The engine threw on this packet (a bug, never wire input): counted, logged by the loop, dropped. */
   EngineError = 14,
-  Count = 15,
+  // ICMP / ICMPv6 (engine/icmp.ts).
+  /** Shorter than the 8-byte ICMP header. */
+  IcmpTruncated = 15,
+  IcmpBadChecksum = 16,
+  /** An error whose quoted packet is cut before IP + 8 bytes of TCP, has a bad header, or is a later fragment. */
+  IcmpEmbeddedMalformed = 17,
+  /** An error about a packet that was not TCP (mplb forwards only TCP). */
+  IcmpEmbeddedNotTcp = 18,
+  /** An error about a flow with no state, with `icmp.noFlowAnswer: drop` (or no backend to hash it to). */
+  IcmpNoFlow = 19,
+  /** An error whose quoted packet is neither from a VIP nor to a backend, or not about the packet's own addresses. */
+  IcmpNoService = 20,
+  IcmpEchoRateLimited = 21,
+  IcmpEchoDisabled = 22,
+  /** Echo replies, neighbour discovery, MLD, echo requests to a non-VIP, ...: not balanced. */
+  IcmpUnhandledType = 23,
+  Count = 24,
 }
 export const DROP_REASON_LABELS: readonly string[] = [
   'none', 'truncated', 'bad_ip_version', 'bad_ip_header', 'bad_ip_length', 'fragment', 'ipv6_ext_header_limit',
   'not_tcp', 'bad_tcp_header', 'no_service', 'no_backend', 'join_unknown_token', 'flow_table_full',
   'bad_device_header', 'engine_error',
+  'icmp_truncated', 'icmp_bad_checksum', 'icmp_embedded_malformed', 'icmp_embedded_not_tcp', 'icmp_no_flow',
+  'icmp_no_service', 'icmp_echo_rate_limited', 'icmp_echo_disabled', 'icmp_unhandled_type',
 ];
 
 export const enum Counter {
@@ -76,6 +94,18 @@ export const enum Counter {
   ConnsAdopted,
   /** Subflows with no local flow given a flow entry: the store's backend, or the policy's when it had none. */
   FlowsAdopted,
+  /** ICMP errors from the client side forwarded to the backend of the flow they quote. */
+  IcmpErrorsToBackend,
+  /** ... about a flow with no state, forwarded where the VIP's policy sends that flow (icmp.noFlowAnswer: hash). */
+  IcmpErrorsToBackendHashed,
+  /** ICMP errors from a backend translated back to the client of the flow they quote. */
+  IcmpErrorsToClient,
+  /** ... with no flow, translated statelessly like a reply (the backend's VIP). */
+  IcmpErrorsToClientStateless,
+  /** Of the forwarded/translated errors: path-MTU ones (IPv4 fragmentation needed, IPv6 packet too big). */
+  IcmpPmtuErrors,
+  /** Echo requests to a VIP answered by mplb. */
+  IcmpEchoAnswered,
   Count,
 }
 export const COUNTER_LABELS: readonly string[] = [
@@ -88,6 +118,8 @@ export const COUNTER_LABELS: readonly string[] = [
   'token_collision_stripped', 'token_collision_ambiguous', 'token_replaced',
   'mptcp_option_malformed', 'mptcp_option_unknown_subtype', 'tcp_options_malformed', 'fastclose_seen',
   'packets_held', 'conns_adopted', 'flows_adopted',
+  'icmp_errors_to_backend', 'icmp_errors_to_backend_hashed', 'icmp_errors_to_client', 'icmp_errors_to_client_stateless',
+  'icmp_pmtu_errors', 'icmp_echo_answered',
 ];
 
 /** Bytes of shared memory that back one Counters (events, then drops). */

@@ -15,6 +15,7 @@ import { loadAddressWords, nextTcpOption, PacketView, parsePacket, ParseStatus, 
 import { natEndpoint, natToBackend, natToClient, stripTcpOption, writeResetForSyn } from './rewrite.js';
 import { Services } from './services.js';
 import { HoldKind, StoreEvent, StoreEventRing } from './store-events.js';
+import { IcmpHandler, IcmpOutcome } from './icmp.js';
 import { formatEndpoint } from '../wire/addr.js';
 import { tokenFromKeyBytes } from '../wire/tokens.js';
 
@@ -57,6 +58,7 @@ export class Engine {
   private readonly seed: number;
   private readonly life: Lifecycle;
   private readonly info: Introspection;
+  private readonly icmp: IcmpHandler;
 
   // The last decision, for replay and tests (plain fields: reading them allocates nothing).
   outLen = 0;
@@ -99,6 +101,7 @@ export class Engine {
     this.seed = cfg.hashSeed & SMI_MASK;
     this.life = new Lifecycle(this.flows, this.conns, this.counters, cfg.timeouts, this.storeEvents);
     this.info = new Introspection(this.services, this.flows, this.conns, this.seed);
+    this.icmp = new IcmpHandler(this.services, this.flows, this.counters, this.seed, cfg.icmp);
   }
 
   get config(): EngineConfig { return this.cfg; }
@@ -108,6 +111,7 @@ export class Engine {
     this.cfg = { ...cfg, tables: this.cfg.tables, hashSeed: this.cfg.hashSeed };
     this.services.applyConfig(this.cfg);
     this.life.setTimeouts(this.cfg.timeouts);
+    this.icmp.setConfig(this.cfg.icmp);
   }
 
   /**
@@ -132,7 +136,7 @@ export class Engine {
     const v = this.view;
     v.partialCsum = partialCsum;
     const st = parsePacket(buf, off, len, v);
-    if (st !== ParseStatus.Ok) return this.drop(st as number as DropReason);
+    if (st !== ParseStatus.Ok) return st === ParseStatus.Icmp ? this.icmpPacket(buf, nowMs) : this.drop(st as number as DropReason);
     const a = this.a;
     loadAddressWords(buf, v.srcAddrOff, v.addrLen, a, 0);
     loadAddressWords(buf, v.dstAddrOff, v.addrLen, a, 4);
@@ -161,6 +165,17 @@ export class Engine {
     this.lastSteer = Steer.Stateless;
     natToClient(buf, v, this.services, b);
     return this.countOut(b);
+  }
+
+  /** ICMP/ICMPv6 (icmp.ts): errors about a flow follow it, echo requests to a VIP are answered. */
+  private icmpPacket(buf: Uint8Array, nowMs: number): Verdict {
+    const h = this.icmp, o = h.handle(buf, this.view, nowMs);
+    this.lastVip = h.lastVip;
+    this.lastFlow = h.lastFlow;
+    this.lastBackend = h.lastBackend;
+    if (o === IcmpOutcome.Drop) return this.drop(h.dropReason);
+    if (o === IcmpOutcome.Reply) { this.counters.events[Counter.Replied]++; this.outLen = h.outLen; return Verdict.Reply; }
+    return o === IcmpOutcome.ToBackend ? this.countIn(h.lastBackend) : this.countOut(h.lastBackend);
   }
 
   /** Counts a packet sent to backend b (per backend: packets and bytes each way, for metrics). */

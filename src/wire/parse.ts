@@ -11,9 +11,11 @@ export const enum ParseStatus {
   ExtHeaderLimit = 6,
   NotTcp = 7,
   BadTcpHeader = 8,
+  /** An ICMP (IPv4, protocol 1) or ICMPv6 (IPv6, next header 58) message: read by icmp.ts, not dropped as not_tcp. */
+  Icmp = 9,
 }
 export const PARSE_STATUS_LABELS = [
-  'ok', 'truncated', 'bad_ip_version', 'bad_ip_header', 'bad_ip_length', 'fragment', 'ipv6_ext_header_limit', 'not_tcp', 'bad_tcp_header',
+  'ok', 'truncated', 'bad_ip_version', 'bad_ip_header', 'bad_ip_length', 'fragment', 'ipv6_ext_header_limit', 'not_tcp', 'bad_tcp_header', 'icmp',
 ] as const;
 
 export const IPPROTO_TCP = 6;
@@ -107,7 +109,10 @@ export function parsePacket(buf: Uint8Array, off: number, len: number, v: Packet
   } else {
     return ParseStatus.BadVersion;
   }
-  if (v.proto !== IPPROTO_TCP) return ParseStatus.NotTcp;
+  if (v.proto !== IPPROTO_TCP) {
+    // Off the TCP path: one more comparison, only for packets that are not TCP.
+    return v.proto === (v.family === 4 ? 1 : 58) ? ParseStatus.Icmp : ParseStatus.NotTcp;
+  }
   const t = v.l4Off;
   if (v.l4Len < 20) return ParseStatus.BadTcpHeader;
   const doff = (buf[t + 12] >>> 4) << 2;
