@@ -1,0 +1,143 @@
+// Start-time benchmark (root, Linux): `mplb run` with 2,000 VIPs, timed from outside the process, from the spawn of
+// `ip netns exec NS node dist/src/cli/main.js run ...` to its "ready" line on stdout. mplb prints that line only when
+// every VIP's route is in, the packet worker has built the engine and is polling the TUN, and the admin API listens.
+// After each ready line this bench checks from outside that the last VIP's route is there and that the TUN is up,
+// then stops mplb with SIGTERM and checks that it left nothing behind (the next run starts from the same state).
+//
+// The namespace (mpstart-<hex>-bench) is made for this run only and removed on exit, also on failure. No traffic.
+//
+//   node dist/bench/start.bench.js [--runs N] [--vips N] [--write]
+//
+// --write puts the figures in BENCHMARKS.md's start section (between its markers); without it they are printed only.
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+const arg = (name: string, d: number) => { const i = process.argv.indexOf(name); return i >= 0 ? Number(process.argv[i + 1]) : d; };
+const RUNS = arg('--runs', 7);
+const N_VIPS = arg('--vips', 2000);
+const WRITE = process.argv.includes('--write');
+const TARGET_MS = 2000;
+export const START_BEGIN = '<!-- start section: written by node dist/bench/start.bench.js --write -->';
+export const START_END = '<!-- end of start section -->';
+
+const NS = `mpstart-${randomBytes(3).toString('hex')}-bench`;
+const vipOf = (i: number) => `198.19.${i >> 8}.${i & 255}`;
+const children = new Set<ChildProcess>();
+let made = false;
+function teardown(): void {
+  for (const c of children) if (c.pid && c.exitCode === null && c.signalCode === null) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
+  if (made) { made = false; try { execFileSync('ip', ['netns', 'del', NS], { stdio: 'ignore' }); } catch { /* not there */ } }
+}
+process.on('exit', teardown);
+for (const s of ['SIGINT', 'SIGTERM'] as const) process.on(s, () => { teardown(); process.exit(130); });
+
+const ipNs = (args: string[]) => execFileSync('ip', ['-n', NS, ...args], { encoding: 'utf8', timeout: 20000 });
+const snapshot = () => [ipNs(['-4', 'route', 'show', 'table', 'all']), ipNs(['-4', 'rule', 'show']), ipNs(['-o', 'link', 'show']).replace(/\d+: /g, ''),
+  execFileSync('ip', ['netns', 'exec', NS, 'cat', '/proc/sys/net/ipv4/ip_forward'], { encoding: 'utf8' })].join('\n');
+
+interface One { readyMs: number; inside: Record<string, number> }
+
+async function once(file: string): Promise<One> {
+  const t0 = performance.now();
+  const child = spawn('ip', ['netns', 'exec', NS, process.execPath, MAIN, 'run', '--config', file, '--control-stdin'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  children.add(child);
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => { children.delete(child); r(code); }));
+  const ready = await new Promise<{ ms: number; line: string }>((resolve, reject) => {
+    readline.createInterface({ input: child.stdout! }).on('line', (l) => { if (l.includes('"ready"')) resolve({ ms: performance.now() - t0, line: l }); });
+    void exited.then((c) => reject(new Error(`mplb run exited (${c}) before ready: ${err.slice(0, 1000)}`)));
+  });
+  // Checked from outside, after the line: every VIP routed into the TUN, the TUN up.
+  const routes = ipNs(['-4', 'route', 'show', 'dev', 'mplb0']).split('\n').filter((l) => /^198\.19\./.test(l)).length;
+  if (routes !== N_VIPS) throw new Error(`ready with ${routes} of ${N_VIPS} VIP routes`);
+  if (!/state (UP|UNKNOWN)/.test(ipNs(['link', 'show', 'mplb0']))) throw new Error('ready but the TUN is not up');
+  const inside = (JSON.parse(ready.line) as { startMs: Record<string, number> }).startMs;
+  child.kill('SIGTERM');
+  const code = await exited;
+  if (code !== 0) throw new Error(`mplb run exited ${code} after SIGTERM: ${err.slice(0, 1000)}`);
+  return { readyMs: ready.ms, inside };
+}
+
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
+
+export async function runStartBench(): Promise<{ readyMs: number[]; inside: Array<Record<string, number>>; execMs: number[] }> {
+  if (process.getuid?.() !== 0) throw new Error('the start bench needs root (a network namespace and a TUN device)');
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mpstart-bench-'));
+  process.on('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
+  const file = path.join(tmp, 'mplb.yaml');
+  // The lifecycle e2e test's config: 2,000 VIPs over 200 backend pairs, default Maglev tables (65537 slots).
+  fs.writeFileSync(file, stringify({
+    device: { name: 'mplb0', stateFile: path.join(tmp, 'state.json') },
+    vips: Array.from({ length: N_VIPS }, (_, i) => ({ address: `${vipOf(i)}:80`, backends: [{ address: `198.18.${i % 200}.2` }, { address: `198.18.${i % 200}.3` }] })),
+    tables: { maxFlows: 4096, maxConnections: 2048 },
+    admin: { address: '127.0.0.1', port: 0, token: 'start-bench-token-0d1f' },
+    log: { level: 'warn' },
+  }));
+  execFileSync('ip', ['netns', 'add', NS]);
+  made = true;
+  ipNs(['link', 'set', 'lo', 'up']);
+  const clean = snapshot();
+  // What `ip netns exec` + node's own start cost before mplb's first line (a floor no change to mplb can remove).
+  const execMs: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const t = performance.now();
+    execFileSync('ip', ['netns', 'exec', NS, process.execPath, '-e', '0']);
+    execMs.push(performance.now() - t);
+  }
+  const readyMs: number[] = [], inside: Array<Record<string, number>> = [];
+  for (let i = 0; i < RUNS; i++) {
+    const r = await once(file);
+    if (snapshot() !== clean) throw new Error(`run ${i + 1} left something behind after its SIGTERM`);
+    readyMs.push(r.readyMs);
+    inside.push(r.inside);
+    process.stderr.write(`start bench: run ${i + 1}/${RUNS}: ready after ${r.readyMs.toFixed(0)} ms; mplb's own figures (ms): ${JSON.stringify(r.inside)}\n`);
+  }
+  teardown();
+  return { readyMs, inside, execMs };
+}
+
+function section(r: Awaited<ReturnType<typeof runStartBench>>): string {
+  const m = median(r.readyMs);
+  const keys = Object.keys(r.inside[0] ?? {});
+  const parts = keys.map((k) => `${k} ${median(r.inside.map((x) => x[k])).toFixed(0)}`).join(', ');
+  let head = '';
+  try { head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim(); } catch { /* not a checkout */ }
+  return `${START_BEGIN}
+## Start time: \`mplb run\` with ${N_VIPS} VIPs (bench/start.bench.ts)
+
+| id | value | target | verdict |
+|---|---|---|---|
+| \`start.ready_ms_${N_VIPS}_vips\` | ${m.toFixed(0)} ms (${Math.min(...r.readyMs).toFixed(0)}-${Math.max(...r.readyMs).toFixed(0)}) | <= ${TARGET_MS} ms | ${m <= TARGET_MS ? 'met' : 'missed'} |
+
+Measured (commit ${head || 'unknown'}, ${new Date().toISOString()}, ${os.cpus().length} cores, Node ${process.version}) as the wall time from the
+spawn of \`ip netns exec NS node dist/src/cli/main.js run --config FILE --control-stdin\` to its \`ready\` line, read by
+the parent (median of ${r.readyMs.length} runs, min-max in parentheses; all runs: ${r.readyMs.map((x) => x.toFixed(0)).join(', ')} ms). The line comes
+after every VIP's route is in, the packet worker has built the engine and polls the TUN, and the admin API listens; the
+bench checks the ${N_VIPS} routes and the TUN from outside after each line, then sends SIGTERM and checks that nothing is
+left. Config: the lifecycle e2e test's (${N_VIPS} VIPs over 200 backend pairs, 65537-slot Maglev tables). Of that,
+\`ip netns exec\` + an empty node takes ${median(r.execMs).toFixed(0)} ms (${r.execMs.map((x) => x.toFixed(0)).join(', ')}). mplb's own split (medians, ms from its
+first line): ${parts}. Rerun (root): \`npm run build && node dist/bench/start.bench.js [--runs N] [--write]\`.
+${START_END}`;
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
+  runStartBench().then((r) => {
+    const s = section(r);
+    process.stdout.write(`${s}\n`);
+    if (WRITE) {
+      const f = `${ROOT}BENCHMARKS.md`;
+      const md = fs.readFileSync(f, 'utf8');
+      const a = md.indexOf(START_BEGIN), b = md.indexOf(START_END);
+      fs.writeFileSync(f, a >= 0 && b > a ? md.slice(0, a) + s + md.slice(b + START_END.length) : `${md.trimEnd()}\n\n${s}\n`);
+    }
+  }, (e: Error) => { process.stderr.write(`start bench: ${e.stack ?? e.message}\n`); teardown(); process.exit(1); });
+}
