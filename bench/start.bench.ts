@@ -6,9 +6,11 @@
 //
 // The namespace (mpstart-<hex>-bench) is made for this run only and removed on exit, also on failure. No traffic.
 //
-//   node dist/bench/start.bench.js [--runs N] [--vips N] [--write]
+//   node dist/bench/start.bench.js [--runs N] [--vips N] [--write] [--compare OTHER/dist/src/cli/main.js]
 //
 // --write puts the figures in BENCHMARKS.md's start section (between its markers); without it they are printed only.
+// --compare: also time another build of mplb (e.g. a checkout of the commit before a change), alternating run by run
+// with this one in the same namespace, so that both see the same load on a shared machine.
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -24,6 +26,7 @@ const arg = (name: string, d: number) => { const i = process.argv.indexOf(name);
 const RUNS = arg('--runs', 7);
 const N_VIPS = arg('--vips', 2000);
 const WRITE = process.argv.includes('--write');
+const COMPARE = process.argv.includes('--compare') ? path.resolve(process.argv[process.argv.indexOf('--compare') + 1]) : undefined;
 const TARGET_MS = 2000;
 export const START_BEGIN = '<!-- start section: written by node dist/bench/start.bench.js --write -->';
 export const START_END = '<!-- end of start section -->';
@@ -45,9 +48,9 @@ const snapshot = () => [ipNs(['-4', 'route', 'show', 'table', 'all']), ipNs(['-4
 
 interface One { readyMs: number; inside: Record<string, number> }
 
-async function once(file: string): Promise<One> {
+async function once(file: string, main = MAIN): Promise<One> {
   const t0 = performance.now();
-  const child = spawn('ip', ['netns', 'exec', NS, process.execPath, MAIN, 'run', '--config', file, '--control-stdin'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn('ip', ['netns', 'exec', NS, process.execPath, main, 'run', '--config', file, '--control-stdin'], { stdio: ['pipe', 'pipe', 'pipe'] });
   children.add(child);
   let err = '';
   child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
@@ -69,7 +72,7 @@ async function once(file: string): Promise<One> {
 
 const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 
-export async function runStartBench(): Promise<{ readyMs: number[]; inside: Array<Record<string, number>>; execMs: number[] }> {
+export async function runStartBench(): Promise<{ readyMs: number[]; inside: Array<Record<string, number>>; execMs: number[]; other?: number[] }> {
   if (process.getuid?.() !== 0) throw new Error('the start bench needs root (a network namespace and a TUN device)');
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mpstart-bench-'));
   process.on('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -93,16 +96,19 @@ export async function runStartBench(): Promise<{ readyMs: number[]; inside: Arra
     execFileSync('ip', ['netns', 'exec', NS, process.execPath, '-e', '0']);
     execMs.push(performance.now() - t);
   }
-  const readyMs: number[] = [], inside: Array<Record<string, number>> = [];
+  const readyMs: number[] = [], inside: Array<Record<string, number>> = [], other: number[] = [];
   for (let i = 0; i < RUNS; i++) {
-    const r = await once(file);
-    if (snapshot() !== clean) throw new Error(`run ${i + 1} left something behind after its SIGTERM`);
-    readyMs.push(r.readyMs);
-    inside.push(r.inside);
-    process.stderr.write(`start bench: run ${i + 1}/${RUNS}: ready after ${r.readyMs.toFixed(0)} ms; mplb's own figures (ms): ${JSON.stringify(r.inside)}\n`);
+    // Alternating with the other build (if any), which goes first in odd runs.
+    for (const main of COMPARE ? (i % 2 ? [COMPARE, MAIN] : [MAIN, COMPARE]) : [MAIN]) {
+      const r = await once(file, main);
+      const who = main === MAIN ? 'this build' : main;
+      if (snapshot() !== clean) throw new Error(`run ${i + 1} of ${who} left something behind after its SIGTERM`);
+      if (main === MAIN) { readyMs.push(r.readyMs); inside.push(r.inside); } else other.push(r.readyMs);
+      process.stderr.write(`start bench: run ${i + 1}/${RUNS} (${who}): ready after ${r.readyMs.toFixed(0)} ms; mplb's own figures (ms): ${JSON.stringify(r.inside)}\n`);
+    }
   }
   teardown();
-  return { readyMs, inside, execMs };
+  return { readyMs, inside, execMs, ...(COMPARE ? { other } : {}) };
 }
 
 function section(r: Awaited<ReturnType<typeof runStartBench>>): string {

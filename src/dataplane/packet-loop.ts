@@ -45,6 +45,12 @@ export interface PacketLoopOptions {
   queues?: number;
   /** After handling packets, keep polling the queues without sleeping for this long (µs; default 0). */
   spinUs?: number;
+  /**
+   * Runs once the TUN exists, while the worker builds the engine (the start's two longest steps, overlapped; e.g. the
+   * routes into the TUN). The start resolves only when both are done. If either fails, the worker is stopped and the
+   * first failure is thrown once this has settled too, so the caller can undo what it did.
+   */
+  whileWorkerStarts?: (tunName: string) => Promise<void>;
   /** An engine exception (a bug): the packet was dropped and counted as engine_error. At most one a second. */
   onEngineError?: (e: { error: string; head: string; suppressed: number }) => void;
 }
@@ -269,8 +275,17 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     return stopping;
   };
 
+  // Started after everything above that can throw (a TunError before it means the hook never ran).
+  const during = opts.whileWorkerStarts ? Promise.resolve().then(() => opts.whileWorkerStarts!(tun.name)) : undefined;
+  during?.catch(() => undefined);
   try {
-    await ready;
+    try {
+      await ready;
+    } finally {
+      // A worker that failed fast still waits for the hook: its caller undoes what the hook did only once it is done.
+      await during?.catch(() => undefined);
+    }
+    await during;
   } catch (e) {
     await stop();
     await store?.close();
