@@ -46,7 +46,16 @@ const ipNs = (args: string[]) => execFileSync('ip', ['-n', NS, ...args], { encod
 const snapshot = () => [ipNs(['-4', 'route', 'show', 'table', 'all']), ipNs(['-4', 'rule', 'show']), ipNs(['-o', 'link', 'show']).replace(/\d+: /g, ''),
   execFileSync('ip', ['netns', 'exec', NS, 'cat', '/proc/sys/net/ipv4/ip_forward'], { encoding: 'utf8' })].join('\n');
 
-interface One { readyMs: number; inside: Record<string, number> }
+interface One { readyMs: number; inside: Record<string, number>; cpuMs: number }
+
+/** CPU time (ms) of a process so far: its threads (the packet worker too) and its children it has waited for (ip). */
+function cpuMsOf(pid: number): number {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const v = f.slice(f.lastIndexOf(')') + 2).split(' ').map(Number);
+  // Fields 14-17 (utime, stime, cutime, cstime), counted from field 3 after the command name.
+  return ((v[11] + v[12] + v[13] + v[14]) * 1000) / CLK_TCK;
+}
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
 async function once(file: string, main = MAIN): Promise<One> {
   const t0 = performance.now();
@@ -59,6 +68,7 @@ async function once(file: string, main = MAIN): Promise<One> {
     readline.createInterface({ input: child.stdout! }).on('line', (l) => { if (l.includes('"ready"')) resolve({ ms: performance.now() - t0, line: l }); });
     void exited.then((c) => reject(new Error(`mplb run exited (${c}) before ready: ${err.slice(0, 1000)}`)));
   });
+  const cpuMs = cpuMsOf(child.pid!);
   // Checked from outside, after the line: every VIP routed into the TUN, the TUN up.
   const routes = ipNs(['-4', 'route', 'show', 'dev', 'mplb0']).split('\n').filter((l) => /^198\.19\./.test(l)).length;
   if (routes !== N_VIPS) throw new Error(`ready with ${routes} of ${N_VIPS} VIP routes`);
@@ -67,12 +77,12 @@ async function once(file: string, main = MAIN): Promise<One> {
   child.kill('SIGTERM');
   const code = await exited;
   if (code !== 0) throw new Error(`mplb run exited ${code} after SIGTERM: ${err.slice(0, 1000)}`);
-  return { readyMs: ready.ms, inside };
+  return { readyMs: ready.ms, inside, cpuMs };
 }
 
 const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 
-export async function runStartBench(): Promise<{ readyMs: number[]; inside: Array<Record<string, number>>; execMs: number[]; other?: number[] }> {
+export async function runStartBench(): Promise<{ readyMs: number[]; inside: Array<Record<string, number>>; execMs: number[]; cpuMs: number[]; other?: number[]; otherCpuMs?: number[] }> {
   if (process.getuid?.() !== 0) throw new Error('the start bench needs root (a network namespace and a TUN device)');
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mpstart-bench-'));
   process.on('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -96,19 +106,19 @@ export async function runStartBench(): Promise<{ readyMs: number[]; inside: Arra
     execFileSync('ip', ['netns', 'exec', NS, process.execPath, '-e', '0']);
     execMs.push(performance.now() - t);
   }
-  const readyMs: number[] = [], inside: Array<Record<string, number>> = [], other: number[] = [];
+  const readyMs: number[] = [], inside: Array<Record<string, number>> = [], other: number[] = [], cpuMs: number[] = [], otherCpuMs: number[] = [];
   for (let i = 0; i < RUNS; i++) {
     // Alternating with the other build (if any), which goes first in odd runs.
     for (const main of COMPARE ? (i % 2 ? [COMPARE, MAIN] : [MAIN, COMPARE]) : [MAIN]) {
       const r = await once(file, main);
       const who = main === MAIN ? 'this build' : main;
       if (snapshot() !== clean) throw new Error(`run ${i + 1} of ${who} left something behind after its SIGTERM`);
-      if (main === MAIN) { readyMs.push(r.readyMs); inside.push(r.inside); } else other.push(r.readyMs);
-      process.stderr.write(`start bench: run ${i + 1}/${RUNS} (${who}): ready after ${r.readyMs.toFixed(0)} ms; mplb's own figures (ms): ${JSON.stringify(r.inside)}\n`);
+      if (main === MAIN) { readyMs.push(r.readyMs); inside.push(r.inside); cpuMs.push(r.cpuMs); } else { other.push(r.readyMs); otherCpuMs.push(r.cpuMs); }
+      process.stderr.write(`start bench: run ${i + 1}/${RUNS} (${who}): ready after ${r.readyMs.toFixed(0)} ms, CPU ${r.cpuMs.toFixed(0)} ms; mplb's own figures (ms): ${JSON.stringify(r.inside)}\n`);
     }
   }
   teardown();
-  return { readyMs, inside, execMs, ...(COMPARE ? { other } : {}) };
+  return { readyMs, inside, execMs, cpuMs, ...(COMPARE ? { other, otherCpuMs } : {}) };
 }
 
 function section(r: Awaited<ReturnType<typeof runStartBench>>): string {

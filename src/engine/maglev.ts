@@ -257,23 +257,50 @@ function raceUniformBySlots(st: Race, n: number): boolean {
   // key[s] = (first turn that reaches s) * 16 + member: the smallest key is the first probe, ties to the
   // lower member. Below 2^28 (size < 2^24, n < 16).
   const key = scratchKey, hist = scratchHist;
-  key.fill(0x7fffffff, 0, size);
+  hist.fill(0, 0, 16 * nb);
+  // The last member with a quota: its sweep also counts each member's turns in buckets of 256 turns (a
+  // histogram small enough to stay in the cache), to find T below.
+  let lastClaimer = -1, first = true;
+  for (let m = 0; m < n; m++) if (quota[m] > 0) lastClaimer = m;
   for (let m = 0; m < n; m++) {
     if (quota[m] === 0) continue;
     const inv = modInverse(skip[m], size);
     // Products stay below 2^48: exact in doubles.
     let p = (((size - cursor[m]) % size) * inv) % size;
-    for (let s = 0; s < size; s++) {
-      const k = (p << 4) | m;
-      if (k < key[s]) key[s] = k;
-      p += inv;
-      if (p >= size) p -= size;
+    if (first && m === lastClaimer) {
+      for (let s = 0; s < size; s++) {
+        key[s] = (p << 4) | m;
+        hist[m * nb + (p >> 8)]++;
+        p += inv;
+        if (p >= size) p -= size;
+      }
+    } else if (first) {
+      for (let s = 0; s < size; s++) {
+        key[s] = (p << 4) | m;
+        p += inv;
+        if (p >= size) p -= size;
+      }
+    } else if (m === lastClaimer) {
+      for (let s = 0; s < size; s++) {
+        let k = (p << 4) | m;
+        const o = key[s];
+        if (o < k) k = o;
+        key[s] = k;
+        hist[(k & 15) * nb + (k >> 12)]++;
+        p += inv;
+        if (p >= size) p -= size;
+      }
+    } else {
+      for (let s = 0; s < size; s++) {
+        const k = (p << 4) | m;
+        if (k < key[s]) key[s] = k;
+        p += inv;
+        if (p >= size) p -= size;
+      }
     }
+    first = false;
   }
-  // T: found with a histogram of each member's turns in buckets of 256 turns (small enough to stay in the
-  // cache), then one of the turns in the bucket where the first member reaches its quota.
-  hist.fill(0, 0, 16 * nb);
-  for (let s = 0; s < size; s++) { const k = key[s]; hist[(k & 15) * nb + (k >> 12)]++; }
+  // T: the bucket in which the first member reaches its quota, then the turn within it.
   const cum = new Int32Array(n);
   let bucket = -1;
   for (let b = 0; b < nb && bucket < 0; b++) {
@@ -291,8 +318,19 @@ function raceUniformBySlots(st: Race, n: number): boolean {
   }
   // cum[m] is now member m's claims up to and including turn T.
   const end = (last + 1) << 4;
-  let filled = 0;
-  for (let m = 0; m < n; m++) filled += cum[m];
+  let filled = 0, below = 0, lone = -1;
+  for (let m = 0; m < n; m++) {
+    filled += cum[m];
+    if (quota[m] > cum[m]) { below++; lone = m; }
+  }
+  if (below === 1) {
+    // One member left below its quota: it takes every slot still free (its quota is what is left), as the
+    // event phase would, in the same pass.
+    const o = owner[lone];
+    for (let s = 0; s < size; s++) { const k = key[s]; table[s] = k < end ? owner[k & 15] : o; }
+    st.filled = size;
+    return true;
+  }
   for (let s = 0; s < size; s++) { const k = key[s]; if (k < end) table[s] = owner[k & 15]; }
   st.filled = filled;
   if (filled === size) return true;
