@@ -6,7 +6,8 @@ import type { TokenStoreConfig } from '../cluster/token-store.js';
 import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
 import { TunError } from '../io/tun.js';
 import type { EngineChannel } from './control-protocol.js';
-import { startPacketLoop, type PacketLoop, type PacketLoopOptions } from './packet-loop.js';
+import { startPacketLoop, type PacketLoop, type PacketLoopOptions, type PrestartedWorker } from './packet-loop.js';
+export { prestartPacketWorker } from './packet-loop.js';
 import { checkRoutableAddresses, createRoutes, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, type RouteSet, type RoutesHandle } from './routes.js';
 
 /** An environment problem that stops `mplb run`, with a stable code and a message that says what to do. */
@@ -140,6 +141,8 @@ export interface StartOptions {
    * start rejects with StartAborted. A step in progress finishes first (the engine build in the worker, one ip batch).
    */
   signal?: AbortSignal;
+  /** A packet worker started ahead (prestartPacketWorker), whose modules loaded while the config was read. */
+  prestarted?: PrestartedWorker;
 }
 
 export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}): Promise<Balancer> {
@@ -194,6 +197,7 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     // that takes long is no hazard now that a signal stops it: the timeout is only for a worker that hangs.
     startTimeoutMs: 10_000 + 20 * cfg.engine.vips.length,
     whileWorkerStarts: installRoutes,
+    prestarted: opts.prestarted,
   });
   let loop: PacketLoop;
   let dataplaneMs = 0;

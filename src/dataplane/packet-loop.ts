@@ -51,6 +51,8 @@ export interface PacketLoopOptions {
    * first failure is thrown once this has settled too, so the caller can undo what it did.
    */
   whileWorkerStarts?: (tunName: string) => Promise<void>;
+  /** A worker from prestartPacketWorker (used if still unused; otherwise a new one is started). */
+  prestarted?: PrestartedWorker;
   /** An engine exception (a bug): the packet was dropped and counted as engine_error. At most one a second. */
   onEngineError?: (e: { error: string; head: string; suppressed: number }) => void;
 }
@@ -100,6 +102,42 @@ export class PacketLoopError extends Error {
 }
 
 const DEFAULT_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+
+const WORKER_URL = new URL('./packet-worker.js', import.meta.url);
+
+/** A packet worker started before its config is known (its thread and modules load meanwhile). */
+export interface PrestartedWorker {
+  /** The worker and its exit and error, watched from its start; once only (then undefined). */
+  take(): { worker: Worker; exited: Promise<number>; error: () => Error | undefined } | undefined;
+  /** Ends it if it was never taken (a start that failed before its data path); idempotent. */
+  discard(): void;
+}
+
+/**
+ * Starts the packet worker thread ahead of startPacketLoop, which then hands it its WorkerInit as a message. The worker
+ * does not keep the process alive until it is taken (a config error still ends mplb at once).
+ */
+export function prestartPacketWorker(): PrestartedWorker {
+  const worker = new Worker(WORKER_URL, { workerData: null });
+  worker.unref();
+  let error: Error | undefined;
+  worker.on('error', (e) => { error = e; });
+  const exited = new Promise<number>((resolve) => worker.once('exit', resolve));
+  let taken = false;
+  return {
+    take() {
+      if (taken) return undefined;
+      taken = true;
+      worker.ref();
+      return { worker, exited, error: () => error };
+    },
+    discard() {
+      if (taken) return;
+      taken = true;
+      void worker.terminate();
+    },
+  };
+}
 
 /** The store client's own counters, with metric-style names. */
 function storeClientCounters(s: TokenStore): Record<string, number> {
@@ -172,18 +210,25 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     sliceBudgetMs: opts.sliceBudgetMs ?? 5,
     spinUs: opts.spinUs ?? 0,
   };
-  const worker = new Worker(new URL('./packet-worker.js', import.meta.url), { workerData: init });
-  let workerError: Error | undefined;
-  worker.on('error', (err) => { workerError = err; });
+  const pre = opts.prestarted?.take();
+  let worker: Worker, workerExit: Promise<number>, workerError: () => Error | undefined;
+  if (pre) {
+    ({ worker, exited: workerExit, error: workerError } = pre);
+    worker.postMessage({ init });
+  } else {
+    worker = new Worker(WORKER_URL, { workerData: init });
+    let err: Error | undefined;
+    worker.on('error', (e) => { err = e; });
+    workerError = () => err;
+    workerExit = new Promise<number>((resolve) => worker.once('exit', resolve));
+  }
   let exitCode: number | undefined;
-  const exited = new Promise<number>((resolve) => {
-    worker.on('exit', (code) => {
-      exitCode = code;
-      closeFds();
-      resolve(code);
-    });
+  const exited = workerExit.then((code) => {
+    exitCode = code;
+    closeFds();
+    return code;
   });
-  const describeError = () => (workerError ? `: ${workerError.message}` : '');
+  const describeError = () => { const e = workerError(); return e ? `: ${e.message}` : ''; };
 
   // The shared token store's client: here, on the main thread, whose event loop waits on its socket. The worker
   // sends what to write and what to look up; answers go back with a wake-up, so a held join waits one round trip.
