@@ -6,7 +6,7 @@
 //
 // The namespace (mpstart-<hex>-bench) is made for this run only and removed on exit, also on failure. No traffic.
 //
-//   node dist/bench/start.bench.js [--runs N] [--vips N] [--write] [--compare OTHER/dist/src/cli/main.js]
+//   node dist/bench/start.bench.js [--runs N] [--vips N] [--write] [--compare OTHER/dist/src/cli/main.js [--compare-label TEXT]]
 //
 // --write puts the figures in BENCHMARKS.md's start section (between its markers); without it they are printed only.
 // --compare: also time another build of mplb (e.g. a checkout of the commit before a change), alternating run by run
@@ -27,6 +27,7 @@ const RUNS = arg('--runs', 7);
 const N_VIPS = arg('--vips', 2000);
 const WRITE = process.argv.includes('--write');
 const COMPARE = process.argv.includes('--compare') ? path.resolve(process.argv[process.argv.indexOf('--compare') + 1]) : undefined;
+const COMPARE_LABEL = process.argv.includes('--compare-label') ? process.argv[process.argv.indexOf('--compare-label') + 1] : COMPARE;
 const TARGET_MS = 2000;
 export const START_BEGIN = '<!-- start section: written by node dist/bench/start.bench.js --write -->';
 export const START_END = '<!-- end of start section -->';
@@ -39,8 +40,6 @@ function teardown(): void {
   for (const c of children) if (c.pid && c.exitCode === null && c.signalCode === null) { try { c.kill('SIGKILL'); } catch { /* gone */ } }
   if (made) { made = false; try { execFileSync('ip', ['netns', 'del', NS], { stdio: 'ignore' }); } catch { /* not there */ } }
 }
-process.on('exit', teardown);
-for (const s of ['SIGINT', 'SIGTERM'] as const) process.on(s, () => { teardown(); process.exit(130); });
 
 const ipNs = (args: string[]) => execFileSync('ip', ['-n', NS, ...args], { encoding: 'utf8', timeout: 20000 });
 const snapshot = () => [ipNs(['-4', 'route', 'show', 'table', 'all']), ipNs(['-4', 'rule', 'show']), ipNs(['-o', 'link', 'show']).replace(/\d+: /g, ''),
@@ -80,10 +79,14 @@ async function once(file: string, main = MAIN): Promise<One> {
   return { readyMs: ready.ms, inside, cpuMs };
 }
 
+/** 1-minute load averages at the start and the end of the runs (the machine is shared). */
+const loads: number[] = [];
 const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2; };
 
 export async function runStartBench(): Promise<{ readyMs: number[]; inside: Array<Record<string, number>>; execMs: number[]; cpuMs: number[]; other?: number[]; otherCpuMs?: number[] }> {
   if (process.getuid?.() !== 0) throw new Error('the start bench needs root (a network namespace and a TUN device)');
+  process.on('exit', teardown);
+  for (const s of ['SIGINT', 'SIGTERM'] as const) process.on(s, () => { teardown(); process.exit(130); });
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mpstart-bench-'));
   process.on('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
   const file = path.join(tmp, 'mplb.yaml');
@@ -106,6 +109,7 @@ export async function runStartBench(): Promise<{ readyMs: number[]; inside: Arra
     execFileSync('ip', ['netns', 'exec', NS, process.execPath, '-e', '0']);
     execMs.push(performance.now() - t);
   }
+  loads.push(os.loadavg()[0]);
   const readyMs: number[] = [], inside: Array<Record<string, number>> = [], other: number[] = [], cpuMs: number[] = [], otherCpuMs: number[] = [];
   for (let i = 0; i < RUNS; i++) {
     // Alternating with the other build (if any), which goes first in odd runs.
@@ -117,6 +121,7 @@ export async function runStartBench(): Promise<{ readyMs: number[]; inside: Arra
       process.stderr.write(`start bench: run ${i + 1}/${RUNS} (${who}): ready after ${r.readyMs.toFixed(0)} ms, CPU ${r.cpuMs.toFixed(0)} ms; mplb's own figures (ms): ${JSON.stringify(r.inside)}\n`);
     }
   }
+  loads.push(os.loadavg()[0]);
   teardown();
   return { readyMs, inside, execMs, cpuMs, ...(COMPARE ? { other, otherCpuMs } : {}) };
 }
@@ -134,14 +139,22 @@ function section(r: Awaited<ReturnType<typeof runStartBench>>): string {
 |---|---|---|---|
 | \`start.ready_ms_${N_VIPS}_vips\` | ${m.toFixed(0)} ms (${Math.min(...r.readyMs).toFixed(0)}-${Math.max(...r.readyMs).toFixed(0)}) | <= ${TARGET_MS} ms | ${m <= TARGET_MS ? 'met' : 'missed'} |
 
-Measured (commit ${head || 'unknown'}, ${new Date().toISOString()}, ${os.cpus().length} cores, Node ${process.version}) as the wall time from the
+Measured (commit ${head || 'unknown'}, ${new Date().toISOString()}, ${os.cpus().length} cores, Node ${process.version}, 1-minute load average
+${loads.map((x) => x.toFixed(1)).join(' at the start, ')} at the end: the machine is shared with other jobs) as the wall time from the
 spawn of \`ip netns exec NS node dist/src/cli/main.js run --config FILE --control-stdin\` to its \`ready\` line, read by
 the parent (median of ${r.readyMs.length} runs, min-max in parentheses; all runs: ${r.readyMs.map((x) => x.toFixed(0)).join(', ')} ms). The line comes
 after every VIP's route is in, the packet worker has built the engine and polls the TUN, and the admin API listens; the
 bench checks the ${N_VIPS} routes and the TUN from outside after each line, then sends SIGTERM and checks that nothing is
 left. Config: the lifecycle e2e test's (${N_VIPS} VIPs over 200 backend pairs, 65537-slot Maglev tables). Of that,
 \`ip netns exec\` + an empty node takes ${median(r.execMs).toFixed(0)} ms (${r.execMs.map((x) => x.toFixed(0)).join(', ')}). mplb's own split (medians, ms from its
-first line): ${parts}. Rerun (root): \`npm run build && node dist/bench/start.bench.js [--runs N] [--write]\`.
+first line; the routes go in during the data plane's start, so routesMs overlaps dataplaneMs): ${parts}. CPU time of the
+mplb process until the line (its threads and the ip processes it waited for, from /proc/PID/stat; less sensitive to the
+load than wall time): median ${median(r.cpuMs).toFixed(0)} ms (${Math.min(...r.cpuMs).toFixed(0)}-${Math.max(...r.cpuMs).toFixed(0)}).${r.other ? `
+
+Alternated run by run (the same namespace and config, either first in turn) with ${COMPARE_LABEL}: ready after
+${median(r.other).toFixed(0)} ms (${Math.min(...r.other).toFixed(0)}-${Math.max(...r.other).toFixed(0)}; all runs: ${r.other.map((x) => x.toFixed(0)).join(', ')} ms), CPU ${median(r.otherCpuMs!).toFixed(0)} ms (${Math.min(...r.otherCpuMs!).toFixed(0)}-${Math.max(...r.otherCpuMs!).toFixed(0)}).` : ''}
+
+Rerun (root): \`npm run build && node dist/bench/start.bench.js [--runs N] [--write] [--compare OTHER/dist/src/cli/main.js --compare-label TEXT]\`.
 ${START_END}`;
 }
 
