@@ -268,6 +268,21 @@ test('the fast fill equals the one-probe-at-a-time specification', () => {
   );
 });
 
+test('one weight and fewer than 16 backends (the closed-form first phase) equals the one-probe-at-a-time specification', () => {
+  const check = (n: number, weight: number, size: number, salt: number, extra: MaglevBackend[] = []): void => {
+    const backends = [...Array.from({ length: n }, (_, i) => ({ id: `10.${salt}.${i}.2:80`, weight })), ...extra];
+    assert.deepEqual(buildMaglevTable(backends, size), referenceTable(backends, size), `${n} x weight ${weight}, size ${size}, salt ${salt}`);
+  };
+  // The shape of 2,000 VIPs over backend pairs, at the default size; then every n below 16 at smaller sizes.
+  for (let salt = 0; salt < 3; salt++) check(2, 1, MAGLEV_DEFAULT_SIZE, salt);
+  check(3, 1, MAGLEV_DEFAULT_SIZE, 7);
+  for (let n = 1; n < 16; n++) for (const size of [251, 4093]) check(n, n % 3 === 0 ? 5 : 1, size, n);
+  // Drained backends (weight 0) are not members; more members than slots leaves some with no quota.
+  check(4, 2, 1009, 11, [{ id: 'drained:80', weight: 0 }]);
+  for (const size of [2, 3, 5, 7, 11, 13]) check(9, 1, size, size);
+  fc.assert(fc.property(fc.integer({ min: 1, max: 15 }), fc.constantFrom(251, 1009, 4093), fc.integer({ min: 0, max: 1e6 }), (n, size, salt) => check(n, 1, size, salt)), { numRuns: 40 });
+});
+
 test('more backends than slots: each gets at most one slot, all slots filled', () => {
   const backends = equalBackends(20);
   const table = buildMaglevTable(backends, 7);

@@ -145,12 +145,16 @@ async function cmdRun(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { config: { type: 'string' }, 'control-stdin': { type: 'boolean', default: false }, 'keep-guard': { type: 'boolean', default: false } } });
   if (!values.config) throw new UsageError('run needs --config FILE');
   // Loaded here, not at the top, so that `replay` and `help` do not pay for them (and the handlers above come first).
-  const [{ loadRunConfig, resolveAdminToken, resolveStorePassword }, { StartAborted, startBalancer }] = await Promise.all([import('../control/run-config.js'), import('../dataplane/balancer.js')]);
+  const { StartAborted, startBalancer, prestartPacketWorker } = await import('../dataplane/balancer.js');
+  // The packet worker's thread and modules load on the other core while this one reads the config.
+  const prestarted = prestartPacketWorker();
+  const { loadRunConfig, resolveAdminToken, resolveStorePassword } = await import('../control/run-config.js');
   const say = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
   /** Undo steps of the start so far, newest last. */
   const undo: Array<() => Promise<void>> = [];
   const abandon = async (e: unknown): Promise<never> => {
     for (const u of undo.reverse()) await u().catch(() => undefined);
+    prestarted.discard();
     if (e instanceof StartAborted) {
       process.stderr.write(`mplb: ${e.message}\n`);
       if (values['control-stdin']) say({ event: 'stopped' });
@@ -174,7 +178,7 @@ async function cmdRun(argv: string[]): Promise<number> {
     control.catch(() => undefined);
     // Engine exceptions are bugs: logged (rate-limited in the worker) once the logger exists, counted always.
     let onEngineError = (e: { error: string; head: string; suppressed: number }): void => { process.stderr.write(`mplb: engine error: ${e.error} (packet ${e.head})\n`); };
-    const b = await startBalancer(cfg, { onEngineError: (e) => onEngineError(e), signal: signals.abort.signal });
+    const b = await startBalancer(cfg, { onEngineError: (e) => onEngineError(e), signal: signals.abort.signal, prestarted });
     undo.push(() => b.stop());
     const mods = await control;
     await signals.check(StartAborted);

@@ -1,7 +1,13 @@
 // The shared token store of a tier of balancers: token -> (VIP, backend, MPTCP version) and steered subflow ->
 // backend, on Redis through ioredis. Never on the packet path: the packet worker hands writes over in batches and
 // asks for held joins asynchronously. Store trouble degrades to local-only steering; it never throws at callers.
-import { Redis } from 'ioredis';
+import { createRequire } from 'node:module';
+import type { Redis } from 'ioredis';
+
+// Loaded on first use: ioredis takes a few hundred ms to load, and `mplb run` without a store (and its packet worker,
+// which imports this module's helpers) must not pay for it at every start.
+const requireLazily = createRequire(import.meta.url);
+const loadRedis = (): typeof Redis => (requireLazily('ioredis') as typeof import('ioredis')).Redis;
 
 export interface TokenStoreOptions {
   /** redis://[user:password@]host:port[/db] */
@@ -67,7 +73,7 @@ export class TokenStore {
   onState?: (up: boolean) => void;
 
   constructor(readonly opts: TokenStoreOptions) {
-    this.redis = new Redis(opts.url, {
+    this.redis = new (loadRedis())(opts.url, {
       password: opts.password,
       keyPrefix: undefined,
       connectTimeout: opts.connectTimeoutMs,

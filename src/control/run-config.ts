@@ -1,7 +1,8 @@
 // The `mplb run` config file (YAML): the engine's settings plus the device, the admin server, health checks and
 // logging. Refused with the field path and reason.
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
-import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { createRequire } from 'node:module';
+import { parseYamlSubset } from './yaml-subset.js';
 import { ConfigError, cut, show, validateEngineConfig, type EngineConfig } from '../engine/config.js';
 import { formatEndpoint, parseEndpoint, parseIp } from '../wire/addr.js';
 import { TOKEN_STORE_DEFAULTS, type TokenStoreConfig } from '../cluster/token-store.js';
@@ -295,16 +296,25 @@ function readConfigText(file: string): string {
  * Reads and validates a YAML config file (at most MAX_CONFIG_BYTES). YAML syntax errors name the line and column;
  * an alias bomb and any other YAML failure are config errors too, never a stack trace.
  */
+/** The yaml library, loaded when a file is outside the subset that yaml-subset.ts reads (its load takes 100-200 ms). */
+const requireLazily = createRequire(import.meta.url);
+const yamlLibrary = (): typeof import('yaml') => requireLazily('yaml') as typeof import('yaml');
+
 export function loadRunConfig(file: string): RunConfig {
   const text = readConfigText(file);
-  let doc: unknown;
-  try { doc = parseYaml(text, { maxAliasCount: MAX_YAML_ALIASES }); } catch (e) {
+  let doc: unknown = parseYamlSubset(text);
+  if (doc === undefined) doc = parseWithLibrary(file, text);
+  return validateRunConfig(doc);
+}
+
+function parseWithLibrary(file: string, text: string): unknown {
+  const { parse: parseYaml, YAMLParseError } = yamlLibrary();
+  try { return parseYaml(text, { maxAliasCount: MAX_YAML_ALIASES }); } catch (e) {
     if (e instanceof YAMLParseError) throw new ConfigError(file, `YAML syntax: ${cut(e.message.split('\n')[0], 200)}`);
     // yaml throws a ReferenceError when aliases would expand past maxAliasCount ("billion laughs").
     if (e instanceof ReferenceError && /alias/i.test(e.message)) throw new ConfigError(file, `YAML aliases expand past the limit of ${MAX_YAML_ALIASES} alias uses (weighted by the anchored nodes), which stops "billion laughs" alias bombs; write the repeated values out`);
     throw new ConfigError(file, `YAML: ${cut(String((e as Error)?.message ?? e).split('\n')[0], 200)}`);
   }
-  return validateRunConfig(doc);
 }
 
 /** The admin token: MPLB_ADMIN_TOKEN, else admin.token, else the first line of admin.tokenFile, else none. */

@@ -6,7 +6,8 @@ import type { TokenStoreConfig } from '../cluster/token-store.js';
 import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
 import { TunError } from '../io/tun.js';
 import type { EngineChannel } from './control-protocol.js';
-import { startPacketLoop, type PacketLoop, type PacketLoopOptions } from './packet-loop.js';
+import { startPacketLoop, type PacketLoop, type PacketLoopOptions, type PrestartedWorker } from './packet-loop.js';
+export { prestartPacketWorker } from './packet-loop.js';
 import { checkRoutableAddresses, createRoutes, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, type RouteSet, type RoutesHandle } from './routes.js';
 
 /** An environment problem that stops `mplb run`, with a stable code and a message that says what to do. */
@@ -17,10 +18,14 @@ export class BalancerError extends Error {
 /** The start was stopped by a signal (SIGTERM, SIGINT) before it completed; what it had set up is gone again. */
 export class StartAborted extends Error {
   readonly code = 'EABORTED';
-  constructor(readonly signal: string) { super(`stopped by ${signal} during the start; everything it had set up was removed`); this.name = 'StartAborted'; }
+  /** `inProgress`: the steps that were running when the stop was asked for (e.g. "engine build", "routes"). */
+  constructor(readonly signal: string, readonly inProgress: readonly string[] = []) {
+    super(`stopped by ${signal} during the start${inProgress.length > 0 ? ` (in progress then: ${inProgress.join(', ')})` : ''}; everything it had set up was removed`);
+    this.name = 'StartAborted';
+  }
 }
 
-/** Where a start's time went (ms), for the "running" log line. */
+/** Where a start's time went (ms), for the "running" log line: the routes go in during the data plane's start (overlapped). */
 export interface StartTimings { dataplaneMs: number; routesMs: number }
 
 /** The TUN device and its routing; none of it can change on reload. */
@@ -136,6 +141,8 @@ export interface StartOptions {
    * start rejects with StartAborted. A step in progress finishes first (the engine build in the worker, one ip batch).
    */
   signal?: AbortSignal;
+  /** A packet worker started ahead (prestartPacketWorker), whose modules loaded while the config was read. */
+  prestarted?: PrestartedWorker;
 }
 
 export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}): Promise<Balancer> {
@@ -149,6 +156,31 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
   aborted();
   const t0 = performance.now();
   const dp = { ...DATAPATH_DEFAULTS, ...datapathFromEnv(), ...(opts.datapath ?? {}) };
+  // What was in progress when a stop was asked for, for the StartAborted message (and the lifecycle tests).
+  const inProgress = new Set<string>();
+  let atAbort: string[] = [];
+  opts.signal?.addEventListener('abort', () => { atAbort = [...inProgress]; }, { once: true });
+  const abortedError = () => new StartAborted(String(opts.signal?.reason ?? 'a signal'), atAbort);
+  // The routes go in while the worker builds the engine (the two longest steps of a start, overlapped). Until the
+  // start returns, a failure or a stop undoes them (below); the 'exit' handler covers any other end.
+  let routes: RoutesHandle | undefined;
+  let routesMs = 0;
+  const undoOnExit = () => routes?.undo();
+  const installRoutes = async (tunName: string) => {
+    if (opts.signal?.aborted) throw abortedError();
+    const r0 = performance.now();
+    routes = createRoutes({ tunName, table: cfg.device.table, rulePriority: cfg.device.rulePriority, stateFile: cfg.device.stateFile });
+    // Routes must not outlive the process, whatever ends it (registered before any is added).
+    process.on('exit', undoOnExit);
+    inProgress.add('routes');
+    try {
+      const first = await routes.change(addresses(cfg));
+      for (const p of await first.commit()) process.stderr.write(`mplb: ${p}\n`);
+    } finally {
+      inProgress.delete('routes');
+    }
+    routesMs = performance.now() - r0;
+  };
   const start = (d: typeof dp) => startPacketLoop({
     tunName: cfg.device.name,
     mtu: cfg.device.mtu,
@@ -164,41 +196,40 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     // The engine builds a Maglev table per VIP in the worker before it is ready: 2,000 VIPs take seconds. A start
     // that takes long is no hazard now that a signal stops it: the timeout is only for a worker that hangs.
     startTimeoutMs: 10_000 + 20 * cfg.engine.vips.length,
+    whileWorkerStarts: installRoutes,
+    prestarted: opts.prestarted,
   });
   let loop: PacketLoop;
+  let dataplaneMs = 0;
+  inProgress.add('engine build');
   try {
-    loop = await start(dp);
+    try {
+      loop = await start(dp);
+    } catch (e) {
+      // A kernel or container without multi-queue/virtio-header TUN support: run the plain path rather than not at
+      // all. Thrown before the TUN existed, so before the routes started.
+      if (!(e instanceof TunError) || e.code !== 'TUN_IOCTL_FAILED' || (dp.mode === 'plain' && dp.queues === 1) || routes) throw e;
+      process.stderr.write(`mplb: the ${dp.mode} data path with ${dp.queues} queue(s) could not start (${e.message}); using the plain single-queue path\n`);
+      if (opts.signal?.aborted) throw abortedError();
+      loop = await start({ ...dp, mode: 'plain', queues: 1 });
+    } finally {
+      inProgress.delete('engine build');
+      dataplaneMs = performance.now() - t0;
+    }
   } catch (e) {
-    // A kernel or container without multi-queue/virtio-header TUN support: run the plain path rather than not at all.
-    if (!(e instanceof TunError) || e.code !== 'TUN_IOCTL_FAILED' || (dp.mode === 'plain' && dp.queues === 1)) throw e;
-    process.stderr.write(`mplb: the ${dp.mode} data path with ${dp.queues} queue(s) could not start (${e.message}); using the plain single-queue path\n`);
-    if (opts.signal?.aborted) throw new StartAborted(String(opts.signal.reason ?? 'a signal'));
-    loop = await start({ ...dp, mode: 'plain', queues: 1 });
-  }
-  const t1 = performance.now();
-  let routes: RoutesHandle;
-  try {
-    aborted();
-    routes = createRoutes({ tunName: loop.tunName, table: cfg.device.table, rulePriority: cfg.device.rulePriority, stateFile: cfg.device.stateFile });
-  } catch (e) {
-    await loop.stop();
+    // The loop stopped itself (packet-loop.ts); routes the hook installed, or part of, go now (sysctls too).
+    routes?.undo();
+    process.off('exit', undoOnExit);
     throw e;
   }
-  // Routes must not outlive the process, whatever ends it (registered before any is added).
-  const undoOnExit = () => routes.undo();
-  process.on('exit', undoOnExit);
-  try {
-    const first = await routes.change(addresses(cfg));
-    for (const p of await first.commit()) process.stderr.write(`mplb: ${p}\n`);
-    aborted();
-  } catch (e) {
-    // A failed change took its own additions back; an abort after it removes what it installed (sysctls too).
-    routes.undo();
+  if (opts.signal?.aborted) {
+    routes!.undo();
     process.off('exit', undoOnExit);
     await loop.stop();
-    throw e;
+    throw abortedError();
   }
-  const startTimings: StartTimings = { dataplaneMs: Math.round(t1 - t0), routesMs: Math.round(performance.now() - t1) };
+  const installed = routes!;
+  const startTimings: StartTimings = { dataplaneMs: Math.round(dataplaneMs), routesMs: Math.round(routesMs) };
   let stopped = false;
   // Changes apply one at a time, each against the state the previous one left.
   let queue: Promise<unknown> = Promise.resolve();
@@ -224,7 +255,7 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
         checkRoutableAddresses(next.engine, 'engine');
         // New routes first; the engine moves only once they are in; old routes go last. A failure at any step
         // before the commit leaves routes, rules, sysctls and the engine as they were.
-        const change = await routes.change(addresses(next));
+        const change = await installed.change(addresses(next));
         try {
           await loop.engine.call('reconfigure', { config: next.engine });
         } catch (e) {
@@ -240,7 +271,7 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
       stopped = true;
       // A change in flight finishes (or rolls back) first, so undo sees what is really installed.
       await queue;
-      routes.undo(o);
+      installed.undo(o);
       process.off('exit', undoOnExit);
       await loop.stop();
     },

@@ -45,6 +45,14 @@ export interface PacketLoopOptions {
   queues?: number;
   /** After handling packets, keep polling the queues without sleeping for this long (µs; default 0). */
   spinUs?: number;
+  /**
+   * Runs once the TUN exists, while the worker builds the engine (the start's two longest steps, overlapped; e.g. the
+   * routes into the TUN). The start resolves only when both are done. If either fails, the worker is stopped and the
+   * first failure is thrown once this has settled too, so the caller can undo what it did.
+   */
+  whileWorkerStarts?: (tunName: string) => Promise<void>;
+  /** A worker from prestartPacketWorker (used if still unused; otherwise a new one is started). */
+  prestarted?: PrestartedWorker;
   /** An engine exception (a bug): the packet was dropped and counted as engine_error. At most one a second. */
   onEngineError?: (e: { error: string; head: string; suppressed: number }) => void;
 }
@@ -94,6 +102,42 @@ export class PacketLoopError extends Error {
 }
 
 const DEFAULT_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+
+const WORKER_URL = new URL('./packet-worker.js', import.meta.url);
+
+/** A packet worker started before its config is known (its thread and modules load meanwhile). */
+export interface PrestartedWorker {
+  /** The worker and its exit and error, watched from its start; once only (then undefined). */
+  take(): { worker: Worker; exited: Promise<number>; error: () => Error | undefined } | undefined;
+  /** Ends it if it was never taken (a start that failed before its data path); idempotent. */
+  discard(): void;
+}
+
+/**
+ * Starts the packet worker thread ahead of startPacketLoop, which then hands it its WorkerInit as a message. The worker
+ * does not keep the process alive until it is taken (a config error still ends mplb at once).
+ */
+export function prestartPacketWorker(): PrestartedWorker {
+  const worker = new Worker(WORKER_URL, { workerData: null });
+  worker.unref();
+  let error: Error | undefined;
+  worker.on('error', (e) => { error = e; });
+  const exited = new Promise<number>((resolve) => worker.once('exit', resolve));
+  let taken = false;
+  return {
+    take() {
+      if (taken) return undefined;
+      taken = true;
+      worker.ref();
+      return { worker, exited, error: () => error };
+    },
+    discard() {
+      if (taken) return;
+      taken = true;
+      void worker.terminate();
+    },
+  };
+}
 
 /** The store client's own counters, with metric-style names. */
 function storeClientCounters(s: TokenStore): Record<string, number> {
@@ -166,18 +210,25 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     sliceBudgetMs: opts.sliceBudgetMs ?? 5,
     spinUs: opts.spinUs ?? 0,
   };
-  const worker = new Worker(new URL('./packet-worker.js', import.meta.url), { workerData: init });
-  let workerError: Error | undefined;
-  worker.on('error', (err) => { workerError = err; });
+  const pre = opts.prestarted?.take();
+  let worker: Worker, workerExit: Promise<number>, workerError: () => Error | undefined;
+  if (pre) {
+    ({ worker, exited: workerExit, error: workerError } = pre);
+    worker.postMessage({ init });
+  } else {
+    worker = new Worker(WORKER_URL, { workerData: init });
+    let err: Error | undefined;
+    worker.on('error', (e) => { err = e; });
+    workerError = () => err;
+    workerExit = new Promise<number>((resolve) => worker.once('exit', resolve));
+  }
   let exitCode: number | undefined;
-  const exited = new Promise<number>((resolve) => {
-    worker.on('exit', (code) => {
-      exitCode = code;
-      closeFds();
-      resolve(code);
-    });
+  const exited = workerExit.then((code) => {
+    exitCode = code;
+    closeFds();
+    return code;
   });
-  const describeError = () => (workerError ? `: ${workerError.message}` : '');
+  const describeError = () => { const e = workerError(); return e ? `: ${e.message}` : ''; };
 
   // The shared token store's client: here, on the main thread, whose event loop waits on its socket. The worker
   // sends what to write and what to look up; answers go back with a wake-up, so a held join waits one round trip.
@@ -272,8 +323,17 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     return stopping;
   };
 
+  // Started after everything above that can throw (a TunError before it means the hook never ran).
+  const during = opts.whileWorkerStarts ? Promise.resolve().then(() => opts.whileWorkerStarts!(tun.name)) : undefined;
+  during?.catch(() => undefined);
   try {
-    await ready;
+    try {
+      await ready;
+    } finally {
+      // A worker that failed fast still waits for the hook: its caller undoes what the hook did only once it is done.
+      await during?.catch(() => undefined);
+    }
+    await during;
   } catch (e) {
     await stop();
     await store?.close();

@@ -11,7 +11,9 @@ import { TunPacketDevice } from './tun-device.js';
 import { StoreSync } from './store-sync.js';
 import { Flag, type MainMessage, type WorkerInit, type WorkerMessage } from './worker-messages.js';
 
-const init = workerData as WorkerInit;
+// Started ahead of its config (packet-loop.ts prestartPacketWorker: its modules load while the main thread reads the
+// config file), it gets its WorkerInit as the first message.
+const init = (workerData as WorkerInit | null) ?? await new Promise<WorkerInit>((resolve) => parentPort!.once('message', (m: { init: WorkerInit }) => resolve(m.init)));
 const port = parentPort!;
 const loopCounters = new Float64Array(init.loopCounters);
 const flags = new Int32Array(init.flags);

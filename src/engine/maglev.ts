@@ -139,7 +139,13 @@ export function buildMaglevTable(
     filled: 0,
   };
   // Lockstep turns are cheapest while most members are still claiming and groups are large; the
-  // rest runs as events. Both give the same table: the probe order is the same.
+  // rest runs as events. Both give the same table: the probe order is the same. With one weight and
+  // fewer than 16 members (the lockstep phase would stop at the first member done) that phase has a
+  // closed form that walks the slots once instead of probing them (raceUniformBySlots).
+  if (groups === 1 && n < 16) {
+    if (!raceUniformBySlots(st, n)) raceByEvents(st, n);
+    return table;
+  }
   if ((groups === 1 || groups * 8 <= n) && raceInGroups(st, start, Math.max(1, n >> 3))) return table;
   raceByEvents(st, n);
   return table;
@@ -218,6 +224,126 @@ function raceInGroups(st: Race, start: readonly number[], stopAfterDone: number)
   return false;
 }
 
+/** x^-1 mod p for a prime p < 2^24 and 0 < x < p (extended Euclid). */
+function modInverse(x: number, p: number): number {
+  let [r0, r1, t0, t1] = [p, x, 0, 1];
+  while (r1 !== 0) {
+    const q = Math.floor(r0 / r1);
+    [r0, r1] = [r1, r0 - q * r1];
+    [t0, t1] = [t1, t0 - q * t1];
+  }
+  return t0 < 0 ? t0 + p : t0;
+}
+
+/** Scratch arrays of raceUniformBySlots, grown as needed (a build for 2,000 VIPs would otherwise allocate them per table). */
+let scratchKey = new Int32Array(0), scratchHist = new Int32Array(0);
+
+/**
+ * Phase one with one weight for all and stopAfterDone = 1 (fewer than 16 members), in closed form: the
+ * same table and state as raceInGroups. In lockstep turns j = 0, 1, ..., member m probes slot
+ * (offset_m + j * skip_m) mod size, and until the first member reaches its quota nobody skips a probe.
+ * So slot s goes to the member whose permutation reaches it first, at pos_m(s) = (s - offset_m) *
+ * skip_m^-1 mod size, ties to the lower member, if that turn is at most T, the turn in which the first
+ * member reaches its quota (that turn completes: every member makes its probe of turn T; one claim per
+ * member per turn, so nobody passes its quota). Members with no quota never claim. Since pos_m(s + 1) =
+ * pos_m(s) + skip_m^-1, this walks the slots a few times where probing takes about size * ln(size)
+ * probes. Returns true if the table is full.
+ */
+function raceUniformBySlots(st: Race, n: number): boolean {
+  const { table, size, owner, cursor, skip, quota, step, due } = st;
+  if (scratchKey.length < size) scratchKey = new Int32Array(size);
+  const nb = (size >> 8) + 1;
+  if (scratchHist.length < 16 * Math.max(nb, 256)) scratchHist = new Int32Array(16 * Math.max(nb, 256));
+  // key[s] = (first turn that reaches s) * 16 + member: the smallest key is the first probe, ties to the
+  // lower member. Below 2^28 (size < 2^24, n < 16).
+  const key = scratchKey, hist = scratchHist;
+  hist.fill(0, 0, 16 * nb);
+  // The last member with a quota: its sweep also counts each member's turns in buckets of 256 turns (a
+  // histogram small enough to stay in the cache), to find T below.
+  let lastClaimer = -1, first = true;
+  for (let m = 0; m < n; m++) if (quota[m] > 0) lastClaimer = m;
+  for (let m = 0; m < n; m++) {
+    if (quota[m] === 0) continue;
+    const inv = modInverse(skip[m], size);
+    // Products stay below 2^48: exact in doubles.
+    let p = (((size - cursor[m]) % size) * inv) % size;
+    if (first && m === lastClaimer) {
+      for (let s = 0; s < size; s++) {
+        key[s] = (p << 4) | m;
+        hist[m * nb + (p >> 8)]++;
+        p += inv;
+        if (p >= size) p -= size;
+      }
+    } else if (first) {
+      for (let s = 0; s < size; s++) {
+        key[s] = (p << 4) | m;
+        p += inv;
+        if (p >= size) p -= size;
+      }
+    } else if (m === lastClaimer) {
+      for (let s = 0; s < size; s++) {
+        let k = (p << 4) | m;
+        const o = key[s];
+        if (o < k) k = o;
+        key[s] = k;
+        hist[(k & 15) * nb + (k >> 12)]++;
+        p += inv;
+        if (p >= size) p -= size;
+      }
+    } else {
+      for (let s = 0; s < size; s++) {
+        const k = (p << 4) | m;
+        if (k < key[s]) key[s] = k;
+        p += inv;
+        if (p >= size) p -= size;
+      }
+    }
+    first = false;
+  }
+  // T: the bucket in which the first member reaches its quota, then the turn within it.
+  const cum = new Int32Array(n);
+  let bucket = -1;
+  for (let b = 0; b < nb && bucket < 0; b++) {
+    for (let m = 0; m < n; m++) if (quota[m] > 0 && cum[m] + hist[m * nb + b] >= quota[m]) bucket = b;
+    if (bucket < 0) for (let m = 0; m < n; m++) cum[m] += hist[m * nb + b];
+  }
+  hist.fill(0, 0, 16 * 256);
+  for (let s = 0; s < size; s++) { const k = key[s]; if (k >> 12 === bucket) hist[(k & 15) * 256 + ((k >> 4) & 255)]++; }
+  let last = -1;
+  for (let t = 0; t < 256 && last < 0; t++) {
+    for (let m = 0; m < n; m++) {
+      cum[m] += hist[m * 256 + t];
+      if (quota[m] > 0 && cum[m] >= quota[m]) last = (bucket << 8) + t;
+    }
+  }
+  // cum[m] is now member m's claims up to and including turn T.
+  const end = (last + 1) << 4;
+  let filled = 0, below = 0, lone = -1;
+  for (let m = 0; m < n; m++) {
+    filled += cum[m];
+    if (quota[m] > cum[m]) { below++; lone = m; }
+  }
+  if (below === 1) {
+    // One member left below its quota: it takes every slot still free (its quota is what is left), as the
+    // event phase would, in the same pass.
+    const o = owner[lone];
+    for (let s = 0; s < size; s++) { const k = key[s]; table[s] = k < end ? owner[k & 15] : o; }
+    st.filled = size;
+    return true;
+  }
+  for (let s = 0; s < size; s++) { const k = key[s]; if (k < end) table[s] = owner[k & 15]; }
+  st.filled = filled;
+  if (filled === size) return true;
+  const next = last + 1;
+  for (let m = 0; m < n; m++) {
+    quota[m] -= cum[m];
+    step[m] = next;
+    due[m] = next;
+    cursor[m] = (cursor[m] + ((next * skip[m]) % size)) % size;
+  }
+  return false;
+}
+
 /**
  * Phase two: a heap of members on (time of next probe, member). The member due first scans past
  * taken slots in a tight loop (probes that would change nothing), so the order, and the table,
@@ -231,6 +357,15 @@ function raceByEvents(st: Race, n: number): void {
   let filled = st.filled;
   while (heapLen > 0) {
     const m = heap[0];
+    if (heapLen === 1) {
+      // The last member below quota: its quota is exactly the free slots left (the quotas sum to size), and it
+      // would claim each of them as its permutation reaches it. Give them to it in one pass instead (same table).
+      const o = owner[m];
+      for (let c = 0; c < size; c++) if (table[c] < 0) table[c] = o;
+      filled = size;
+      quota[m] = 0;
+      break;
+    }
     let c = cursor[m];
     if (table[c] < 0) {
       table[c] = owner[m];

@@ -56,6 +56,8 @@ export class Services {
   private vipIds: string[] = [];
   /** Per VIP: its dual-stack service name ('' when none). */
   private vipService: string[] = [];
+  /** VIP id -> index (applyConfig looks every configured VIP up: a linear search is quadratic in 2,000 VIPs). */
+  private vipById = new Map<string, number>();
   private vipPolicyNames: Policy[] = [];
   /** Per VIP: the inputs its tables were built from (see refreshVip). */
   private vipBuiltFrom: string[] = [];
@@ -116,7 +118,7 @@ export class Services {
     for (const vc of cfg.vips) {
       const ep = parseEndpoint(vc.address)!;
       const id = formatEndpoint(ep.addr.bytes, 0, ep.addr.bytes.length, ep.port!);
-      let v = this.vipIds.indexOf(id);
+      let v = this.vipById.get(id) ?? -1;
       if (v < 0) v = this.addVip(id, ep.addr.bytes, ep.port!);
       this.vipRemoved[v] = 0;
       this.vipService[v] = vc.service ?? '';
@@ -215,6 +217,7 @@ export class Services {
     storeAddress(bytes, this.vipAddr, this.vipAddrBytes, v);
     this.vipPort[v] = port;
     this.vipIds[v] = id;
+    this.vipById.set(id, v);
     this.vipBackends[v] = [];
     this.vipMaglev[v] = NO_TABLE;
     this.vipActive[v] = NO_TABLE;
@@ -333,7 +336,7 @@ export class Services {
     for (let b = 0; b < this.backendCount; b++) if (this.beIds[b] === id && (vip === undefined || this.beVip[b] === vip)) return b;
     return -1;
   }
-  findVipById(id: string): number { return this.vipIds.indexOf(id); }
+  findVipById(id: string): number { return this.vipById.get(id) ?? -1; }
   backendId(b: number): string { return this.beIds[b]; }
   vipId(v: number): string { return this.vipIds[v]; }
 
