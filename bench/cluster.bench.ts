@@ -20,6 +20,7 @@ import { TOKEN_STORE_DEFAULTS, TokenStore, encodeEntry, tokenKey } from '../src/
 import { MemoryDevice } from '../src/dataplane/device.js';
 import { Forwarder } from '../src/dataplane/forwarder.js';
 import { StoreSync, SyncCounter, type StoreRequests } from '../src/dataplane/store-sync.js';
+import { StoreServer } from '../src/dataplane/store-server.js';
 import { validateEngineConfig } from '../src/engine/config.js';
 import { Engine } from '../src/engine/engine.js';
 import { connectionTable, holdWaitSummary } from '../src/demo/cluster.js';
@@ -220,43 +221,42 @@ export function makeLoad(n: number, salt: number, joins: boolean, prefix: string
   return { engine, sync, round, check, finish: () => sync?.step(Date.now()) };
 }
 
-/** Serves StoreRequests against redis like packet-loop.ts's serveStore ('on'), or as one pipeline per message ('pipeline'). */
+/** Serves StoreRequests with the product's StoreServer ('on', as mplb run's main thread does), or as one raw pipeline per message ('pipeline'). */
 function makeServer(kind: 'on' | 'pipeline', store: TokenStore, raw: Redis | undefined, prefix: string, onCollision: (token: number) => void) {
   const ttl = TOKEN_STORE_DEFAULTS.ttlMs;
   const st = { outstanding: 0, acked: 0, errors: 0, collisions: 0, published: 0, rawWrites: 0 };
+  if (kind === 'on') {
+    const srv = new StoreServer(store, { ttlMs: ttl, commandTimeoutMs: TOKEN_STORE_DEFAULTS.commandTimeoutMs }, (a) => {
+      if (a.type === 'store-collision') { st.collisions++; onCollision(a.token); }
+    });
+    const view = {
+      get outstanding() { return srv.outstanding; },
+      get acked() { return st.published - srv.outstanding; },
+      get errors() { return srv.publishFailed; },
+      get collisions() { return st.collisions; },
+      get published() { return st.published; },
+      get rawWrites() { return 0; },
+    };
+    return { st: view, serve: (m: StoreRequests) => { st.published += m.publish.length; srv.serve(m); } };
+  }
   const serve = (m: StoreRequests) => {
     st.published += m.publish.length;
-    if (kind === 'pipeline') {
-      if (m.publish.length + m.writes.length === 0) return;
-      const p = raw!.pipeline();
-      for (const x of m.publish) p.set(tokenKey(prefix, x.token), encodeEntry(x.entry), 'PX', ttl, 'NX');
-      for (const op of m.writes) {
-        if (op.op === 'set') p.set(op.key, op.value, 'PX', op.ttlMs);
-        else if (op.op === 'expire') p.pexpire(op.key, op.ttlMs);
-        else p.del(op.key);
-      }
-      st.rawWrites += m.publish.length + m.writes.length;
-      st.outstanding += m.publish.length + m.writes.length;
-      const np = m.publish.length, all = np + m.writes.length;
-      p.exec().then((res) => {
-        st.outstanding -= all;
-        st.acked += np;
-        (res ?? []).forEach(([err, v], i) => { if (err) st.errors++; else if (i < np && v !== 'OK') st.collisions++; /* NX refused: the slow path of publishToken */ });
-      }, () => { st.outstanding -= all; st.errors += all; });
-      return;
+    if (m.publish.length + m.writes.length === 0) return;
+    const p = raw!.pipeline();
+    for (const x of m.publish) p.set(tokenKey(prefix, x.token), encodeEntry(x.entry), 'PX', ttl, 'NX');
+    for (const op of m.writes) {
+      if (op.op === 'set') p.set(op.key, op.value, 'PX', op.ttlMs);
+      else if (op.op === 'expire') p.pexpire(op.key, op.ttlMs);
+      else p.del(op.key);
     }
-    if (m.writes.length > 0) {
-      st.outstanding++;
-      void store.writeBatch(m.writes).then((ok) => { st.outstanding--; if (!ok) st.errors++; });
-    }
-    for (const x of m.publish) {
-      st.outstanding++;
-      void store.publishToken(x.token, x.entry, ttl).then((r) => {
-        st.outstanding--;
-        st.acked++;
-        if (r === 'collision') { st.collisions++; onCollision(x.token); } else if (r === 'error') st.errors++;
-      });
-    }
+    st.rawWrites += m.publish.length + m.writes.length;
+    st.outstanding += m.publish.length + m.writes.length;
+    const np = m.publish.length, all = np + m.writes.length;
+    p.exec().then((res) => {
+      st.outstanding -= all;
+      st.acked += np;
+      (res ?? []).forEach(([err, v], i) => { if (err) st.errors++; else if (i < np && v !== 'OK') st.collisions++; /* NX refused: the slow path of publishToken */ });
+    }, () => { st.outstanding -= all; st.errors += all; });
   };
   return { st, serve };
 }

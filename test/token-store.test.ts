@@ -6,6 +6,8 @@ import assert from 'node:assert/strict';
 import { TokenStore, decodeEntry, encodeEntry, tokenKey, type TokenStoreOptions } from '../src/cluster/token-store.js';
 import { redisAvailable, startRedis, type RedisProc } from './helpers/redis.js';
 import { Redis } from 'ioredis';
+import { StoreServer } from '../src/dataplane/store-server.js';
+import type { StoreAnswer } from '../src/dataplane/store-sync.js';
 
 const CI = process.env.CI === 'true';
 const missing = redisAvailable();
@@ -63,6 +65,49 @@ if (missing) {
         await a.writeBatch([{ op: 'del', key: 'mplb:test:f:198.18.2.2:40000>198.19.0.10:5201' }]);
         assert.deepEqual(await a.lookupFlow('198.18.2.2:40000>198.19.0.10:5201'), { outcome: 'absent' });
       } finally { await a.close(); }
+    });
+
+    test('batched publishes (one Lua command): set-if-absent per token, the same entry refreshes, another backend or a bad value is a collision marked ambiguous', async () => {
+      const raw = new Redis(r.url, { password: r.password, lazyConnect: true });
+      await raw.connect();
+      const a = new TokenStore(opts(r)), b = new TokenStore(opts(r));
+      await a.connect(); await b.connect();
+      try {
+        const other = { ...E, backend: '198.18.12.2:5201' };
+        await raw.set(tokenKey('mplb:test:', 0x0b000004), 'garbage', 'PX', 60_000);
+        assert.deepEqual(await a.publishBatch([{ token: 0x0b000001, entry: E }, { token: 0x0b000002, entry: E }], 60_000), ['ok', 'ok']);
+        await raw.pexpire(tokenKey('mplb:test:', 0x0b000001), 5_000);
+        assert.deepEqual(await b.publishBatch([
+          { token: 0x0b000001, entry: E }, { token: 0x0b000002, entry: other }, { token: 0x0b000003, entry: other }, { token: 0x0b000004, entry: E },
+        ], 60_000), ['ok', 'collision', 'ok', 'collision']);
+        assert.ok(Number(await raw.pttl(tokenKey('mplb:test:', 0x0b000001))) > 50_000, 'the same entry had its TTL refreshed');
+        assert.deepEqual(await a.lookupToken(0x0b000002), { outcome: 'ambiguous' });
+        assert.deepEqual(await a.lookupToken(0x0b000003), { outcome: 'found', entry: other });
+        assert.deepEqual(await a.lookupToken(0x0b000004), { outcome: 'ambiguous' });
+        assert.equal(b.counters.collisions, 2);
+        assert.equal(b.counters.invalidValues, 1);
+        // The script survives a SCRIPT FLUSH (ioredis falls back from EVALSHA to EVAL).
+        await raw.call('SCRIPT', 'FLUSH');
+        assert.deepEqual(await a.publishBatch([{ token: 0x0b000005, entry: E }], 60_000), ['ok']);
+      } finally { await a.close(); await b.close(); raw.disconnect(); }
+    });
+
+    test('the main thread\'s store server: 600 publishes in batches, all acknowledged; a collision is reported to the worker; lookups answered together', async () => {
+      const a = new TokenStore(opts(r)), b = new TokenStore(opts(r));
+      await a.connect(); await b.connect();
+      try {
+        await b.publishToken(0x0c000007, { ...E, backend: '198.18.12.2:5201' }, 60_000);
+        const got: StoreAnswer[] = [];
+        const srv = new StoreServer(a, { ttlMs: 60_000, commandTimeoutMs: 200, batchMax: 100, batchesInFlight: 2 }, (m) => got.push(m));
+        srv.serve({ type: 'store', publish: Array.from({ length: 600 }, (_, i) => ({ token: 0x0c000000 + i, entry: E })), writes: [], lookups: [{ id: 9, key: tokenKey('mplb:test:', 0x0c000001) }] });
+        for (let i = 0; i < 100 && srv.outstanding > 0; i++) await new Promise((res) => setTimeout(res, 20));
+        assert.equal(srv.outstanding, 0);
+        assert.equal(srv.publishFailed, 0);
+        assert.deepEqual(await b.lookupToken(0x0c000257), { outcome: 'found', entry: E });
+        assert.deepEqual(got.filter((m) => m.type === 'store-collision'), [{ type: 'store-collision', token: 0x0c000007 }]);
+        const ans = got.find((m) => m.type === 'store-answers');
+        assert.ok(ans && ans.type === 'store-answers' && ans.answers.length === 1 && ans.answers[0].id === 9);
+      } finally { await a.close(); await b.close(); }
     });
 
     test('pipelined writes that time out (the server stalls) are tried again, not lost', async () => {

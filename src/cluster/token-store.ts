@@ -91,6 +91,8 @@ export class TokenStore {
       this.setState('up');
       if (wasDown) this.onUp?.();
     });
+    // KEYS: token keys; ARGV: ttl, the ambiguous marker, then one value per key. Codes: PUB_* below.
+    this.redis.defineCommand('mplbPublish', { lua: PUBLISH_LUA });
     this.redis.on('reconnecting', () => { this.counters.reconnects++; });
     this.redis.on('close', () => { if (!this.closed) this.setState('down'); });
     // ioredis reports connection errors here; without a listener they would be thrown as unhandled.
@@ -143,6 +145,35 @@ export class TokenStore {
     } catch {
       this.counters.writeErrors++;
       return 'error';
+    }
+  }
+
+  /**
+   * publishToken for many tokens in one round trip and one command: a Lua script does the same set-if-absent,
+   * same-entry refresh and collision marking for each key, atomically (no other balancer's write can come between
+   * the check and the marking, as it can between publishToken's commands). Per item: 'ok', 'collision' or
+   * 'error' (the whole batch failed: the store is down or the command timed out).
+   */
+  async publishBatch(items: ReadonlyArray<{ token: number; entry: StoreEntry }>, ttlMs: number): Promise<PublishResult[]> {
+    if (items.length === 0) return [];
+    if (!this.up) { this.counters.writeErrors += items.length; return items.map(() => 'error'); }
+    const args: string[] = [String(items.length)];
+    for (const it of items) args.push(tokenKey(this.opts.keyPrefix, it.token));
+    args.push(String(ttlMs), AMBIGUOUS);
+    for (const it of items) args.push(encodeEntry(it.entry));
+    this.counters.writes += items.length;
+    try {
+      const codes = await (this.redis as unknown as { mplbPublish(...a: string[]): Promise<number[]> }).mplbPublish(...args);
+      return items.map((_, i) => {
+        const c = codes[i];
+        if (c === PUB_SET || c === PUB_SAME) return 'ok';
+        if (c === PUB_INVALID) this.counters.invalidValues++;
+        this.counters.collisions++;
+        return 'collision';
+      });
+    } catch {
+      this.counters.writeErrors += items.length;
+      return items.map(() => 'error');
     }
   }
 
@@ -234,6 +265,24 @@ export interface TokenStoreConfig {
   /** Lifetime of a live connection's entries, refreshed every third of it. */
   ttlMs: number;
 }
+
+export type PublishResult = 'ok' | 'collision' | 'error';
+const PUB_SET = 1, PUB_SAME = 2, PUB_INVALID = 3;
+const PUBLISH_LUA = `
+local ttl, marker, n, out = ARGV[1], ARGV[2], #KEYS, {}
+for i = 1, n do
+  local k, v = KEYS[i], ARGV[i + 2]
+  if redis.call('SET', k, v, 'PX', ttl, 'NX') then out[i] = ${PUB_SET}
+  else
+    local cur = redis.call('GET', k)
+    if cur == v then redis.call('PEXPIRE', k, ttl); out[i] = ${PUB_SAME}
+    else
+      if cur ~= marker and string.sub(cur, 1, 3) ~= 'v1|' then out[i] = ${PUB_INVALID} else out[i] = 0 end
+      redis.call('SET', k, marker, 'PX', ttl)
+    end
+  end
+end
+return out`;
 
 /** Tries of a pipelined write batch (TokenStore.writeBatch). */
 export const WRITE_TRIES = 3;

@@ -4,7 +4,8 @@ import { Worker } from 'node:worker_threads';
 import { COUNTERS_BYTES, Counters } from '../engine/counters.js';
 import type { EngineConfig } from '../engine/config.js';
 import type { TokenStoreConfig } from '../cluster/token-store.js';
-import { SYNC_COUNTER_LABELS, SyncCounter, type StoreAnswer, type StoreRequests } from './store-sync.js';
+import { SYNC_COUNTER_LABELS, SyncCounter, type StoreAnswer } from './store-sync.js';
+import { StoreServer } from './store-server.js';
 import { TokenStore } from '../cluster/token-store.js';
 import { openTun, createEventFd, signalEventFd, closeFd, TunDevice, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 } from '../io/tun.js';
 import { validVnetHdrBytes } from '../wire/vnet-hdr.js';
@@ -239,36 +240,7 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     worker.postMessage(m);
     if (!closedFds) signalEventFd(wakeFd);
   };
-  // Publishes go out at most PUBLISH_IN_FLIGHT at a time: a burst of new connections handed to the client at once
-  // would wait past commandTimeoutMs and fail. A failed publish is tried again (at most PUBLISH_TRIES times).
-  const PUBLISH_IN_FLIGHT = 256, PUBLISH_TRIES = 3;
-  const publishQueue: Array<{ token: number; entry: StoreRequests['publish'][number]['entry']; tries: number }> = [];
-  let publishing = 0;
-  const pumpPublishes = () => {
-    while (store && publishing < PUBLISH_IN_FLIGHT && publishQueue.length > 0) {
-      const p = publishQueue.shift()!;
-      publishing++;
-      void store.publishToken(p.token, p.entry, ts!.ttlMs).then((r) => {
-        publishing--;
-        if (r === 'collision') toWorker({ type: 'store-collision', token: p.token });
-        else if (r === 'error' && ++p.tries < PUBLISH_TRIES && store.up) {
-          // After a backoff: a store stalled past the command timeout needs a moment, not an instant retry.
-          setTimeout(() => { publishQueue.push(p); pumpPublishes(); }, ts!.commandTimeoutMs * p.tries * 2).unref();
-        }
-        pumpPublishes();
-      });
-    }
-  };
-  const serveStore = async (m: StoreRequests) => {
-    if (!store) return;
-    if (m.writes.length > 0) void store.writeBatch(m.writes);
-    for (const p of m.publish) publishQueue.push({ token: p.token, entry: p.entry, tries: 0 });
-    pumpPublishes();
-    if (m.lookups.length > 0) {
-      const answers = await Promise.all(m.lookups.map(async (l) => ({ id: l.id, ...(await store.lookup(l.key)) })));
-      toWorker({ type: 'store-answers', answers });
-    }
-  };
+  const storeServer = store ? new StoreServer(store, { ttlMs: ts!.ttlMs, commandTimeoutMs: ts!.commandTimeoutMs }, toWorker) : undefined;
   if (store) {
     let everUp = false;
     store.onState = (up) => { toWorker({ type: 'store-state', up, republish: up && everUp }); if (up) everUp = true; };
@@ -292,7 +264,7 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
       if (m.type === 'ready') { clearTimeout(timer); resolve(); return; }
       if (m.type === 'start-failed') { clearTimeout(timer); reject(new PacketLoopError('LOOP_START_FAILED', `packet loop could not start: ${m.error}`)); return; }
       if (m.type === 'engine-error') { opts.onEngineError?.(m); return; }
-      if (m.type === 'store') { void serveStore(m); return; }
+      if (m.type === 'store') { storeServer?.serve(m); return; }
       if (m.type !== 'result') return;
       const p = pending.get(m.id);
       if (!p) return;
