@@ -72,6 +72,15 @@ export const enum Counter {
   ConnsAdopted,
   /** Subflows with no local flow given a flow entry: the store's backend, or the policy's when it had none. */
   FlowsAdopted,
+  /** Flows handed to the kernel fast path (offload.ts), and taken back (FIN, RST, removal, flush). */
+  FlowsOffloaded,
+  FlowsOffloadReleased,
+  /** Idle offloaded flows whose kernel last-seen time was asked for, and those found alive there. */
+  OffloadChecks,
+  OffloadRefreshed,
+  /** Offload events that did not fit the ring (a lost removal empties the kernel map: OffloadFlushes). */
+  OffloadEventsLost,
+  OffloadFlushes,
   Count,
 }
 export const COUNTER_LABELS: readonly string[] = [
@@ -84,6 +93,7 @@ export const COUNTER_LABELS: readonly string[] = [
   'token_collision_stripped', 'token_collision_ambiguous', 'token_replaced',
   'mptcp_option_malformed', 'mptcp_option_unknown_subtype', 'tcp_options_malformed', 'fastclose_seen',
   'packets_held', 'conns_adopted', 'flows_adopted',
+  'flows_offloaded', 'flows_offload_released', 'offload_checks', 'offload_refreshed', 'offload_events_lost', 'offload_flushes',
 ];
 
 /** Bytes of shared memory that back one Counters (events, then drops). */
