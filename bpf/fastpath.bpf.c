@@ -65,12 +65,14 @@ struct {
 	__type(value, __u64);
 } mplb_counters SEC(".maps");
 
+/* Counts, and passes the packet on unchanged: TC_ACT_UNSPEC lets later filters (another instance's) run,
+ * and with none left the kernel handles the packet as if no program were attached. */
 static __always_inline int count(__u32 c, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&mplb_counters, &c);
 	if (v)
 		*v += n; /* per-CPU slot: no atomics needed */
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 #define ETH_LEN 14
@@ -78,41 +80,46 @@ static __always_inline int count(__u32 c, __u64 n)
 #define MPTCP_SUB_DSS 2
 #define MAX_OPT_BYTES 40 /* RFC 9293 3.1: data offset is 4 bits, so at most 60 - 20 option bytes */
 
-/*
- * Whether a mapped MPTCP subflow's segment carries an option the engine must read. Returns 0 (none: NAT here),
- * 1 (an MPTCP option other than DSS) or 2 (malformed or out of reach).
- */
-static __always_inline int mptcp_needs_engine(void *opt, void *data_end, __u32 n)
+/* The option walk's state: bpf_loop() verifies its callback once, whatever the number of options. */
+struct opt_walk {
+	__u8 o[64]; /* the options, zeros after them (a zero is "end of option list") */
+	__u32 n;    /* option bytes */
+	__u32 i;    /* where the next option starts */
+	int verdict; /* 0: nothing for the engine, 1: an MPTCP option other than DSS, 2: malformed */
+};
+
+/* One option per call; returns 1 to stop the walk. */
+static long opt_step(__u32 k, struct opt_walk *w)
 {
-	__u32 i = 0;
-	for (int k = 0; k < MAX_OPT_BYTES; k++) {
-		if (i >= n)
-			return 0;
-		__u8 *q = (__u8 *)opt + (i & 63);
-		if ((void *)(q + 1) > data_end)
-			return 2;
-		__u8 kind = q[0];
-		if (kind == 0) /* end of option list */
-			return 0;
-		if (kind == 1) { /* NOP */
-			i++;
-			continue;
-		}
-		if ((void *)(q + 2) > data_end)
-			return 2;
-		__u8 len = q[1];
-		if (len < 2 || i + len > n)
-			return 2;
-		if (kind == TCPOPT_MPTCP) {
-			if (len < 3 || (void *)(q + 3) > data_end)
-				return 2;
-			/* RFC 8684 3.3: DSS is subtype 2; every other subtype (keys, ADD_ADDR, MP_PRIO, MP_FAIL,
-			 * MP_FASTCLOSE, MP_TCPRST) is something the engine may act on. */
-			if ((q[2] >> 4) != MPTCP_SUB_DSS)
-				return 1;
-		}
-		i += len;
+	__u32 i = w->i;
+	if (i >= w->n || i >= MAX_OPT_BYTES)
+		return 1;
+	__u8 kind = w->o[i & 63];
+	if (kind == 0) /* end of option list */
+		return 1;
+	if (kind == 1) { /* NOP */
+		w->i = i + 1;
+		return 0;
 	}
+	__u8 len = w->o[(i + 1) & 63];
+	/* RFC 9293 3.1: an option's length counts its kind and length bytes; one that leaves the header is bad. */
+	if (len < 2 || i + len > w->n) {
+		w->verdict = 2;
+		return 1;
+	}
+	if (kind == TCPOPT_MPTCP) {
+		/* RFC 8684 3.3: DSS is subtype 2; every other subtype (keys, ADD_ADDR, MP_PRIO, MP_FAIL,
+		 * MP_FASTCLOSE, MP_TCPRST) is something the engine may act on. */
+		if (len < 3) {
+			w->verdict = 2;
+			return 1;
+		}
+		if ((w->o[(i + 2) & 63] >> 4) != MPTCP_SUB_DSS) {
+			w->verdict = 1;
+			return 1;
+		}
+	}
+	w->i = i + len;
 	return 0;
 }
 
@@ -185,23 +192,18 @@ int mplb_fastpath(struct __sk_buff *skb)
 		return count(FP_C_PASS_MALFORMED, 1);
 	if (val->flags & FP_F_MPTCP) {
 		__u32 n = doff - 20;
+		if (n > MAX_OPT_BYTES)
+			return count(FP_C_PASS_MALFORMED, 1);
 		if (n > 0) {
-			if (data + l4off + doff > data_end) {
-				/* Options outside the linear head (rare): make them readable, or let the engine have it. */
-				if (bpf_skb_pull_data(skb, l4off + doff) < 0)
-					return count(FP_C_PASS_MALFORMED, 1);
-				data = (void *)(long)skb->data;
-				data_end = (void *)(long)skb->data_end;
-				if (l4off > ETH_LEN + 60)
-					return count(FP_C_PASS_MALFORMED, 1);
-				tcp = data + l4off;
-				if ((void *)(tcp + 1) > data_end)
-					return count(FP_C_PASS_MALFORMED, 1);
-			}
-			int r = mptcp_needs_engine((void *)(tcp + 1), data_end, n);
-			if (r == 1)
+			struct opt_walk w = {};
+			/* bpf_skb_load_bytes reads the paged part too, so options outside the linear head are fine. */
+			if (bpf_skb_load_bytes(skb, l4off + 20, w.o, n) < 0)
+				return count(FP_C_PASS_MALFORMED, 1);
+			w.n = n;
+			bpf_loop(MAX_OPT_BYTES, opt_step, &w, 0);
+			if (w.verdict == 1)
 				return count(FP_C_PASS_MPTCP, 1);
-			if (r == 2)
+			if (w.verdict == 2)
 				return count(FP_C_PASS_MALFORMED, 1);
 		}
 	}
@@ -212,7 +214,8 @@ int mplb_fastpath(struct __sk_buff *skb)
 	__u32 a_off = val->dir == FP_DIR_DST ? daddr_off : saddr_off;
 	__u32 p_off = l4off + (val->dir == FP_DIR_DST ? 2 : 0);
 	__u32 c_off = l4off + 16;
-	__be16 old_port = val->dir == FP_DIR_DST ? tcp->dest : tcp->source;
+	/* Old values from the key (the packet's own), so nothing below reads the packet directly. */
+	__be16 old_port = val->dir == FP_DIR_DST ? key.dport : key.sport;
 	__be16 new_port = val->port;
 	__be32 new_addr[4];
 	__builtin_memcpy(new_addr, val->addr, 16);
@@ -237,7 +240,8 @@ int mplb_fastpath(struct __sk_buff *skb)
 	/* The flow hash was computed over the old tuple. */
 	bpf_set_hash_invalid(skb);
 	count(FP_C_PACKETS, 1);
-	return count(FP_C_BYTES, skb->len);
+	count(FP_C_BYTES, skb->len);
+	return TC_ACT_OK;
 fail:
 	count(FP_C_ERRORS, 1);
 	return TC_ACT_SHOT;

@@ -81,6 +81,8 @@ export const enum Counter {
   /** Offload events that did not fit the ring (a lost removal empties the kernel map: OffloadFlushes). */
   OffloadEventsLost,
   OffloadFlushes,
+  /** The kernel map refused a flow's entries (full): it stayed on the TUN path. */
+  OffloadInsertFailed,
   Count,
 }
 export const COUNTER_LABELS: readonly string[] = [
@@ -93,7 +95,7 @@ export const COUNTER_LABELS: readonly string[] = [
   'token_collision_stripped', 'token_collision_ambiguous', 'token_replaced',
   'mptcp_option_malformed', 'mptcp_option_unknown_subtype', 'tcp_options_malformed', 'fastclose_seen',
   'packets_held', 'conns_adopted', 'flows_adopted',
-  'flows_offloaded', 'flows_offload_released', 'offload_checks', 'offload_refreshed', 'offload_events_lost', 'offload_flushes',
+  'flows_offloaded', 'flows_offload_released', 'offload_checks', 'offload_refreshed', 'offload_events_lost', 'offload_flushes', 'offload_insert_failed',
 ];
 
 /** Bytes of shared memory that back one Counters (events, then drops). */

@@ -28,6 +28,8 @@ export const enum FlowState {
   Offloaded = 1 << 13,
   /** Looked idle here: the kernel's last-seen times were asked for (offload.ts). */
   OffloadCheck = 1 << 14,
+  /** The kernel answered: idle there too, so it may expire. */
+  OffloadIdle = 1 << 15,
   Closing = FinClient | FinServer,
 }
 

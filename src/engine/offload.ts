@@ -22,6 +22,8 @@ export const enum OffloadEvent {
 
 const CLOSED = FlowState.Rst | FlowState.FinClient | FlowState.FinServer;
 const KEYS_READ = FlowState.KeysDone | FlowState.ClientSeen;
+const INSERT_BACKOFF = 256;
+const OFFLOAD_BITS = FlowState.Offloaded | FlowState.OffloadCheck | FlowState.OffloadIdle;
 
 /** A fixed ring of offload events with each flow's key fields copied in (a removed flow's record is reused). */
 export class OffloadRing {
@@ -87,6 +89,7 @@ export class Offload {
    */
   flushPending = false;
   readonly ring: OffloadRing;
+  private backoff = 0;
 
   constructor(private readonly flows: FlowTable, private readonly counters: Counters, ringCapacity = 65536) {
     this.ring = new OffloadRing(ringCapacity);
@@ -103,14 +106,19 @@ export class Offload {
   /** After the engine handled a packet of flow r: offload it when it may go, release it when it must come back. Hot. */
   update(r: number, aware: boolean): void {
     if (!this.enabled) return;
-    const on = (this.flows.state(r) & FlowState.Offloaded) !== 0;
+    const st = this.flows.state(r);
+    const on = (st & FlowState.Offloaded) !== 0;
     const want = this.wanted(r, aware);
+    // Seen here just now: not idle, whatever the kernel said.
+    if ((st & FlowState.OffloadIdle) !== 0) this.flows.setState(r, st & ~FlowState.OffloadIdle);
     if (want === on) return;
     if (want) this.insert(r, aware);
     else this.release(r);
   }
 
   private insert(r: number, aware: boolean): void {
+    // The kernel map was full: try again only every INSERT_BACKOFF candidates, not on every packet.
+    if (this.backoff > 0) { this.backoff--; return; }
     if (this.ring.full) { this.counters.events[Counter.OffloadEventsLost]++; return; } // tried again on its next packet
     const mptcp = aware && this.flows.mptcpMode(r) !== MptcpMode.None;
     this.ring.push(OffloadEvent.Insert, this.flows, r, mptcp);
@@ -118,11 +126,19 @@ export class Offload {
     this.counters.events[Counter.FlowsOffloaded]++;
   }
 
+  /** The worker could not insert flow r's entries (map full): it stays on the TUN path for now. */
+  insertFailed(r: number): void {
+    const flows = this.flows;
+    if (flows.isLive(r)) flows.setState(r, flows.state(r) & ~(OFFLOAD_BITS));
+    this.counters.events[Counter.OffloadInsertFailed]++;
+    this.backoff = INSERT_BACKOFF;
+  }
+
   /** Takes flow r off the fast path (its record stays). No-op when it is not on it. */
   release(r: number): void {
     const st = this.flows.state(r);
     if ((st & FlowState.Offloaded) === 0) return;
-    this.flows.setState(r, st & ~(FlowState.Offloaded | FlowState.OffloadCheck));
+    this.flows.setState(r, st & ~(OFFLOAD_BITS));
     this.counters.events[Counter.FlowsOffloadReleased]++;
     if (this.ring.full) { this.lost(); return; }
     this.ring.push(OffloadEvent.Remove, this.flows, r, false);
@@ -134,8 +150,9 @@ export class Offload {
    */
   mayExpire(r: number): boolean {
     const st = this.flows.state(r);
-    if ((st & FlowState.Offloaded) === 0 || (st & FlowState.OffloadCheck) !== 0) return true;
-    if (this.ring.full) return false; // asked on the next visit
+    if (!this.enabled || (st & FlowState.Offloaded) === 0 || (st & FlowState.OffloadIdle) !== 0) return true;
+    // Asked, not answered yet (a small table's tick can visit a flow twice before the worker drains the ring).
+    if ((st & FlowState.OffloadCheck) !== 0 || this.ring.full) return false;
     this.flows.orState(r, FlowState.OffloadCheck);
     this.ring.push(OffloadEvent.Check, this.flows, r, false);
     this.counters.events[Counter.OffloadChecks]++;
@@ -145,12 +162,15 @@ export class Offload {
   /** The kernel's answer to a Check: the flow's last packet on the fast path was at tick `seen` (or none, -1). */
   seen(r: number, seen: number, now: number): void {
     const flows = this.flows;
-    if (!flows.isLive(r) || (flows.state(r) & FlowState.Offloaded) === 0 || seen < 0) return;
-    // Newer than what the engine saw: the flow is alive on the fast path.
-    if (((now - flows.lastSeen(r)) & 0x3fffffff) > ((now - seen) & 0x3fffffff)) {
+    if (!flows.isLive(r) || (flows.state(r) & FlowState.OffloadCheck) === 0) return;
+    const st = flows.state(r) & ~FlowState.OffloadCheck;
+    // Newer than what the engine saw: the flow is alive on the fast path. Otherwise it is idle there too.
+    if (seen >= 0 && ((now - flows.lastSeen(r)) & 0x3fffffff) > ((now - seen) & 0x3fffffff)) {
       flows.setLastSeen(r, seen);
-      flows.setState(r, flows.state(r) & ~FlowState.OffloadCheck);
+      flows.setState(r, st);
       this.counters.events[Counter.OffloadRefreshed]++;
+    } else {
+      flows.setState(r, st | FlowState.OffloadIdle);
     }
   }
 
@@ -163,7 +183,7 @@ export class Offload {
   forgetAll(): void {
     const flows = this.flows;
     for (let r = 0; r < flows.capacity; r++) {
-      if (flows.isLive(r)) flows.setState(r, flows.state(r) & ~(FlowState.Offloaded | FlowState.OffloadCheck));
+      if (flows.isLive(r)) flows.setState(r, flows.state(r) & ~(OFFLOAD_BITS));
     }
     this.ring.clear();
     this.flushPending = false;
