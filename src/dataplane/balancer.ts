@@ -7,6 +7,7 @@ import { formatIp, parseEndpoint, parseIp } from '../wire/addr.js';
 import { TunError } from '../io/tun.js';
 import type { EngineChannel } from './control-protocol.js';
 import { startPacketLoop, type PacketLoop, type PacketLoopOptions } from './packet-loop.js';
+import { balancerInterfaces, detachStale, loadFastpath, type FastpathHandle } from '../fastpath/loader.js';
 import { checkRoutableAddresses, createRoutes, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, type RouteSet, type RoutesHandle } from './routes.js';
 
 /** An environment problem that stops `mplb run`, with a stable code and a message that says what to do. */
@@ -41,6 +42,8 @@ export interface BalancerConfig {
   engine: EngineConfig;
   /** A shared token store for balancers in parallel (password resolved); read at start only. */
   tokenStore?: TokenStoreConfig;
+  /** 'tun' (default): every packet through the TUN; 'tc-bpf': established flows NATed in the kernel; 'auto': tc-bpf where it loads. Start only. */
+  datapath?: 'tun' | 'tc-bpf' | 'auto';
 }
 
 export interface Balancer {
@@ -50,6 +53,9 @@ export interface Balancer {
   /** The engine in the packet worker: typed control calls, counters from shared memory. */
   readonly engine: EngineChannel;
   readonly startTimings: StartTimings;
+  /** The data path in use ('auto' resolved), and why auto fell back to tun when it did. */
+  readonly datapath: 'tun' | 'tc-bpf';
+  readonly datapathNote?: string;
   /**
    * Applies a new config: routes follow the VIP and backend sets (only the difference changes), engine changes live
    * (flows and tokens kept). Changes apply one at a time. A change whose routes cannot be added is refused with the
@@ -148,6 +154,7 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
   if (opts.signal) await new Promise<void>((resolve) => setImmediate(resolve));
   aborted();
   const t0 = performance.now();
+  const fast = startFastpath(cfg);
   const dp = { ...DATAPATH_DEFAULTS, ...datapathFromEnv(), ...(opts.datapath ?? {}) };
   const start = (d: typeof dp) => startPacketLoop({
     tunName: cfg.device.name,
@@ -161,19 +168,29 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     queues: d.queues,
     spinUs: d.spinUs,
     onEngineError: opts.onEngineError,
+    ...(fast.handle ? { fastpath: { flowsFd: fast.handle.flowsFd, interfaces: fast.handle.attached.map((a) => a.name), programCounters: () => fast.handle!.counters() } } : {}),
     // The engine builds a Maglev table per VIP in the worker before it is ready: 2,000 VIPs take seconds. A start
     // that takes long is no hazard now that a signal stops it: the timeout is only for a worker that hangs.
     startTimeoutMs: 10_000 + 20 * cfg.engine.vips.length,
   });
+  // The program detaches whatever ends the process (synchronous).
+  const closeFast = () => fast.handle?.close();
+  process.on('exit', closeFast);
   let loop: PacketLoop;
   try {
-    loop = await start(dp);
+    try {
+      loop = await start(dp);
+    } catch (e) {
+      // A kernel or container without multi-queue/virtio-header TUN support: run the plain path rather than not at all.
+      if (!(e instanceof TunError) || e.code !== 'TUN_IOCTL_FAILED' || (dp.mode === 'plain' && dp.queues === 1)) throw e;
+      process.stderr.write(`mplb: the ${dp.mode} data path with ${dp.queues} queue(s) could not start (${e.message}); using the plain single-queue path\n`);
+      if (opts.signal?.aborted) throw new StartAborted(String(opts.signal.reason ?? 'a signal'));
+      loop = await start({ ...dp, mode: 'plain', queues: 1 });
+    }
   } catch (e) {
-    // A kernel or container without multi-queue/virtio-header TUN support: run the plain path rather than not at all.
-    if (!(e instanceof TunError) || e.code !== 'TUN_IOCTL_FAILED' || (dp.mode === 'plain' && dp.queues === 1)) throw e;
-    process.stderr.write(`mplb: the ${dp.mode} data path with ${dp.queues} queue(s) could not start (${e.message}); using the plain single-queue path\n`);
-    if (opts.signal?.aborted) throw new StartAborted(String(opts.signal.reason ?? 'a signal'));
-    loop = await start({ ...dp, mode: 'plain', queues: 1 });
+    closeFast();
+    process.off('exit', closeFast);
+    throw e;
   }
   const t1 = performance.now();
   let routes: RoutesHandle;
@@ -181,6 +198,8 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     aborted();
     routes = createRoutes({ tunName: loop.tunName, table: cfg.device.table, rulePriority: cfg.device.rulePriority, stateFile: cfg.device.stateFile });
   } catch (e) {
+    closeFast();
+    process.off('exit', closeFast);
     await loop.stop();
     throw e;
   }
@@ -195,6 +214,8 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     // A failed change took its own additions back; an abort after it removes what it installed (sysctls too).
     routes.undo();
     process.off('exit', undoOnExit);
+    closeFast();
+    process.off('exit', closeFast);
     await loop.stop();
     throw e;
   }
@@ -213,6 +234,8 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     config: cfg,
     engine: loop.engine,
     startTimings,
+    datapath: fast.handle ? 'tc-bpf' : 'tun',
+    ...(fast.note ? { datapathNote: fast.note } : {}),
     reload(next) {
       return serial(async () => {
         if (stopped) throw new BalancerError('ESTOPPED', 'mplb is stopping: the change was not applied');
@@ -240,10 +263,48 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
       stopped = true;
       // A change in flight finishes (or rolls back) first, so undo sees what is really installed.
       await queue;
+      // The fast path first: its flows go back to the TUN path, which still runs until the routes go.
+      closeFast();
+      process.off('exit', closeFast);
       routes.undo(o);
       process.off('exit', undoOnExit);
       await loop.stop();
     },
   };
   return b;
+}
+
+/**
+ * The tc-bpf fast path for cfg.datapath (src/fastpath/): loaded and attached at tc ingress of every interface of
+ * this namespace but loopback and the TUN, before the packet worker starts (its map is empty until the engine
+ * offloads a flow, so nothing bypasses the engine yet). A filter a killed run left at this instance's priority is
+ * removed whatever the mode. 'auto' falls back to tun with the reason; 'tc-bpf' refuses to start without it.
+ */
+function startFastpath(cfg: BalancerConfig): { handle?: FastpathHandle; note?: string } {
+  const mode = cfg.datapath ?? 'tun';
+  const priority = cfg.device.rulePriority ?? DEFAULT_RULE_PRIORITY;
+  let ifaces: Array<{ name: string; ifindex: number }> = [];
+  try {
+    ifaces = balancerInterfaces(cfg.device.name);
+    const stale = detachStale(priority, ifaces);
+    if (stale.length > 0) process.stderr.write(`mplb: removed a fast path program a previous run left on ${stale.join(', ')}\n`);
+  } catch (e) {
+    // No libbpf (or no /sys): nothing of ours can be attached either. Only tc-bpf and auto care.
+    if (mode === 'tun') return {};
+  }
+  if (mode === 'tun') return {};
+  let handle: FastpathHandle | undefined;
+  try {
+    // Two entries per flow (one per direction).
+    handle = loadFastpath({ maxEntries: 2 * cfg.engine.tables.maxFlows, priority });
+    if (ifaces.length === 0) throw new Error('no interface to attach to (only loopback and the TUN)');
+    handle.attach(ifaces);
+    return { handle };
+  } catch (e) {
+    handle?.close();
+    const why = (e as Error).message;
+    if (mode === 'tc-bpf') throw new BalancerError('EFASTPATH', `datapath tc-bpf cannot start: ${why} (datapath: auto falls back to tun)`);
+    process.stderr.write(`mplb: datapath auto: the tc-bpf fast path is not available (${why}); using tun\n`);
+    return { note: why };
+  }
 }

@@ -10,7 +10,7 @@ import { openTun, createEventFd, signalEventFd, closeFd, TunDevice, TUN_F_CSUM, 
 import { validVnetHdrBytes } from '../wire/vnet-hdr.js';
 import { ControlRequestError, engineStats, type ControlOp, type ControlReq, type ControlRes, type EngineChannel } from './control-protocol.js';
 import { LOOP_COUNTERS_BYTES, LoopCounter } from './forwarder.js';
-import { Flag, type MainMessage, type WorkerInit, type WorkerMessage } from './worker-messages.js';
+import { FastpathCounter, Flag, type MainMessage, type WorkerInit, type WorkerMessage } from './worker-messages.js';
 
 export interface PacketLoopOptions {
   /** TUN interface to create (in the current network namespace). */
@@ -45,6 +45,8 @@ export interface PacketLoopOptions {
   queues?: number;
   /** After handling packets, keep polling the queues without sleeping for this long (µs; default 0). */
   spinUs?: number;
+  /** The tc-bpf fast path (already loaded and attached): the worker writes its flow map; stats read its counters. */
+  fastpath?: { flowsFd: number; interfaces: string[]; programCounters: () => Record<string, number> };
   /** An engine exception (a bug): the packet was dropped and counted as engine_error. At most one a second. */
   onEngineError?: (e: { error: string; head: string; suppressed: number }) => void;
 }
@@ -69,6 +71,19 @@ export interface PacketLoopStats {
   queues: number;
   vnetHdrBytes: number;
   offloads: number;
+  /** The tc-bpf fast path (absent on the TUN-only path): the program's per-CPU counters summed, and its map writer's. */
+  fastpath?: FastpathStats;
+}
+
+export interface FastpathStats {
+  interfaces: string[];
+  /** bpf/fastpath.bpf.c's counters (packets and bytes NATed in the kernel, packets passed up by reason). */
+  program: Record<string, number>;
+  inserted: number;
+  removed: number;
+  insertErrors: number;
+  checks: number;
+  flushes: number;
 }
 
 export interface PacketLoop {
@@ -149,6 +164,8 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
   const engineCounters = new Counters(engineSab);
   const loopCounters = new Float64Array(loopSab);
   const flags = new Int32Array(flagsSab);
+  const fpSab = opts.fastpath ? new SharedArrayBuffer(FastpathCounter.Count * 8) : undefined;
+  const fpWriter = fpSab ? new Float64Array(fpSab) : undefined;
   const init: WorkerInit = {
     tunFds: devs.map((d) => d.fd),
     tunName: tun.name,
@@ -165,6 +182,7 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     batchMax: opts.batchMax ?? 16,
     sliceBudgetMs: opts.sliceBudgetMs ?? 5,
     spinUs: opts.spinUs ?? 0,
+    ...(opts.fastpath && fpSab ? { fastpath: { flowsFd: opts.fastpath.flowsFd, counters: fpSab } } : {}),
   };
   const worker = new Worker(new URL('./packet-worker.js', import.meta.url), { workerData: init });
   let workerError: Error | undefined;
@@ -320,6 +338,17 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
       queues: nQueues,
       vnetHdrBytes: tun.vnetHdrBytes,
       offloads,
+      ...(opts.fastpath && fpWriter ? {
+        fastpath: {
+          interfaces: opts.fastpath.interfaces,
+          program: opts.fastpath.programCounters(),
+          inserted: fpWriter[FastpathCounter.Inserted],
+          removed: fpWriter[FastpathCounter.Removed],
+          insertErrors: fpWriter[FastpathCounter.InsertErrors],
+          checks: fpWriter[FastpathCounter.Checks],
+          flushes: fpWriter[FastpathCounter.Flushes],
+        },
+      } : {}),
     }),
     resetMax() {
       maxControlMs = 0;
