@@ -1,0 +1,243 @@
+// The kernel fast path against its peers (issue 11), root only: iperf3 under mptcpize (a client nobody here wrote),
+// 1 and 8 connections, on one testbed with rate limits off, modes alternated round by round (order reversed every
+// other round): plain routing, nftables DNAT (every connection to server 1, so iperf3's control and data
+// connections meet), HAProxy under mptcpize (balance source), mplb tun and mplb tc-bpf (policy hash-ip-pair: a
+// client's connections reach one server). Also per mode: small packets (iperf3 TCP, 64-byte writes, TCP_NODELAY:
+// packets/s through the balancer), TCP ping-pong RTT p50, machine CPU seconds per GB in the 8-connection run, and
+// new MPTCP connections/s (the project's traffic client: 100 concurrent 1 KB connections). Plus the cost of the
+// map updates per new connection (no traffic). Every process it starts is stopped by PID; the testbed is removed.
+// Run: node dist/bench/fastpath.bench.js [--rounds 3] [--seconds 5] [--modes plain,nft,haproxy,tun,tc-bpf] [--json FILE]
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { testbedDown, testbedUp, type TestbedHandle } from '../src/testbed/testbed.js';
+import { startBalancerProcess, type BalancerProcess } from '../src/testbed/balancer-process.js';
+import { ipn, tryRun } from '../src/testbed/netns.js';
+
+const IPERF = 5201, ECHO = 5202, SINK = 5203;
+const NFT_TABLE = 'mplb_fp_bench';
+const TRAFFIC = fileURLToPath(new URL('../src/traffic/cli.js', import.meta.url));
+const TOOLS = fileURLToPath(new URL('./datapath-compare.js', import.meta.url));
+type Mode = 'plain' | 'nft' | 'haproxy' | 'tun' | 'tc-bpf';
+const ALL: Mode[] = ['plain', 'nft', 'haproxy', 'tun', 'tc-bpf'];
+const log = (s: string) => process.stderr.write(`fastpath-bench: ${s}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const children = new Set<ChildProcess>();
+
+function nsRun(ns: string, cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const c = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(c);
+    let stdout = '', stderr = '';
+    c.stdout!.on('data', (d) => { stdout += d; });
+    c.stderr!.on('data', (d) => { stderr += d; });
+    const t = setTimeout(() => c.kill('SIGKILL'), timeoutMs);
+    c.on('close', (code) => { clearTimeout(t); children.delete(c); resolve({ code, stdout, stderr }); });
+  });
+}
+
+function nsStart(ns: string, cmd: string, args: string[]): ChildProcess {
+  const c = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  children.add(c);
+  c.on('exit', () => children.delete(c));
+  return c;
+}
+
+async function stopChild(c: ChildProcess): Promise<void> {
+  if (c.exitCode !== null || c.signalCode !== null) return;
+  const done = new Promise<void>((r) => c.once('exit', () => r()));
+  c.kill('SIGTERM');
+  const t = setTimeout(() => c.kill('SIGKILL'), 3000);
+  await done;
+  clearTimeout(t);
+}
+
+async function waitListen(ns: string, port: number, ms = 5000): Promise<void> {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(50)) {
+    if (execFileSync('ip', ['netns', 'exec', ns, 'ss', '-Hltn'], { encoding: 'utf8' }).includes(`:${port} `)) return;
+  }
+  throw new Error(`nothing listens on ${port} in ${ns}`);
+}
+
+const CLK_TCK = 100;
+function machineBusy(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] ?? 0)) / CLK_TCK;
+}
+
+function rxPackets(ns: string, devs: string[]): number {
+  const j = JSON.parse(ipn(ns, ['-j', '-s', 'link', 'show'])) as Array<{ ifname: string; stats64?: { rx: { packets: number } } }>;
+  return j.filter((l) => devs.includes(l.ifname)).reduce((s, l) => s + (l.stats64?.rx.packets ?? 0), 0);
+}
+
+function median(xs: number[]): number {
+  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  if (!s.length) return NaN;
+  const m = s.length >> 1;
+  return s.length & 1 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+interface Peer { up(): Promise<void>; down(): Promise<void>; stats?(): Promise<{ kernel: number; engine: number } | undefined> }
+
+function peers(tb: TestbedHandle): Record<Mode, Peer> {
+  const lb = tb.namespaces.balancer, s1 = tb.servers[0], vip = tb.vips[0];
+  const servers = tb.servers.map((s) => s.addr);
+  let hp: ChildProcess | undefined, bp: BalancerProcess | undefined;
+  const ports = [IPERF, ECHO, SINK];
+  const mplb = (datapath: 'tun' | 'tc-bpf'): Peer => ({
+    async up() {
+      const backends = servers.map((address) => ({ address }));
+      bp = await startBalancerProcess(tb, { engine: { datapath, policy: 'hash-ip-pair', vips: ports.map((p) => ({ address: `${vip}:${p}`, backends })) } });
+    },
+    async down() { await bp?.stop(); bp = undefined; },
+    async stats() {
+      const s = await bp?.request('stats') as { loop: { fastpath?: { program: { packets: number } } }; engine: { counters: { packets_in: number } } } | undefined;
+      return s ? { kernel: s.loop.fastpath?.program.packets ?? 0, engine: s.engine.counters.packets_in } : undefined;
+    },
+  });
+  return {
+    plain: {
+      async up() { ipn(s1.ns, ['addr', 'add', `${vip}/32`, 'dev', 'lo']); ipn(lb, ['route', 'add', `${vip}/32`, 'via', s1.addr, 'dev', s1.link.peerDev]); },
+      async down() { tryRun('ip', ['-n', lb, 'route', 'del', `${vip}/32`, 'via', s1.addr, 'dev', s1.link.peerDev]); tryRun('ip', ['-n', s1.ns, 'addr', 'del', `${vip}/32`, 'dev', 'lo']); },
+    },
+    nft: {
+      async up() {
+        // Every connection to server 1: nftables hashes subflows on their own, so only one server keeps joins right.
+        const f = `/tmp/${NFT_TABLE}-${process.pid}.nft`;
+        writeFileSync(f, `table ip ${NFT_TABLE} {\n  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr ${vip} meta l4proto tcp dnat to ${s1.addr}\n  }\n}\n`);
+        execFileSync('ip', ['netns', 'exec', lb, 'nft', '-f', f], { timeout: 10000 });
+      },
+      async down() { tryRun('ip', ['netns', 'exec', lb, 'nft', 'delete', 'table', 'ip', NFT_TABLE]); tryRun('ip', ['netns', 'exec', lb, 'conntrack', '-F']); },
+    },
+    haproxy: {
+      async up() {
+        const f = `/tmp/mplb-fp-haproxy-${process.pid}.cfg`;
+        const fe = (p: number) => `frontend f${p}\n  bind ${vip}:${p}\n  default_backend b${p}\nbackend b${p}\n  balance source\n${servers.map((a, i) => `  server s${i} ${a}:${p}`).join('\n')}\n`;
+        writeFileSync(f, `global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n${ports.map(fe).join('')}`);
+        ipn(lb, ['addr', 'add', `${vip}/32`, 'dev', 'lo']);
+        ipn(lb, ['mptcp', 'limits', 'set', 'subflow', '2', 'add_addr_accepted', '2']);
+        hp = nsStart(lb, 'mptcpize', ['run', 'haproxy', '-f', f, '-db']);
+        await waitListen(lb, IPERF);
+      },
+      async down() { if (hp) await stopChild(hp); hp = undefined; tryRun('ip', ['-n', lb, 'addr', 'del', `${vip}/32`, 'dev', 'lo']); },
+    },
+    tun: mplb('tun'),
+    'tc-bpf': mplb('tc-bpf'),
+  };
+}
+
+interface Run { g1: number; g8: number; smallPps: number; rttP50Us: number; cpuSecPerGB: number; cps: number; fastShare?: number }
+
+async function iperf(tb: TestbedHandle, args: string[], seconds: number): Promise<{ bps: number; bytes: number }> {
+  const r = await nsRun(tb.namespaces.client, 'mptcpize', ['run', 'iperf3', '-c', tb.vips[0], '-p', String(IPERF), '-t', String(seconds), '-J', ...args], (seconds + 20) * 1000);
+  try {
+    const j = JSON.parse(r.stdout) as { end?: { sum_received?: { bits_per_second: number; bytes: number } }; error?: string };
+    if (!j.end?.sum_received) throw new Error(j.error ?? 'no result');
+    return { bps: j.end.sum_received.bits_per_second, bytes: j.end.sum_received.bytes };
+  } catch (e) {
+    log(`iperf3 ${args.join(' ')} failed: ${(e as Error).message} ${r.stderr.slice(0, 200)}`);
+    return { bps: NaN, bytes: NaN };
+  }
+}
+
+async function measure(tb: TestbedHandle, seconds: number, lbStats: () => Promise<{ kernel: number; engine: number } | undefined>): Promise<Run> {
+  const g1 = await iperf(tb, ['-P', '1'], seconds);
+  const s0 = await lbStats();
+  const busy0 = machineBusy();
+  const g8 = await iperf(tb, ['-P', '8'], seconds);
+  const cpu = machineBusy() - busy0;
+  const s1 = await lbStats();
+  // Small packets: plain TCP (not MPTCP: no DSS on every segment), 64-byte writes sent at once.
+  const devs = tb.client.links.map((l) => l.peerDev);
+  const p0 = rxPackets(tb.namespaces.balancer, devs), t0 = Date.now();
+  await nsRun(tb.namespaces.client, 'iperf3', ['-c', tb.vips[0], '-p', String(IPERF), '-t', '3', '-N', '-l', '64', '-J'], 25000);
+  const smallPps = (rxPackets(tb.namespaces.balancer, devs) - p0) / ((Date.now() - t0) / 1000);
+  const pp = await nsRun(tb.namespaces.client, process.execPath, [TOOLS, 'pingpong', '--host', tb.vips[0], '--port', String(ECHO), '--count', '2000'], 40000);
+  let rtt = NaN;
+  try { rtt = (JSON.parse(pp.stdout.trim().split('\n').pop()!) as { p50Us: number }).p50Us; } catch { log(`pingpong failed: ${pp.stderr.slice(0, 200)}`); }
+  const c0 = Date.now();
+  const cr = await nsRun(tb.namespaces.client, process.execPath, [TRAFFIC, 'client', '--host', tb.vips[0], '--port', String(SINK), '--connections', '100', '--bytes', '1K', '--timeout-ms', '20000', '--json'], 30000);
+  let cps = NaN;
+  try { const j = JSON.parse(cr.stdout) as { ok: boolean; durationMs: number }; cps = j.ok ? 100 / (j.durationMs / 1000) : NaN; } catch { cps = NaN; }
+  if (!Number.isFinite(cps)) log(`connection-rate client failed after ${Date.now() - c0} ms: ${cr.stderr.slice(0, 200)}`);
+  const run: Run = { g1: g1.bps / 1e9, g8: g8.bps / 1e9, smallPps, rttP50Us: rtt, cpuSecPerGB: cpu / (g8.bytes / 1e9), cps };
+  if (s0 && s1) run.fastShare = (s1.kernel - s0.kernel) / Math.max(1, s1.kernel - s0.kernel + s1.engine - s0.engine);
+  return run;
+}
+
+/** The cost of the map updates for one new connection (two inserts) and its close (two deletes), no traffic. */
+async function mapUpdateCost(): Promise<{ usPerConnection: number; n: number }> {
+  const { loadFastpath } = await import('../src/fastpath/loader.js');
+  const { libbpf } = await import('../src/fastpath/libbpf.js');
+  const { KEY_BYTES, VALUE_BYTES, writeKey, writeValue, FpDir } = await import('../src/fastpath/layout.js');
+  const n = 20000;
+  const h = loadFastpath({ maxEntries: 2 * n, priority: 1 });
+  const l = libbpf();
+  const k = Buffer.alloc(KEY_BYTES), v = Buffer.alloc(VALUE_BYTES), a = Buffer.from([198, 18, 1, 2]), b = Buffer.from([198, 18, 10, 2]);
+  try {
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < n; i++) {
+      writeKey(k, 4, a, 0, 1024 + (i % 60000), b, 0, 5201); writeValue(v, 4, b, 0, 5201, FpDir.Dst, 1); l.mapUpdate(h.flowsFd, k, v, 0);
+      writeKey(k, 4, b, 0, 5201, a, 0, 1024 + (i % 60000)); writeValue(v, 4, b, 0, 5201, FpDir.Src, 1); l.mapUpdate(h.flowsFd, k, v, 0);
+    }
+    for (let i = 0; i < n; i++) {
+      writeKey(k, 4, a, 0, 1024 + (i % 60000), b, 0, 5201); l.mapDelete(h.flowsFd, k);
+      writeKey(k, 4, b, 0, 5201, a, 0, 1024 + (i % 60000)); l.mapDelete(h.flowsFd, k);
+    }
+    return { usPerConnection: Number(process.hrtime.bigint() - t0) / 1000 / n, n };
+  } finally {
+    h.close();
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { rounds: { type: 'string', default: '3' }, seconds: { type: 'string', default: '5' }, modes: { type: 'string', default: ALL.join(',') }, json: { type: 'string' } } });
+  const rounds = Number(values.rounds), seconds = Number(values.seconds);
+  const modes = values.modes!.split(',') as Mode[];
+  for (const m of modes) if (!ALL.includes(m)) throw new Error(`unknown mode ${m}`);
+  const cost = await mapUpdateCost();
+  log(`map updates: ${cost.usPerConnection.toFixed(2)} us per connection (2 inserts + 2 deletes, ${cost.n} connections)`);
+  const tb = testbedUp({ mode: 'balancer', servers: 2, rateMbit: 0, runId: `fa57${randomBytes(1).toString('hex')}` });
+  const servers: ChildProcess[] = [];
+  const stopAll = () => { for (const c of children) { try { c.kill('SIGKILL'); } catch { /* gone */ } } };
+  process.on('exit', stopAll);
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => { stopAll(); testbedDown(tb); process.exit(1); });
+  const res: Record<string, Run[]> = Object.fromEntries(modes.map((m) => [m, []]));
+  try {
+    for (const s of tb.servers) {
+      servers.push(nsStart(s.ns, 'mptcpize', ['run', 'iperf3', '-s', '-p', String(IPERF)]));
+      servers.push(nsStart(s.ns, process.execPath, [TOOLS, 'echo-server', '--port', String(ECHO)]));
+      servers.push(nsStart(s.ns, process.execPath, [TRAFFIC, 'server', '--port', String(SINK)]));
+    }
+    for (const s of tb.servers) for (const p of [IPERF, ECHO, SINK]) await waitListen(s.ns, p);
+    const ps = peers(tb);
+    for (let r = 0; r < rounds; r++) {
+      const order = r % 2 ? [...modes].reverse() : modes;
+      for (const m of order) {
+        const p = ps[m];
+        await p.up();
+        await sleep(300);
+        try {
+          // mplb modes: the share of packets NATed in the kernel over the 8-connection run, from mplb's own stats.
+          const run = await measure(tb, seconds, async () => p.stats?.());
+          res[m].push(run);
+          log(`round ${r + 1} ${m}: 1 conn ${run.g1.toFixed(2)} Gbit/s, 8 conn ${run.g8.toFixed(2)}, small ${Math.round(run.smallPps)} pkt/s, rtt p50 ${run.rttP50Us?.toFixed(0)} us, ${run.cpuSecPerGB.toFixed(2)} CPU s/GB, ${run.cps.toFixed(0)} conn/s${run.fastShare !== undefined ? `, fast path share ${run.fastShare.toFixed(3)}` : ''}`);
+        } finally {
+          await p.down();
+        }
+      }
+    }
+  } finally {
+    for (const c of servers) await stopChild(c);
+    testbedDown(tb);
+  }
+  const med = (m: string, k: keyof Run) => median(res[m].map((x) => x[k] as number));
+  const summary = Object.fromEntries(modes.map((m) => [m, { g1: med(m, 'g1'), g8: med(m, 'g8'), smallPps: med(m, 'smallPps'), rttP50Us: med(m, 'rttP50Us'), cpuSecPerGB: med(m, 'cpuSecPerGB'), cps: med(m, 'cps'), fastShare: med(m, 'fastShare') }]));
+  const out = { machine: { kernel: execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim(), loadavg: readFileSync('/proc/loadavg', 'utf8').trim() }, rounds, seconds, mapUpdateUsPerConnection: cost.usPerConnection, runs: res, medians: summary };
+  process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+  if (values.json) writeFileSync(values.json, JSON.stringify(out, null, 2));
+}
+
+main().catch((e) => { process.stderr.write(`fastpath-bench: ${(e as Error).stack}\n`); process.exitCode = 1; });
