@@ -192,10 +192,14 @@ async function mapUpdateCost(): Promise<{ usPerConnection: number; n: number }> 
   }
 }
 
-async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { rounds: { type: 'string', default: '3' }, seconds: { type: 'string', default: '5' }, modes: { type: 'string', default: ALL.join(',') }, json: { type: 'string' } } });
-  const rounds = Number(values.rounds), seconds = Number(values.seconds);
-  const modes = values.modes!.split(',') as Mode[];
+export interface FastpathBenchResult {
+  machine: Record<string, string>; rounds: number; seconds: number; mapUpdateUsPerConnection: number;
+  runs: Record<string, Run[]>; medians: Record<string, Record<string, number>>;
+}
+
+export async function runFastpathBench(o: { rounds: number; seconds: number; modes?: Mode[] }): Promise<FastpathBenchResult> {
+  const { rounds, seconds } = o;
+  const modes = o.modes ?? ALL;
   for (const m of modes) if (!ALL.includes(m)) throw new Error(`unknown mode ${m}`);
   const cost = await mapUpdateCost();
   log(`map updates: ${cost.usPerConnection.toFixed(2)} us per connection (2 inserts + 2 deletes, ${cost.n} connections)`);
@@ -235,9 +239,56 @@ async function main(): Promise<void> {
   }
   const med = (m: string, k: keyof Run) => median(res[m].map((x) => x[k] as number));
   const summary = Object.fromEntries(modes.map((m) => [m, { g1: med(m, 'g1'), g8: med(m, 'g8'), smallPps: med(m, 'smallPps'), rttP50Us: med(m, 'rttP50Us'), cpuSecPerGB: med(m, 'cpuSecPerGB'), cps: med(m, 'cps'), fastShare: med(m, 'fastShare') }]));
-  const out = { machine: { kernel: execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim(), loadavg: readFileSync('/proc/loadavg', 'utf8').trim() }, rounds, seconds, mapUpdateUsPerConnection: cost.usPerConnection, runs: res, medians: summary };
-  process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
-  if (values.json) writeFileSync(values.json, JSON.stringify(out, null, 2));
+  return { machine: { kernel: execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim(), loadavgAfter: readFileSync('/proc/loadavg', 'utf8').trim() }, rounds, seconds, mapUpdateUsPerConnection: cost.usPerConnection, runs: res, medians: summary };
 }
 
-main().catch((e) => { process.stderr.write(`fastpath-bench: ${(e as Error).stack}\n`); process.exitCode = 1; });
+/** The BENCHMARKS.md section (between markers, so that `npm run bench -- --only fastpath` replaces it alone). */
+export const FASTPATH_BEGIN = '<!-- fastpath section: written by npm run bench -- --only fastpath -->';
+export const FASTPATH_END = '<!-- end of fastpath section -->';
+export function fastpathSection(r: FastpathBenchResult, when: string): string {
+  const rng = (m: string, k: keyof Run, d = 2) => {
+    const xs = r.runs[m].map((x) => x[k] as number).filter(Number.isFinite);
+    if (!xs.length) return 'n/a';
+    const f = (x: number) => x.toFixed(d);
+    return `${f(median(xs))} [${f(Math.min(...xs))}-${f(Math.max(...xs))}]`;
+  };
+  const names: Record<string, string> = { plain: 'plain routing', nft: 'nftables DNAT (all to server 1)', haproxy: 'HAProxy under mptcpize', tun: 'mplb tun', 'tc-bpf': 'mplb tc-bpf' };
+  const rows = Object.keys(r.runs).map((m) => `| ${names[m]} | ${rng(m, 'g1')} | ${rng(m, 'g8')} | ${rng(m, 'smallPps', 0)} | ${rng(m, 'rttP50Us', 0)} | ${rng(m, 'cpuSecPerGB')} | ${rng(m, 'cps', 0)} | ${m === 'tc-bpf' || m === 'tun' ? rng(m, 'fastShare', 3) : '-'} |`);
+  const med = r.medians, ratio = (a: string, b: string, k: string) => (med[a] && med[b] ? (med[a][k] / med[b][k]).toFixed(2) : 'n/a');
+  const t = 'tc-bpf';
+  const added = med[t] && med.nft ? (med[t].rttP50Us - med.nft.rttP50Us).toFixed(0) : 'n/a';
+  return `${FASTPATH_BEGIN}
+## The kernel fast path (bench/fastpath.bench.ts, issue 11)
+
+Measured ${when}: ${r.rounds} rounds of ${r.seconds} s per mode, modes alternated (order reversed every other round),
+one testbed (client with two links, balancer namespace, two servers, real Linux MPTCP, rate limits off). Medians
+[min-max]. Load average after the run: ${r.machine.loadavgAfter} (a shared 2-core machine: other sessions ran
+their tests meanwhile). Rerun: \`npm run bench -- --only fastpath\` (root; iperf3, mptcpd, haproxy, nftables).
+
+| mode | 1 conn Gbit/s | 8 conn Gbit/s | small packets/s | RTT p50 µs | machine CPU s/GB | MPTCP conn/s | fast path share |
+|---|---|---|---|---|---|---|---|
+${rows.join('\n')}
+
+mplb tc-bpf against its targets (ratios of medians): ${ratio(t, 'nft', 'g1')}x / ${ratio(t, 'nft', 'g8')}x nftables DNAT (target 0.95x) and
+${ratio(t, 'plain', 'g1')}x / ${ratio(t, 'plain', 'g8')}x plain routing (target 0.9x) with 1 / 8 connections; small packets ${ratio(t, 'nft', 'smallPps')}x nftables
+(target 1.0x); added RTT p50 over nftables ${added} µs (target <= 20); CPU per GB ${ratio(t, 'nft', 'cpuSecPerGB')}x nftables' (target <= 1).
+Map updates for one connection (two inserts and two deletes through libbpf, no traffic): ${r.mapUpdateUsPerConnection.toFixed(1)} µs.
+
+How: goodput is iperf3 3.12 under \`mptcpize run\` (client and servers), \`-P 1\` and \`-P 8\`, the receiver's
+sum. iperf3's control and data connections must reach one server: nftables DNATs everything to server 1, HAProxy
+uses \`balance source\`, mplb uses policy \`hash-ip-pair\` (client and VIP addresses). Small packets: plain-TCP
+iperf3 with 64-byte writes and TCP_NODELAY for 3 s, packets counted on the balancer's client-side links. RTT: a
+TCP ping-pong of 2000 exchanges (bench/datapath-compare.js pingpong). CPU: whole-machine busy time during the
+8-connection run over the GB it moved (includes client, servers and other tenants). Connections/s: the project's
+traffic client opening 100 concurrent MPTCP connections of 1 KB each (two subflows each), over its wall time.
+The fast path share is the kernel program's NATed packets over those plus the engine's, during the 8-connection run.
+${FASTPATH_END}`;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const { values } = parseArgs({ options: { rounds: { type: 'string', default: '3' }, seconds: { type: 'string', default: '5' }, modes: { type: 'string', default: ALL.join(',') }, json: { type: 'string' } } });
+  runFastpathBench({ rounds: Number(values.rounds), seconds: Number(values.seconds), modes: values.modes!.split(',') as Mode[] }).then((out) => {
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    if (values.json) writeFileSync(values.json, JSON.stringify(out, null, 2));
+  }, (e) => { process.stderr.write(`fastpath-bench: ${(e as Error).stack}\n`); process.exitCode = 1; });
+}
