@@ -28,6 +28,7 @@ export class FlowMap {
   /** Applies every pending offload event, then a flush when a removal was lost. Returns events applied. */
   apply(nowMs: number): number {
     const off = this.engine.offload;
+    if (off.ring.length === 0 && !off.flushPending) return 0; // the common turn: nothing to do, nothing allocated
     const n = off.ring.drain((slot) => this.applyOne(slot, nowMs));
     if (off.flushPending) this.flush();
     return n;
