@@ -281,7 +281,9 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
  * removed whatever the mode. 'auto' falls back to tun with the reason; 'tc-bpf' refuses to start without it.
  */
 function startFastpath(cfg: BalancerConfig): { handle?: FastpathHandle; note?: string } {
-  const mode = cfg.datapath ?? 'tun';
+  // MPLB_FASTPATH (tun | tc-bpf | auto) stands in for an unset `datapath`, so the end-to-end suite can run on either path.
+  const env = process.env.MPLB_FASTPATH;
+  const mode = cfg.datapath ?? (env === 'tc-bpf' || env === 'auto' || env === 'tun' ? env : 'tun');
   const priority = cfg.device.rulePriority ?? DEFAULT_RULE_PRIORITY;
   let ifaces: Array<{ name: string; ifindex: number }> = [];
   try {
