@@ -194,6 +194,46 @@ if (reason) {
       passes(tcp({ src: '198.18.1.6', dst: VIP4, sport: 40006, dport: 80, flags: ACK, payload: 1 }), 'the expired flow');
     });
 
+    test('batched map writes: a full map refuses the rest (those flows stay with the engine); a missing key does not stop a removal batch', () => {
+      const small = loadFastpath({ maxEntries: 64, priority: 1 }); // 32 flows
+      try {
+        const e = engine(), map = new FlowMap(small.flowsFd, e);
+        const n = 40;
+        // 40 handshakes in one "batch" of the worker: one bpf_map_update_batch call for 80 entries.
+        for (let i = 0; i < n; i++) {
+          const cp = 41000 + i;
+          const syn = tcp({ src: '198.18.3.2', dst: VIP4, sport: cp, dport: 80, flags: SYN });
+          e.process(syn, 0, syn.length, T0);
+          const be = endpoints(syn).dst.split(':')[0];
+          const sa = tcp({ src: be, dst: '198.18.3.2', sport: 80, dport: cp, flags: SYN | ACK });
+          e.process(sa, 0, sa.length, T0);
+          const ack = tcp({ src: '198.18.3.2', dst: VIP4, sport: cp, dport: 80, flags: ACK });
+          e.process(ack, 0, ack.length, T0);
+        }
+        assert.equal(map.apply(T0), n);
+        assert.equal(map.counters.inserted, 32);
+        assert.equal(map.counters.insertErrors, 8);
+        assert.equal(map.lastErrno, 7, 'E2BIG');
+        let offloaded = 0;
+        for (let r = 0; r < e.flows.capacity; r++) if (e.flows.isLive(r) && (e.flows.state(r) & FlowState.Offloaded)) offloaded++;
+        assert.equal(offloaded, 32, 'the refused flows are not marked offloaded');
+        const data = (cp: number) => tcp({ src: '198.18.3.2', dst: VIP4, sport: cp, dport: 80, flags: ACK, payload: 5 });
+        assert.equal(testRun(small.progFd, frame(data(41000))).retval, TC_ACT_OK, 'an inserted flow is NATed');
+        assert.equal(testRun(small.progFd, frame(data(41039))).retval, TC_ACT_UNSPEC, 'a refused one goes to the engine');
+        // The program deletes flow 41000's client entry on a SYN; then FINs of 41000..41002 are removed in one batch.
+        assert.equal(testRun(small.progFd, frame(tcp({ src: '198.18.3.2', dst: VIP4, sport: 41000, dport: 80, flags: SYN }))).retval, TC_ACT_UNSPEC);
+        for (const cp of [41000, 41001, 41002]) { const f = tcp({ src: '198.18.3.2', dst: VIP4, sport: cp, dport: 80, flags: ACK | FIN }); e.process(f, 0, f.length, T0 + 1); }
+        assert.equal(map.apply(T0 + 1), 3);
+        for (const cp of [41001, 41002]) assert.equal(testRun(small.progFd, frame(data(cp))).retval, TC_ACT_UNSPEC, `${cp} removed despite the missing key before it`);
+        // Their reply entries went too.
+        const be = (() => { const s = tcp({ src: '198.18.3.2', dst: VIP4, sport: 41002, dport: 80, flags: ACK }); e.process(s, 0, s.length, T0 + 2); return endpoints(s).dst.split(':')[0]; })();
+        assert.equal(testRun(small.progFd, frame(tcp({ src: be, dst: '198.18.3.2', sport: 80, dport: 41002, flags: ACK, payload: 3 }))).retval, TC_ACT_UNSPEC);
+        assert.equal(testRun(small.progFd, frame(data(41003))).retval, TC_ACT_OK, 'the others stay');
+      } finally {
+        small.close();
+      }
+    });
+
     test('property: random IPv4/IPv6 flows, ports, payloads and DSS/timestamp options: kernel rewrite = engine rewrite', () => {
       const e = engine(), map = new FlowMap(fp.flowsFd, e);
       let port = 20000;

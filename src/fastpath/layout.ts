@@ -22,23 +22,23 @@ export type FpCounterLabel = typeof FP_COUNTER_LABELS[number];
  * Writes a key at k[0..40): the packet's 4-tuple as it arrives. `src`/`dst` hold the address bytes at sOff/dOff
  * (4 bytes for IPv4, 16 for IPv6); ports are host numbers.
  */
-export function writeKey(k: Uint8Array, family: 4 | 6, src: Uint8Array, sOff: number, sport: number, dst: Uint8Array, dOff: number, dport: number): void {
-  k.fill(0, 0, KEY_BYTES);
+export function writeKey(k: Uint8Array, family: 4 | 6, src: Uint8Array, sOff: number, sport: number, dst: Uint8Array, dOff: number, dport: number, at = 0): void {
+  k.fill(0, at, at + KEY_BYTES);
   const n = family === 4 ? 4 : 16;
-  k[0] = family;
-  k[4] = sport >>> 8; k[5] = sport & 0xff;
-  k[6] = dport >>> 8; k[7] = dport & 0xff;
-  for (let i = 0; i < n; i++) { k[8 + i] = src[sOff + i]; k[24 + i] = dst[dOff + i]; }
+  k[at] = family;
+  k[at + 4] = sport >>> 8; k[at + 5] = sport & 0xff;
+  k[at + 6] = dport >>> 8; k[at + 7] = dport & 0xff;
+  for (let i = 0; i < n; i++) { k[at + 8 + i] = src[sOff + i]; k[at + 24 + i] = dst[dOff + i]; }
 }
 
 /** Writes a value at v[0..32): the new address and port, the direction and flags; last_seen 0. */
-export function writeValue(v: Uint8Array, family: 4 | 6, addr: Uint8Array, aOff: number, port: number, dir: FpDir, flags: number): void {
-  v.fill(0, 0, VALUE_BYTES);
+export function writeValue(v: Uint8Array, family: 4 | 6, addr: Uint8Array, aOff: number, port: number, dir: FpDir, flags: number, at = 0): void {
+  v.fill(0, at, at + VALUE_BYTES);
   const n = family === 4 ? 4 : 16;
-  for (let i = 0; i < n; i++) v[i] = addr[aOff + i];
-  v[16] = port >>> 8; v[17] = port & 0xff;
-  v[18] = dir;
-  v[19] = flags;
+  for (let i = 0; i < n; i++) v[at + i] = addr[aOff + i];
+  v[at + 16] = port >>> 8; v[at + 17] = port & 0xff;
+  v[at + 18] = dir;
+  v[at + 19] = flags;
 }
 
 /** last_seen_ns of a value read back (host-endian u64, CLOCK_MONOTONIC ns), as a Number (exact below 2^53 ns, 104 days). */

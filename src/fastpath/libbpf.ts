@@ -16,6 +16,9 @@ export interface Libbpf {
   mapLookup: (fd: number, key: Uint8Array, value: Uint8Array) => number;
   mapDelete: (fd: number, key: Uint8Array) => number;
   mapNextKey: (fd: number, key: Uint8Array | null, next: Uint8Array) => number;
+  /** count: a u32 in/out (elements given / elements done). */
+  mapUpdateBatch: (fd: number, keys: Uint8Array, values: Uint8Array, count: Uint32Array, opts: null) => number;
+  mapDeleteBatch: (fd: number, keys: Uint8Array, count: Uint32Array, opts: null) => number;
   hookCreate: (hook: Uint8Array) => number;
   hookDestroy: (hook: Uint8Array) => number;
   tcAttach: (hook: Uint8Array, opts: Uint8Array) => number;
@@ -53,6 +56,8 @@ export function libbpf(): Libbpf {
     mapLookup: lib.func('int bpf_map_lookup_elem(int fd, void *key, void *value)'),
     mapDelete: lib.func('int bpf_map_delete_elem(int fd, void *key)'),
     mapNextKey: lib.func('int bpf_map_get_next_key(int fd, void *key, void *next)'),
+    mapUpdateBatch: lib.func('int bpf_map_update_batch(int fd, void *keys, void *values, void *count, void *opts)'),
+    mapDeleteBatch: lib.func('int bpf_map_delete_batch(int fd, void *keys, void *count, void *opts)'),
     hookCreate: lib.func('int bpf_tc_hook_create(void *hook)'),
     hookDestroy: lib.func('int bpf_tc_hook_destroy(void *hook)'),
     tcAttach: lib.func('int bpf_tc_attach(void *hook, void *opts)'),
