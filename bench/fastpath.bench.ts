@@ -295,6 +295,13 @@ ${ratio(t, 'plain', 'g1')}x / ${ratio(t, 'plain', 'g8')}x plain routing (target 
 The map writer's cost per connection (its two entries inserted and later removed, FlowMap.apply on bursts of 256
 connections: one bpf_map_update_batch / bpf_map_delete_batch call each, no traffic): ${r.mapUpdateUsPerConnection.toFixed(2)} µs.
 
+Read with care. On this shared machine the spread between rounds of one mode (up to 1.7x) is larger than the
+differences between plain routing, nftables DNAT and mplb tc-bpf, so a ratio above 1 means "no measurable cost", not
+"faster than routing". The small-packet column is not usable: iperf3's 64-byte no-delay writes are coalesced by TCP
+depending on load (nftables 404-45315 packets/s across rounds) and the bench does not check that run's exit status.
+The connections/s column is bounded by the traffic client (one Node process opening 100 connections), not by a
+balancer; the engine's own rate is engine.new_mptcp_conns_per_s above, and the fast path adds the map writer's cost.
+
 How: goodput is iperf3 3.12 under \`mptcpize run\` (client and servers), \`-P 1\` and \`-P 8\`, the receiver's
 sum. iperf3's control and data connections must reach one server: nftables DNATs everything to server 1, HAProxy
 uses \`balance source\`, mplb uses policy \`hash-ip-pair\` (client and VIP addresses). Small packets: plain-TCP
