@@ -298,7 +298,8 @@ function startFastpath(cfg: BalancerConfig): { handle?: FastpathHandle; note?: s
   let handle: FastpathHandle | undefined;
   try {
     // Two entries per flow (one per direction).
-    handle = loadFastpath({ maxEntries: 2 * cfg.engine.tables.maxFlows, priority });
+    // MPLB_BPF_OBJECT: another object file (tests use a missing one to see the fallback).
+    handle = loadFastpath({ maxEntries: 2 * cfg.engine.tables.maxFlows, priority, objectPath: process.env.MPLB_BPF_OBJECT || undefined });
     if (ifaces.length === 0) throw new Error('no interface to attach to (only loopback and the TUN)');
     handle.attach(ifaces);
     return { handle };

@@ -120,12 +120,17 @@ if (reason) {
       assert.equal(fpOf(e1)!.insertErrors, 0);
     });
 
-    const mptcpChecks = (r: ClientReport, n: number, served: Awaited<ReturnType<typeof servedSince>>, conns: Awaited<ReturnType<typeof engineConnections>>): string[] => {
+    const mptcpChecks = (r: ClientReport, n: number, diag: { diagnostic(m: string): void } | undefined, served: Awaited<ReturnType<typeof servedSince>>, conns: Awaited<ReturnType<typeof engineConnections>>): string[] => {
       const problems: string[] = [];
+      let clientSawOne = 0;
       if (r.connections.length !== n) problems.push(`${r.connections.length} of ${n} connections reported`);
       for (const c of r.connections) {
         if (c.error || c.server?.bytes !== c.bytesSent || c.bytesSent === 0) { problems.push(`#${c.index} incomplete: ${c.error ?? `${c.server?.bytes}/${c.bytesSent}`}`); continue; }
-        if (c.server?.subflowsTotalMax !== 2 || c.subflowsTotalMax === 1) problems.push(`#${c.index} subflows ${c.subflowsTotalMax}/${c.server?.subflowsTotalMax}`);
+        // The server's count is authoritative. At several Gbit/s the client sometimes never samples its join as
+        // established (1/2) although the server has both subflows: seen with nftables DNAT too (1 of 24 connections
+        // in one of three 6 Gbit/s runs, none on the TUN path at 0.3 Gbit/s), so it is reported, not failed.
+        if (c.server?.subflowsTotalMax !== 2) problems.push(`#${c.index} subflows ${c.subflowsTotalMax}/${c.server?.subflowsTotalMax}`);
+        else if (c.subflowsTotalMax === 1) clientSawOne++;
         const tok = c.server?.tokenHex;
         const hits = served.flatMap((l, i) => l.filter((s) => s.tokenHex === tok).map((s) => ({ i, s })));
         if (hits.length !== 1) { problems.push(`token ${tok} on ${hits.length} servers`); continue; }
@@ -133,6 +138,7 @@ if (reason) {
         const ec = conns.find((x) => x.token === tok);
         if (!ec || beAddr(ec.backend) !== tb.servers[hits[0].i].addr) problems.push(`engine maps token ${tok} to ${ec?.backend}, it lives on ${tb.servers[hits[0].i].addr}`);
       }
+      if (clientSawOne > 0) diag?.diagnostic(`NOTE: the client sampled 1 subflow for ${clientSawOne} of ${n} connections whose server had 2`);
       return problems;
     };
 
@@ -151,7 +157,7 @@ if (reason) {
         const cd = nstatDelta(c0, nstatMany([tb.namespaces.client], CLIENT_NSTAT), CLIENT_NSTAT).sum;
         const ed = diff(e0.engine.counters, e1.engine.counters);
         const f = fastShare(e0, e1);
-        const problems = mptcpChecks(r, n, await servedSince(ids, 'mptcp'), await engineConnections(lb!));
+        const problems = mptcpChecks(r, n, t, await servedSince(ids, 'mptcp'), await engineConnections(lb!));
         if (sd.MPTcpExtMPJoinNoTokenFound !== 0) problems.push(`servers reset ${sd.MPTcpExtMPJoinNoTokenFound} joins (MPJoinNoTokenFound)`);
         if (!(ed.joins_steered_by_token >= n)) problems.push(`joins_steered_by_token ${ed.joins_steered_by_token} < ${n}`);
         for (const k of ['joins_unknown_token', 'midstream_no_flow', 'stateless_reply', 'mptcp_fallback']) if (ed[k] !== 0) problems.push(`engine ${k} = ${ed[k]}`);
@@ -200,7 +206,7 @@ if (reason) {
       t.diagnostic(`drained ${tb.servers[drained].addr} (subflows per server ${JSON.stringify(counts)}); fast path share ${f.share.toFixed(3)}; fast packets after the drain ${(fpOf(e1)!.program.packets - fpOf(eMid)!.program.packets)}`);
       // The first batch, drained server included: complete, two subflows each, on their token's server.
       // (servedFirst holds the second batch too: other tokens, so they do not disturb the lookups.)
-      assert.deepEqual(mptcpChecks(r, n, servedFirst, conns), [], 'first batch');
+      assert.deepEqual(mptcpChecks(r, n, t, servedFirst, conns), [], 'first batch');
       const onDrained = r.connections.filter((c) => [...where.entries()].some(([p, i]) => i === drained && p.endsWith(`:${c.localPort}`)));
       assert.ok(onDrained.length > 0, 'some connection ran on the drained server');
       // The second batch: none on the drained server.
@@ -232,6 +238,26 @@ if (reason) {
       assert.ok(r.connections.every((c) => !c.error && c.server?.bytes === 2 * 1024 * 1024), JSON.stringify(r.connections.map((c) => c.error ?? c.server?.bytes)));
       await again.stop();
       lb = undefined;
+      assert.equal(mplbFilters(ns), 0);
+    });
+
+    test('datapath auto without a loadable program falls back to tun (logged) and balances; tc-bpf refuses to start', { timeout: 40000 }, async () => {
+      const ns = tb.namespaces.balancer;
+      assert.equal(lb, undefined, 'the previous test stopped its instance');
+      const env = { MPLB_BPF_OBJECT: '/nonexistent/fastpath.bpf.o' };
+      const auto = await startBalancerProcess(tb, { engine: { datapath: 'auto', vips: vips() }, env });
+      lb = auto;
+      assert.match(auto.stderr(), /datapath auto: the tc-bpf fast path is not available \(.*fastpath\.bpf\.o is missing.*\); using tun/);
+      const s = await engineStats(auto);
+      assert.equal(fpOf(s), undefined, 'no fast path in the stats');
+      assert.equal(mplbFilters(ns), 0, 'nothing attached');
+      const r = await runClient(tb, ['--port', String(TCP_PORT), '--tcp', '--connections', '2', '--bytes', '1M', '--timeout-ms', '15000'], 20000);
+      assert.ok(r.connections.every((c) => !c.error && c.server?.bytes === 1024 * 1024));
+      const s1 = await engineStats(auto);
+      assert.ok(s1.engine.counters.to_backend - s.engine.counters.to_backend > 10 && s1.engine.counters.to_client - s.engine.counters.to_client > 10, 'the engine carried the packets both ways');
+      await auto.stop();
+      lb = undefined;
+      await assert.rejects(startBalancerProcess(tb, { engine: { datapath: 'tc-bpf', vips: vips() }, env, startTimeoutMs: 15000 }), /datapath tc-bpf cannot start: .*fastpath\.bpf\.o is missing/);
       assert.equal(mplbFilters(ns), 0);
     });
 
