@@ -154,7 +154,7 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
   if (opts.signal) await new Promise<void>((resolve) => setImmediate(resolve));
   aborted();
   const t0 = performance.now();
-  const fast = startFastpath(cfg);
+  const fast = loadFastpathFor(cfg);
   const dp = { ...DATAPATH_DEFAULTS, ...datapathFromEnv(), ...(opts.datapath ?? {}) };
   const start = (d: typeof dp) => startPacketLoop({
     tunName: cfg.device.name,
@@ -168,7 +168,7 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     queues: d.queues,
     spinUs: d.spinUs,
     onEngineError: opts.onEngineError,
-    ...(fast.handle ? { fastpath: { flowsFd: fast.handle.flowsFd, interfaces: fast.handle.attached.map((a) => a.name), programCounters: () => fast.handle!.counters() } } : {}),
+    ...(fast.handle ? { fastpath: { flowsFd: fast.handle.flowsFd, interfaces: () => fast.handle!.attached.map((a) => a.name), programCounters: () => fast.handle!.counters() } } : {}),
     // The engine builds a Maglev table per VIP in the worker before it is ready: 2,000 VIPs take seconds. A start
     // that takes long is no hazard now that a signal stops it: the timeout is only for a worker that hangs.
     startTimeoutMs: 10_000 + 20 * cfg.engine.vips.length,
@@ -210,6 +210,8 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     const first = await routes.change(addresses(cfg));
     for (const p of await first.commit()) process.stderr.write(`mplb: ${p}\n`);
     aborted();
+    // Last: the routes' check has refused a second instance at this rulePriority, so a filter found at it is stale.
+    attachFastpath(cfg, fast);
   } catch (e) {
     // A failed change took its own additions back; an abort after it removes what it installed (sysctls too).
     routes.undo();
@@ -234,7 +236,7 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     config: cfg,
     engine: loop.engine,
     startTimings,
-    datapath: fast.handle ? 'tc-bpf' : 'tun',
+    datapath: fast.handle && fast.handle.attached.length > 0 ? 'tc-bpf' : 'tun',
     ...(fast.note ? { datapathNote: fast.note } : {}),
     reload(next) {
       return serial(async () => {
@@ -274,40 +276,58 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
   return b;
 }
 
-/**
- * The tc-bpf fast path for cfg.datapath (src/fastpath/): loaded and attached at tc ingress of every interface of
- * this namespace but loopback and the TUN, before the packet worker starts (its map is empty until the engine
- * offloads a flow, so nothing bypasses the engine yet). A filter a killed run left at this instance's priority is
- * removed whatever the mode. 'auto' falls back to tun with the reason; 'tc-bpf' refuses to start without it.
- */
-function startFastpath(cfg: BalancerConfig): { handle?: FastpathHandle; note?: string } {
-  // MPLB_FASTPATH (tun | tc-bpf | auto) stands in for an unset `datapath`, so the end-to-end suite can run on either path.
+/** The data path asked for: the config's, or MPLB_FASTPATH (tun | tc-bpf | auto) for an unset one (the e2e suite on either path). */
+function datapathMode(cfg: BalancerConfig): 'tun' | 'tc-bpf' | 'auto' {
   const env = process.env.MPLB_FASTPATH;
-  const mode = cfg.datapath ?? (env === 'tc-bpf' || env === 'auto' || env === 'tun' ? env : 'tun');
+  return cfg.datapath ?? (env === 'tc-bpf' || env === 'auto' || env === 'tun' ? env : 'tun');
+}
+
+/**
+ * Loads the tc-bpf fast path for cfg.datapath (src/fastpath/) before the packet worker starts (the worker writes its
+ * map); attachFastpath attaches it once the routes are in. 'auto' falls back to tun with the reason; 'tc-bpf'
+ * refuses to start without it.
+ */
+function loadFastpathFor(cfg: BalancerConfig): { handle?: FastpathHandle; note?: string } {
+  const mode = datapathMode(cfg);
+  if (mode === 'tun') return {};
+  try {
+    // Two entries per flow (one per direction). MPLB_BPF_OBJECT: another object file (tests use a missing one).
+    return { handle: loadFastpath({ maxEntries: 2 * cfg.engine.tables.maxFlows, priority: cfg.device.rulePriority ?? DEFAULT_RULE_PRIORITY, objectPath: process.env.MPLB_BPF_OBJECT || undefined }) };
+  } catch (e) {
+    return fallback(mode, (e as Error).message);
+  }
+}
+
+function fallback(mode: 'tc-bpf' | 'auto', why: string): { note: string } {
+  if (mode === 'tc-bpf') throw new BalancerError('EFASTPATH', `datapath tc-bpf cannot start: ${why} (datapath: auto falls back to tun)`);
+  process.stderr.write(`mplb: datapath auto: the tc-bpf fast path is not available (${why}); using tun\n`);
+  return { note: why };
+}
+
+/**
+ * Removes mplb filters a killed run left at this instance's priority (whatever the mode), then attaches the loaded
+ * program at tc ingress of every interface of this namespace but loopback and the TUN. Its map is empty until the
+ * engine offloads a flow, so nothing bypasses the engine before the worker decides. An 'auto' attach failure leaves
+ * the program detached (the worker's map writes are then unused) and the data path is tun.
+ */
+function attachFastpath(cfg: BalancerConfig, fast: { handle?: FastpathHandle; note?: string }): void {
+  const mode = datapathMode(cfg);
   const priority = cfg.device.rulePriority ?? DEFAULT_RULE_PRIORITY;
   let ifaces: Array<{ name: string; ifindex: number }> = [];
   try {
     ifaces = balancerInterfaces(cfg.device.name);
     const stale = detachStale(priority, ifaces);
     if (stale.length > 0) process.stderr.write(`mplb: removed a fast path program a previous run left on ${stale.join(', ')}\n`);
-  } catch (e) {
-    // No libbpf (or no /sys): nothing of ours can be attached either. Only tc-bpf and auto care.
-    if (mode === 'tun') return {};
+  } catch {
+    // No libbpf (or no /sys): nothing of ours can be attached either; only tc-bpf and auto care, below.
   }
-  if (mode === 'tun') return {};
-  let handle: FastpathHandle | undefined;
+  if (mode === 'tun' || !fast.handle) return;
   try {
-    // Two entries per flow (one per direction).
-    // MPLB_BPF_OBJECT: another object file (tests use a missing one to see the fallback).
-    handle = loadFastpath({ maxEntries: 2 * cfg.engine.tables.maxFlows, priority, objectPath: process.env.MPLB_BPF_OBJECT || undefined });
     if (ifaces.length === 0) throw new Error('no interface to attach to (only loopback and the TUN)');
-    handle.attach(ifaces);
-    return { handle };
+    fast.handle.attach(ifaces);
   } catch (e) {
-    handle?.close();
-    const why = (e as Error).message;
-    if (mode === 'tc-bpf') throw new BalancerError('EFASTPATH', `datapath tc-bpf cannot start: ${why} (datapath: auto falls back to tun)`);
-    process.stderr.write(`mplb: datapath auto: the tc-bpf fast path is not available (${why}); using tun\n`);
-    return { note: why };
+    // Detached, but left open: the worker holds its map fd until the stop closes it.
+    fast.handle.detach();
+    fast.note = fallback(mode, (e as Error).message).note;
   }
 }

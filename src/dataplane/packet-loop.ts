@@ -46,7 +46,7 @@ export interface PacketLoopOptions {
   /** After handling packets, keep polling the queues without sleeping for this long (µs; default 0). */
   spinUs?: number;
   /** The tc-bpf fast path (already loaded and attached): the worker writes its flow map; stats read its counters. */
-  fastpath?: { flowsFd: number; interfaces: string[]; programCounters: () => Record<string, number> };
+  fastpath?: { flowsFd: number; interfaces: () => string[]; programCounters: () => Record<string, number> };
   /** An engine exception (a bug): the packet was dropped and counted as engine_error. At most one a second. */
   onEngineError?: (e: { error: string; head: string; suppressed: number }) => void;
 }
@@ -338,9 +338,10 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
       queues: nQueues,
       vnetHdrBytes: tun.vnetHdrBytes,
       offloads,
-      ...(opts.fastpath && fpWriter ? {
+      // Only while attached ('auto' may have fallen back after loading it).
+      ...(opts.fastpath && fpWriter && opts.fastpath.interfaces().length > 0 ? {
         fastpath: {
-          interfaces: opts.fastpath.interfaces,
+          interfaces: opts.fastpath.interfaces(),
           program: opts.fastpath.programCounters(),
           inserted: fpWriter[FastpathCounter.Inserted],
           removed: fpWriter[FastpathCounter.Removed],

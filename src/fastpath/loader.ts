@@ -31,6 +31,8 @@ export interface FastpathHandle {
   readonly attached: readonly AttachedInterface[];
   /** Attaches at tc ingress of each interface (replacing a filter a dead run left at the same handle and priority). */
   attach(ifaces: Array<{ name: string; ifindex: number }>): void;
+  /** Detaches from every interface (and removes the clsact qdiscs it created); the maps stay open. */
+  detach(): void;
   /** The program's counters summed over CPUs. */
   counters(): Record<FpCounterLabel, number>;
   /** Detaches, removes the clsact qdiscs it created, closes the object (maps go with their last reference). Idempotent, synchronous. */
@@ -108,6 +110,11 @@ export function loadFastpath(opts: { objectPath?: string; maxEntries: number; pr
         attached.push({ name: i.name, ifindex: i.ifindex, createdQdisc: c === 0 });
       }
     },
+    detach() {
+      for (const a of attached.splice(0)) {
+        try { detachOne(a); } catch { /* interface gone: its filters went with it */ }
+      }
+    },
     counters() {
       const out = {} as Record<FpCounterLabel, number>;
       for (let k = 0; k < FP_COUNTER_LABELS.length; k++) {
@@ -122,10 +129,8 @@ export function loadFastpath(opts: { objectPath?: string; maxEntries: number; pr
     },
     close() {
       if (closed) return;
+      h.detach();
       closed = true;
-      for (const a of attached.splice(0)) {
-        try { detachOne(a); } catch { /* interface gone: its filters went with it */ }
-      }
       l.close(obj);
     },
   };
