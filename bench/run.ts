@@ -17,7 +17,7 @@ const quick = process.argv.includes('--quick');
 const skipE2e = process.argv.includes('--no-e2e');
 const onlyArg = process.argv.indexOf('--only');
 const only = onlyArg >= 0 ? process.argv[onlyArg + 1] ?? '' : undefined;
-const SECTIONS = ['cluster'];
+const SECTIONS = ['cluster', 'fastpath'];
 /** Rows of the balancers-in-parallel section (bench/cluster.bench.ts): a section of their own in BENCHMARKS.md. */
 const isCluster = (id: string) => id.startsWith('cluster.');
 const CLUSTER_BEGIN = '<!-- cluster section: written by npm run bench (-- --only cluster) -->';
@@ -36,7 +36,7 @@ async function runCluster(): Promise<BenchResult[]> {
 async function main(): Promise<void> {
   if (only !== undefined) {
     if (!SECTIONS.includes(only)) throw new Error(`--only ${only}: the sections that run alone are ${SECTIONS.join(', ')}`);
-    return onlyCluster();
+    return only === 'fastpath' ? onlyFastpath() : onlyCluster();
   }
   const results: BenchResult[] = [];
   const section = async (name: string, f: () => Promise<BenchResult[]>) => {
@@ -95,6 +95,33 @@ function startSection(): string {
   try { md = readFileSync(`${ROOT}BENCHMARKS.md`, 'utf8'); } catch { return ''; }
   const a = md.indexOf(START_BEGIN), b = md.indexOf(START_END);
   return a >= 0 && b > a ? `\n${md.slice(a, b + START_END.length)}\n` : '';
+}
+
+/**
+ * `--only fastpath` (root): bench/fastpath.bench.ts alone (iperf3 under mptcpize, five modes alternated); writes
+ * bench/fastpath-results.json and replaces its own section of BENCHMARKS.md (a full `npm run bench` keeps it).
+ */
+async function onlyFastpath(): Promise<void> {
+  const mod = await import(new URL('./fastpath.bench.js', import.meta.url).href) as typeof import('./fastpath.bench.js');
+  const r = await mod.runFastpathBench({ rounds: quick ? 1 : 3, seconds: quick ? 2 : 5 });
+  writeFileSync(`${ROOT}bench/fastpath-results.json`, JSON.stringify(r, null, 2) + '\n');
+  if (quick) { process.stderr.write('bench: wrote bench/fastpath-results.json (quick: BENCHMARKS.md untouched)\n'); return; }
+  const m = machine();
+  const sec = mod.fastpathSection(r, `with \`npm run bench -- --only fastpath\` (commit ${gitHead() || 'unknown'}) on ${m.date}, ${m.cores} cores (${m.cpu}), Linux ${m.kernel}, Node ${m.node}`);
+  const file = `${ROOT}BENCHMARKS.md`;
+  const text = existsSync(file) ? readFileSync(file, 'utf8') : '# mplb benchmarks\n';
+  const a = text.indexOf(mod.FASTPATH_BEGIN), b = text.indexOf(mod.FASTPATH_END);
+  writeFileSync(file, a >= 0 && b > a ? text.slice(0, a) + sec + text.slice(b + mod.FASTPATH_END.length) : `${text.trimEnd()}\n\n${sec}\n`);
+  process.stderr.write('bench: wrote bench/fastpath-results.json and the fast path section of BENCHMARKS.md\n');
+}
+
+/** The fast path section of the current BENCHMARKS.md, carried over when the rest of the file is regenerated. */
+function keptFastpathSection(): string {
+  try {
+    const text = readFileSync(`${ROOT}BENCHMARKS.md`, 'utf8');
+    const a = text.indexOf('<!-- fastpath section:'), e = '<!-- end of fastpath section -->', b = text.indexOf(e);
+    return a >= 0 && b > a ? `\n${text.slice(a, b + e.length)}\n` : '';
+  } catch { return ''; }
 }
 
 function gitHead(): string {
@@ -175,7 +202,7 @@ ${rows.join('\n')}
 
 ${NOTES}
 ${clusterSection(results.filter((r) => isCluster(r.id)), m, false)}
-`;
+${keptFastpathSection()}`;
 }
 
 const NOTES = `## How each figure is measured

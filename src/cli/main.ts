@@ -216,7 +216,7 @@ async function cmdRun(argv: string[]): Promise<number> {
     health.start();
     const startMs = { total: Math.round(performance.now() - t0), config: Math.round(configMs), ...b.startTimings, admin: Math.round(performance.now() - adminStart) };
     const vipText = cfg.engine.vips.length > 20 ? `${cfg.engine.vips.length} VIPs` : cfg.engine.vips.map((v) => `${v.address} -> ${v.backends.map((x) => `${x.address}:${x.port}`).join(', ')}`).join('; ');
-    log.info({ tun: b.tunName, policy: cfg.engine.policy, mptcpAware: cfg.engine.mptcpAware, vips: vipText, admin: admin?.url ?? 'off', health: cfg.health.enabled ? `${cfg.health.check} every ${cfg.health.intervalMs} ms` : 'off', startMs }, 'mplb running');
+    log.info({ tun: b.tunName, datapath: b.datapath, ...(b.datapathNote ? { datapathFallback: b.datapathNote } : {}), policy: cfg.engine.policy, mptcpAware: cfg.engine.mptcpAware, vips: vipText, admin: admin?.url ?? 'off', health: cfg.health.enabled ? `${cfg.health.check} every ${cfg.health.intervalMs} ms` : 'off', startMs }, 'mplb running');
     let stopping = false;
     const stop = async (code: number) => {
       if (stopping) return;

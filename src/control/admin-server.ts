@@ -70,10 +70,12 @@ export async function reloadConfig(ctl: Controller, next: RunConfig): Promise<{ 
       ...(next.engine.hashSeed === cur.engine.hashSeed ? [] : ['hashSeed']),
       ...(['enabled', 'address', 'port'] as const).filter((k) => next.admin[k] !== cur.admin[k]).map((k) => `admin.${k}`),
       ...(same({ ...next.tokenStore, password: undefined }, { ...cur.tokenStore, password: undefined }) ? [] : ['tokenStore']),
+      ...((next.datapath ?? 'tun') === (cur.datapath ?? 'tun') ? [] : ['datapath']),
     ];
     return {
       ...next,
       device: cur.device,
+      datapath: cur.datapath,
       tokenStore: cur.tokenStore,
       admin: { ...next.admin, enabled: cur.admin.enabled, address: cur.admin.address, port: cur.admin.port },
       engine: { ...next.engine, tables: cur.engine.tables, hashSeed: cur.engine.hashSeed },

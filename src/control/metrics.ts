@@ -76,6 +76,12 @@ export class Metrics {
     gauge('mplb_token_store_up', '1 while the shared token store answers; 0 while steering is local-only (absent without a tokenStore).', ['store']);
     counter('mplb_token_store_events_total', 'Shared token store: joins and subflows held, found, retried, timed out; reads, writes, errors, refused values, collisions.', ['event']);
     counter('mplb_token_store_hold_wait_bucket', 'Packets released after a hold by how long they waited (le = upper bound in ms, cumulative as in a histogram).', ['le']);
+    gauge('mplb_fastpath_attached', '1 when the tc-bpf fast path is attached (datapath tc-bpf, or auto where it loaded), by interface.', ['interface']);
+    counter('mplb_fastpath_packets_total', 'Packets the tc-bpf program NATed in the kernel (they never reach the engine: not in mplb_packets_total).');
+    counter('mplb_fastpath_bytes_total', 'Bytes (skb length, with the Ethernet header) the tc-bpf program NATed.');
+    counter('mplb_fastpath_passed_total', 'Packets the tc-bpf program passed on to the TUN and the engine, by reason.', ['reason']);
+    counter('mplb_fastpath_program_events_total', 'Other tc-bpf program events (syn_stale: a SYN found a stale entry; errors: a rewrite helper failed).', ['event']);
+    counter('mplb_fastpath_map_updates_total', 'Flow map updates by the packet worker (inserted and removed flows, idle checks, flushes, refused inserts).', ['op']);
     gauge('mplb_control_round_trip_max_seconds', 'Longest control message round trip to the packet worker, since start.');
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'mplb_' });
   }
@@ -153,6 +159,17 @@ export class Metrics {
       setTotal(c.mplb_packet_loop_gso_packets_total, {}, l.gsoPackets);
       setTotal(c.mplb_packet_loop_busy_seconds_total, {}, l.busyMs / 1000);
       g.mplb_control_round_trip_max_seconds.set(l.maxControlMs / 1000);
+      if (l.fastpath) {
+        const f = l.fastpath, p = f.program;
+        for (const i of f.interfaces) g.mplb_fastpath_attached.set({ interface: i }, 1);
+        setTotal(c.mplb_fastpath_packets_total, {}, p.packets ?? 0);
+        setTotal(c.mplb_fastpath_bytes_total, {}, p.bytes ?? 0);
+        for (const [k, v] of Object.entries(p)) {
+          if (k.startsWith('pass_')) setTotal(c.mplb_fastpath_passed_total, { reason: k.slice(5) }, v);
+          else if (k !== 'packets' && k !== 'bytes') setTotal(c.mplb_fastpath_program_events_total, { event: k }, v);
+        }
+        for (const op of ['inserted', 'removed', 'checks', 'flushes', 'insertErrors'] as const) setTotal(c.mplb_fastpath_map_updates_total, { op: op === 'insertErrors' ? 'insert_errors' : op }, f[op]);
+      }
       if (l.store) {
         g.mplb_token_store_up.set({ store: 'redis' }, l.store.store_up ?? 0);
         let cum = 0;

@@ -83,7 +83,11 @@ export interface LogConfig {
   level: LogLevel;
 }
 
-export interface RunConfig { device: DeviceConfig; engine: EngineConfig; admin: AdminConfig; health: HealthConfig; log: LogConfig; tokenStore?: TokenStoreConfig }
+/** How packets of decided flows move: all through the TUN, established ones NATed by the tc-bpf fast path, or that where the kernel allows. */
+export type DatapathMode = 'tun' | 'tc-bpf' | 'auto';
+export const DATAPATH_MODES: readonly DatapathMode[] = ['tun', 'tc-bpf', 'auto'];
+
+export interface RunConfig { device: DeviceConfig; engine: EngineConfig; admin: AdminConfig; health: HealthConfig; log: LogConfig; tokenStore?: TokenStoreConfig; datapath?: DatapathMode }
 
 export const DEVICE_DEFAULTS: DeviceConfig = { name: 'mplb0', mtu: 1500, table: 2710, rulePriority: 10000 };
 export const ADMIN_DEFAULTS: AdminConfig = { enabled: true, address: '127.0.0.1', port: 9740, authReads: false, allowedHosts: [] };
@@ -100,7 +104,7 @@ const MAX_YAML_ALIASES = 100;
 export const MIN_TOKEN_LENGTH = 16;
 
 const ENGINE_KEYS = ['vips', 'policy', 'mptcpAware', 'unknownTokenAnswer', 'tables', 'timeouts', 'hashSeed', 'icmp'];
-const OWN_KEYS = ['device', 'admin', 'health', 'log', 'tokenStore'];
+const OWN_KEYS = ['device', 'admin', 'health', 'log', 'tokenStore', 'datapath'];
 
 function mapping(v: unknown, path: string, allowed: readonly string[]): Record<string, unknown> {
   if (v === undefined || v === null) return {};
@@ -267,6 +271,8 @@ export function validateRunConfig(doc: unknown): RunConfig {
   const out: RunConfig = { device: { name, mtu, table, rulePriority, ...(stateFile === undefined ? {} : { stateFile }) }, engine, admin: validateAdminConfig(d.admin), health: validateHealthConfig(d.health, engine), log: validateLogConfig(d.log) };
   const tokenStore = validateTokenStoreConfig(d.tokenStore);
   if (tokenStore) out.tokenStore = tokenStore;
+  // Set only when the file names it, so configs without it compare equal to what they were.
+  if (d.datapath !== undefined) out.datapath = pick(d.datapath, 'datapath', DATAPATH_MODES, 'tun');
   return out;
 }
 

@@ -8,6 +8,7 @@ import { TunError } from '../io/tun.js';
 import type { EngineChannel } from './control-protocol.js';
 import { startPacketLoop, type PacketLoop, type PacketLoopOptions, type PrestartedWorker } from './packet-loop.js';
 export { prestartPacketWorker } from './packet-loop.js';
+import { balancerInterfaces, detachStale, loadFastpath, type FastpathHandle } from '../fastpath/loader.js';
 import { checkRoutableAddresses, createRoutes, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, type RouteSet, type RoutesHandle } from './routes.js';
 
 /** An environment problem that stops `mplb run`, with a stable code and a message that says what to do. */
@@ -46,6 +47,8 @@ export interface BalancerConfig {
   engine: EngineConfig;
   /** A shared token store for balancers in parallel (password resolved); read at start only. */
   tokenStore?: TokenStoreConfig;
+  /** 'tun' (default): every packet through the TUN; 'tc-bpf': established flows NATed in the kernel; 'auto': tc-bpf where it loads. Start only. */
+  datapath?: 'tun' | 'tc-bpf' | 'auto';
 }
 
 export interface Balancer {
@@ -55,6 +58,9 @@ export interface Balancer {
   /** The engine in the packet worker: typed control calls, counters from shared memory. */
   readonly engine: EngineChannel;
   readonly startTimings: StartTimings;
+  /** The data path in use ('auto' resolved), and why auto fell back to tun when it did. */
+  readonly datapath: 'tun' | 'tc-bpf';
+  readonly datapathNote?: string;
   /**
    * Applies a new config: routes follow the VIP and backend sets (only the difference changes), engine changes live
    * (flows and tokens kept). Changes apply one at a time. A change whose routes cannot be added is refused with the
@@ -155,6 +161,7 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
   if (opts.signal) await new Promise<void>((resolve) => setImmediate(resolve));
   aborted();
   const t0 = performance.now();
+  const fast = loadFastpathFor(cfg);
   const dp = { ...DATAPATH_DEFAULTS, ...datapathFromEnv(), ...(opts.datapath ?? {}) };
   // What was in progress when a stop was asked for, for the StartAborted message (and the lifecycle tests).
   const inProgress = new Set<string>();
@@ -193,12 +200,16 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     queues: d.queues,
     spinUs: d.spinUs,
     onEngineError: opts.onEngineError,
+    ...(fast.handle ? { fastpath: { flowsFd: fast.handle.flowsFd, interfaces: () => fast.handle!.attached.map((a) => a.name), programCounters: () => fast.handle!.counters() } } : {}),
     // The engine builds a Maglev table per VIP in the worker before it is ready: 2,000 VIPs take seconds. A start
     // that takes long is no hazard now that a signal stops it: the timeout is only for a worker that hangs.
     startTimeoutMs: 10_000 + 20 * cfg.engine.vips.length,
     whileWorkerStarts: installRoutes,
     prestarted: opts.prestarted,
   });
+  // The program detaches whatever ends the process (synchronous).
+  const closeFast = () => fast.handle?.close();
+  process.on('exit', closeFast);
   let loop: PacketLoop;
   let dataplaneMs = 0;
   inProgress.add('engine build');
@@ -220,13 +231,22 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     // The loop stopped itself (packet-loop.ts); routes the hook installed, or part of, go now (sysctls too).
     routes?.undo();
     process.off('exit', undoOnExit);
+    closeFast();
+    process.off('exit', closeFast);
     throw e;
   }
-  if (opts.signal?.aborted) {
+  let attachError: unknown;
+  if (!opts.signal?.aborted) {
+    // Last: the routes' check has refused a second instance at this rulePriority, so a filter found at it is stale.
+    try { attachFastpath(cfg, fast); } catch (e) { attachError = e; }
+  }
+  if (opts.signal?.aborted || attachError !== undefined) {
     routes!.undo();
     process.off('exit', undoOnExit);
+    closeFast();
+    process.off('exit', closeFast);
     await loop.stop();
-    throw abortedError();
+    throw attachError ?? abortedError();
   }
   const installed = routes!;
   const startTimings: StartTimings = { dataplaneMs: Math.round(dataplaneMs), routesMs: Math.round(routesMs) };
@@ -244,6 +264,8 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     config: cfg,
     engine: loop.engine,
     startTimings,
+    datapath: fast.handle && fast.handle.attached.length > 0 ? 'tc-bpf' : 'tun',
+    ...(fast.note ? { datapathNote: fast.note } : {}),
     reload(next) {
       return serial(async () => {
         if (stopped) throw new BalancerError('ESTOPPED', 'mplb is stopping: the change was not applied');
@@ -271,10 +293,69 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
       stopped = true;
       // A change in flight finishes (or rolls back) first, so undo sees what is really installed.
       await queue;
+      // The fast path first: its flows go back to the TUN path, which still runs until the routes go.
+      closeFast();
+      process.off('exit', closeFast);
       installed.undo(o);
       process.off('exit', undoOnExit);
       await loop.stop();
     },
   };
   return b;
+}
+
+/** The data path asked for: the config's, or MPLB_FASTPATH (tun | tc-bpf | auto) for an unset one (the e2e suite on either path). */
+function datapathMode(cfg: BalancerConfig): 'tun' | 'tc-bpf' | 'auto' {
+  const env = process.env.MPLB_FASTPATH;
+  return cfg.datapath ?? (env === 'tc-bpf' || env === 'auto' || env === 'tun' ? env : 'tun');
+}
+
+/**
+ * Loads the tc-bpf fast path for cfg.datapath (src/fastpath/) before the packet worker starts (the worker writes its
+ * map); attachFastpath attaches it once the routes are in. 'auto' falls back to tun with the reason; 'tc-bpf'
+ * refuses to start without it.
+ */
+function loadFastpathFor(cfg: BalancerConfig): { handle?: FastpathHandle; note?: string } {
+  const mode = datapathMode(cfg);
+  if (mode === 'tun') return {};
+  try {
+    // Two entries per flow (one per direction). MPLB_BPF_OBJECT: another object file (tests use a missing one).
+    return { handle: loadFastpath({ maxEntries: 2 * cfg.engine.tables.maxFlows, priority: cfg.device.rulePriority ?? DEFAULT_RULE_PRIORITY, objectPath: process.env.MPLB_BPF_OBJECT || undefined }) };
+  } catch (e) {
+    return fallback(mode, (e as Error).message);
+  }
+}
+
+function fallback(mode: 'tc-bpf' | 'auto', why: string): { note: string } {
+  if (mode === 'tc-bpf') throw new BalancerError('EFASTPATH', `datapath tc-bpf cannot start: ${why} (datapath: auto falls back to tun)`);
+  process.stderr.write(`mplb: datapath auto: the tc-bpf fast path is not available (${why}); using tun\n`);
+  return { note: why };
+}
+
+/**
+ * Removes mplb filters a killed run left at this instance's priority (whatever the mode), then attaches the loaded
+ * program at tc ingress of every interface of this namespace but loopback and the TUN. Its map is empty until the
+ * engine offloads a flow, so nothing bypasses the engine before the worker decides. An 'auto' attach failure leaves
+ * the program detached (the worker's map writes are then unused) and the data path is tun.
+ */
+function attachFastpath(cfg: BalancerConfig, fast: { handle?: FastpathHandle; note?: string }): void {
+  const mode = datapathMode(cfg);
+  const priority = cfg.device.rulePriority ?? DEFAULT_RULE_PRIORITY;
+  let ifaces: Array<{ name: string; ifindex: number }> = [];
+  try {
+    ifaces = balancerInterfaces(cfg.device.name);
+    const stale = detachStale(priority, ifaces);
+    if (stale.length > 0) process.stderr.write(`mplb: removed a fast path program a previous run left on ${stale.join(', ')}\n`);
+  } catch {
+    // No libbpf (or no /sys): nothing of ours can be attached either; only tc-bpf and auto care, below.
+  }
+  if (mode === 'tun' || !fast.handle) return;
+  try {
+    if (ifaces.length === 0) throw new Error('no interface to attach to (only loopback and the TUN)');
+    fast.handle.attach(ifaces);
+  } catch (e) {
+    // Detached, but left open: the worker holds its map fd until the stop closes it.
+    fast.handle.detach();
+    fast.note = fallback(mode, (e as Error).message).note;
+  }
 }

@@ -11,7 +11,7 @@ import { openTun, createEventFd, signalEventFd, closeFd, TunDevice, TUN_F_CSUM, 
 import { validVnetHdrBytes } from '../wire/vnet-hdr.js';
 import { ControlRequestError, engineStats, type ControlOp, type ControlReq, type ControlRes, type EngineChannel } from './control-protocol.js';
 import { LOOP_COUNTERS_BYTES, LoopCounter } from './forwarder.js';
-import { Flag, type MainMessage, type WorkerInit, type WorkerMessage } from './worker-messages.js';
+import { FastpathCounter, Flag, type MainMessage, type WorkerInit, type WorkerMessage } from './worker-messages.js';
 
 export interface PacketLoopOptions {
   /** TUN interface to create (in the current network namespace). */
@@ -54,6 +54,8 @@ export interface PacketLoopOptions {
   whileWorkerStarts?: (tunName: string) => Promise<void>;
   /** A worker from prestartPacketWorker (used if still unused; otherwise a new one is started). */
   prestarted?: PrestartedWorker;
+  /** The tc-bpf fast path (already loaded and attached): the worker writes its flow map; stats read its counters. */
+  fastpath?: { flowsFd: number; interfaces: () => string[]; programCounters: () => Record<string, number> };
   /** An engine exception (a bug): the packet was dropped and counted as engine_error. At most one a second. */
   onEngineError?: (e: { error: string; head: string; suppressed: number }) => void;
 }
@@ -78,6 +80,19 @@ export interface PacketLoopStats {
   queues: number;
   vnetHdrBytes: number;
   offloads: number;
+  /** The tc-bpf fast path (absent on the TUN-only path): the program's per-CPU counters summed, and its map writer's. */
+  fastpath?: FastpathStats;
+}
+
+export interface FastpathStats {
+  interfaces: string[];
+  /** bpf/fastpath.bpf.c's counters (packets and bytes NATed in the kernel, packets passed up by reason). */
+  program: Record<string, number>;
+  inserted: number;
+  removed: number;
+  insertErrors: number;
+  checks: number;
+  flushes: number;
 }
 
 export interface PacketLoop {
@@ -194,6 +209,8 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
   const engineCounters = new Counters(engineSab);
   const loopCounters = new Float64Array(loopSab);
   const flags = new Int32Array(flagsSab);
+  const fpSab = opts.fastpath ? new SharedArrayBuffer(FastpathCounter.Count * 8) : undefined;
+  const fpWriter = fpSab ? new Float64Array(fpSab) : undefined;
   const init: WorkerInit = {
     tunFds: devs.map((d) => d.fd),
     tunName: tun.name,
@@ -210,6 +227,7 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     batchMax: opts.batchMax ?? 16,
     sliceBudgetMs: opts.sliceBudgetMs ?? 5,
     spinUs: opts.spinUs ?? 0,
+    ...(opts.fastpath && fpSab ? { fastpath: { flowsFd: opts.fastpath.flowsFd, counters: fpSab } } : {}),
   };
   const pre = opts.prestarted?.take();
   let worker: Worker, workerExit: Promise<number>, workerError: () => Error | undefined;
@@ -355,6 +373,18 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
       queues: nQueues,
       vnetHdrBytes: tun.vnetHdrBytes,
       offloads,
+      // Only while attached ('auto' may have fallen back after loading it).
+      ...(opts.fastpath && fpWriter && opts.fastpath.interfaces().length > 0 ? {
+        fastpath: {
+          interfaces: opts.fastpath.interfaces(),
+          program: opts.fastpath.programCounters(),
+          inserted: fpWriter[FastpathCounter.Inserted],
+          removed: fpWriter[FastpathCounter.Removed],
+          insertErrors: fpWriter[FastpathCounter.InsertErrors],
+          checks: fpWriter[FastpathCounter.Checks],
+          flushes: fpWriter[FastpathCounter.Flushes],
+        },
+      } : {}),
     }),
     resetMax() {
       maxControlMs = 0;

@@ -9,7 +9,8 @@ import { ControlRequestError, handleControl } from './control-protocol.js';
 import { Forwarder, LoopCounter } from './forwarder.js';
 import { TunPacketDevice } from './tun-device.js';
 import { StoreSync } from './store-sync.js';
-import { Flag, type MainMessage, type WorkerInit, type WorkerMessage } from './worker-messages.js';
+import { FlowMap } from '../fastpath/flow-map.js';
+import { FastpathCounter, Flag, type MainMessage, type WorkerInit, type WorkerMessage } from './worker-messages.js';
 
 // Started ahead of its config (packet-loop.ts prestartPacketWorker: its modules load while the main thread reads the
 // config file), it gets its WorkerInit as the first message.
@@ -34,6 +35,19 @@ function onEngineError(e: unknown, head: Uint8Array): void {
 }
 
 let sync: StoreSync | undefined;
+let fpMap: FlowMap | undefined;
+let fpCounters: Float64Array | undefined;
+
+/** Applies the engine's offload events to the kernel map (between batches) and publishes the writer's counters. */
+function applyOffload(now: number): void {
+  if (!fpMap || fpMap.apply(now) === 0) return;
+  const c = fpMap.counters, s = fpCounters!;
+  s[FastpathCounter.Inserted] = c.inserted;
+  s[FastpathCounter.Removed] = c.removed;
+  s[FastpathCounter.InsertErrors] = c.insertErrors;
+  s[FastpathCounter.Checks] = c.checks;
+  s[FastpathCounter.Flushes] = c.flushes;
+}
 
 function main(): void {
   let engine: Engine;
@@ -52,6 +66,11 @@ function main(): void {
         keyPrefix: ts.keyPrefix, maxPackets: ts.holdMaxPackets, maxBytes: ts.holdMaxBytes, maxWaitMs: ts.holdMs, tries: ts.holdTries,
         ttlMs: ts.ttlMs, lingerMs: engine.config.timeouts.tokenLingerMs,
       }, new Float64Array(init.storeCounters), post);
+    }
+    if (init.fastpath) {
+      fpMap = new FlowMap(init.fastpath.flowsFd, engine);
+      fpCounters = new Float64Array(init.fastpath.counters);
+      engine.offload.enabled = true;
     }
   } catch (e) {
     post({ type: 'start-failed', error: errText(e) });
@@ -94,6 +113,7 @@ async function loop(forwarders: Forwarder[]): Promise<void> {
       loopCounters[LoopCounter.MaxBatch] = 0;
     }
     forwarders[0].maybeTick(nowMs());
+    applyOffload(nowMs());
     sync?.step(nowMs());
     // The main thread wakes this one (wakeFd) when it posts a store answer; a retry waits at most a few ms.
     const ready = pollReadable(pollFds, sync && sync.pool.size > 0 ? 2 : IDLE_POLL_MS, pollScratch);
@@ -105,6 +125,8 @@ async function loop(forwarders: Forwarder[]): Promise<void> {
       const r = drain(forwarders[q], budgetEnd);
       if (r < 0) ok = false; else got += r;
     }
+    // Flows decided in these batches go on the fast path now, before their next packets queue up in the TUN.
+    if (got > 0) applyOffload(nowMs());
     // Busy-poll for a short while after traffic: the next packet of a request/response exchange is caught
     // without a sleep/wake-up. Bounded by spinUs of idleness and by the slice budget (control messages wait).
     if (ok && got > 0 && spinMs > 0) {

@@ -26,7 +26,12 @@ export interface WorkerInit {
   batchMax: number;
   sliceBudgetMs: number;
   spinUs: number;
+  /** The tc-bpf fast path's flow map (fd shared by the process) and its writer's counters (FastpathCounter). */
+  fastpath?: { flowsFd: number; counters: SharedArrayBuffer };
 }
+
+/** The fast path writer's counters in shared memory (Float64), written by the worker. */
+export const enum FastpathCounter { Inserted = 0, Removed = 1, InsertErrors = 2, Checks = 3, Flushes = 4, Count = 5 }
 
 /** Int32 flags shared with the worker. */
 export const enum Flag { stop = 0, resetMax = 1, Count = 2 }

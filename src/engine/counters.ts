@@ -106,6 +106,17 @@ export const enum Counter {
   IcmpPmtuErrors,
   /** Echo requests to a VIP answered by mplb. */
   IcmpEchoAnswered,
+  /** Flows handed to the kernel fast path (offload.ts), and taken back (FIN, RST, removal, flush). */
+  FlowsOffloaded,
+  FlowsOffloadReleased,
+  /** Idle offloaded flows whose kernel last-seen time was asked for, and those found alive there. */
+  OffloadChecks,
+  OffloadRefreshed,
+  /** Offload events that did not fit the ring (a lost removal empties the kernel map: OffloadFlushes). */
+  OffloadEventsLost,
+  OffloadFlushes,
+  /** The kernel map refused a flow's entries (full): it stayed on the TUN path. */
+  OffloadInsertFailed,
   Count,
 }
 export const COUNTER_LABELS: readonly string[] = [
@@ -120,6 +131,7 @@ export const COUNTER_LABELS: readonly string[] = [
   'packets_held', 'conns_adopted', 'flows_adopted',
   'icmp_errors_to_backend', 'icmp_errors_to_backend_hashed', 'icmp_errors_to_client', 'icmp_errors_to_client_stateless',
   'icmp_pmtu_errors', 'icmp_echo_answered',
+  'flows_offloaded', 'flows_offload_released', 'offload_checks', 'offload_refreshed', 'offload_events_lost', 'offload_flushes', 'offload_insert_failed',
 ];
 
 /** Bytes of shared memory that back one Counters (events, then drops). */

@@ -10,6 +10,7 @@ import { FlowState, FlowTable, MptcpMode } from './flow-table.js';
 import { hashTuple, SMI_MASK } from './hash.js';
 import { Introspection, type ConnectionInfo } from './introspect.js';
 import { Lifecycle, msTick } from './lifecycle.js';
+import { Offload } from './offload.js';
 import { decodeMptcpOption, JoinForm, MptcpOption, MptcpSubtype, OptionStatus, TCPOPT_MPTCP } from '../wire/mptcp-options.js';
 import { loadAddressWords, nextTcpOption, PacketView, parsePacket, ParseStatus, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../wire/parse.js';
 import { natEndpoint, natToBackend, natToClient, stripTcpOption, writeResetForSyn } from './rewrite.js';
@@ -59,6 +60,8 @@ export class Engine {
   private readonly life: Lifecycle;
   private readonly info: Introspection;
   private readonly icmp: IcmpHandler;
+  /** The kernel fast path's side of the engine (offload.ts): off unless the tc-bpf data path is attached. */
+  readonly offload: Offload;
 
   // The last decision, for replay and tests (plain fields: reading them allocates nothing).
   outLen = 0;
@@ -99,7 +102,8 @@ export class Engine {
     this.flows = new FlowTable(cfg.tables.maxFlows);
     this.conns = new ConnTable(cfg.tables.maxConnections, cfg.hashSeed);
     this.seed = cfg.hashSeed & SMI_MASK;
-    this.life = new Lifecycle(this.flows, this.conns, this.counters, cfg.timeouts, this.storeEvents);
+    this.offload = new Offload(this.flows, this.counters);
+    this.life = new Lifecycle(this.flows, this.conns, this.counters, cfg.timeouts, this.storeEvents, this.offload);
     this.info = new Introspection(this.services, this.flows, this.conns, this.seed);
     this.icmp = new IcmpHandler(this.services, this.flows, this.counters, this.seed, cfg.icmp);
   }
@@ -108,6 +112,9 @@ export class Engine {
 
   /** Live reconfiguration: VIPs, backends, weights, policy, timeouts. Flows and tokens are kept. Table sizes cannot change. */
   reconfigure(cfg: EngineConfig): void {
+    // What the engine must read of a flow depends on mptcpAware: offloaded flows come back to be looked at again.
+    // Nothing else a reload changes alters an existing flow's rewrite (VIP and backend indices are kept).
+    if (cfg.mptcpAware !== this.cfg.mptcpAware) this.offload.releaseAll();
     this.cfg = { ...cfg, tables: this.cfg.tables, hashSeed: this.cfg.hashSeed };
     this.services.applyConfig(this.cfg);
     this.life.setTimeouts(this.cfg.timeouts);
@@ -231,6 +238,7 @@ export class Engine {
     const b = flows.backend(r);
     this.lastFlow = r;
     this.lastBackend = b;
+    this.offload.update(r, this.cfg.mptcpAware);
     if (flows.state(r) & CROSS_VIP) natEndpoint(buf, v, v.dstAddrOff, v.l4Off + 2, this.services.beAddrBytes, b << 4, this.services.bePort[b]);
     else natToBackend(buf, v, this.services, b);
     return this.countIn(b);
@@ -501,6 +509,7 @@ export class Engine {
     }
     const b = flows.backend(r);
     this.lastBackend = b;
+    this.offload.update(r, this.cfg.mptcpAware);
     if (flows.state(r) & CROSS_VIP) {
       const vip = flows.vip(r);
       natEndpoint(buf, v, v.srcAddrOff, v.l4Off, this.services.vipAddrBytes, vip << 4, this.services.vipPort[vip]);
@@ -597,6 +606,15 @@ export class Engine {
    */
   tick(nowMs: number, budget = Math.max(4096, this.flows.capacity >>> 5)): void {
     this.life.tick(msTick(nowMs), budget);
+  }
+
+  /**
+   * The kernel's answer to an OffloadEvent.Check of flow r: its last packet on the fast path was at nowMs - ageMs
+   * (ageMs < 0: the kernel has no entry). Cold (called by the packet worker between batches).
+   */
+  offloadSeen(r: number, ageMs: number, nowMs: number): void {
+    const now = msTick(nowMs);
+    this.offload.seen(r, ageMs < 0 ? -1 : msTick(nowMs - ageMs), now);
   }
 
   // ---- the shared token store (cold: called by store-sync.ts between batches) ----

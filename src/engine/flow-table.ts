@@ -24,6 +24,12 @@ export const enum FlowState {
   CrossVip = 1 << 11,
   /** The client's first packet after its SYN was scanned for its key. */
   ClientSeen = 1 << 12,
+  /** Its entries are in the kernel fast path's map (offload.ts): its packets may bypass the engine. */
+  Offloaded = 1 << 13,
+  /** Looked idle here: the kernel's last-seen times were asked for (offload.ts). */
+  OffloadCheck = 1 << 14,
+  /** The kernel answered: idle there too, so it may expire. */
+  OffloadIdle = 1 << 15,
   Closing = FinClient | FinServer,
 }
 

@@ -7,6 +7,7 @@ import { ConnFlag, type ConnTable } from './conn-table.js';
 import { Counter, type Counters } from './counters.js';
 import { FlowState, type FlowTable } from './flow-table.js';
 import { StoreEvent, type StoreEventRing } from './store-events.js';
+import type { Offload } from './offload.js';
 
 /**
  * Times are kept as milliseconds modulo 2^30 (ages compared modulo 2^30, so timeouts stay below 2^29 ms, 6.2 days):
@@ -29,6 +30,7 @@ export class Lifecycle {
     private readonly counters: Counters,
     private timeouts: EngineConfig['timeouts'],
     private readonly storeEvents: StoreEventRing,
+    private readonly offload?: Offload,
   ) {}
 
   setTimeouts(t: EngineConfig['timeouts']): void { this.timeouts = t; }
@@ -84,6 +86,7 @@ export class Lifecycle {
         }
       }
     }
+    this.offload?.release(r);
     flows.remove(r);
   }
 
@@ -111,6 +114,8 @@ export class Lifecycle {
     for (let f = this.conns.firstFlow[c]; f >= 0; f = this.flows.next(f)) {
       this.flows.orState(f, FlowState.Rst);
       this.flows.setLastSeen(f, now);
+      // Its subflows' remaining packets go through the engine again, as after any RST.
+      this.offload?.release(f);
     }
   }
 
@@ -134,7 +139,7 @@ export class Lifecycle {
     for (let i = 0; i < RECLAIM_SCAN; i++) {
       const r = this.nextFlow();
       if (!flows.isLive(r)) continue;
-      if (this.flowExpired(r, now)) { this.removeFlow(r, now); this.counters.events[Counter.FlowsExpired]++; return true; }
+      if (this.flowExpired(r, now) && (this.offload === undefined || this.offload.mayExpire(r))) { this.removeFlow(r, now); this.counters.events[Counter.FlowsExpired]++; return true; }
       if ((flows.state(r) & FlowState.Established) === 0) {
         this.removeFlow(r, now);
         this.counters.events[Counter.FlowsEvictedEmbryonic]++;
@@ -164,7 +169,8 @@ export class Lifecycle {
     const ev = this.counters.events;
     for (let i = 0; i < budget && flows.used > 0; i++) {
       const r = this.nextFlow();
-      if (flows.isLive(r) && this.flowExpired(r, now)) {
+      // An offloaded flow may be busy on the fast path: the kernel's last-seen time is asked for first.
+      if (flows.isLive(r) && this.flowExpired(r, now) && (this.offload === undefined || this.offload.mayExpire(r))) {
         const closed = (flows.state(r) & (FlowState.Rst | FlowState.FinClient | FlowState.FinServer)) !== 0;
         this.removeFlow(r, now);
         ev[closed ? Counter.FlowsClosed : Counter.FlowsExpired]++;
