@@ -111,6 +111,7 @@ export async function runTrafficClient(opts: TrafficClientOptions): Promise<Clie
           if (s.destroyed) return;
           // Established ones: MPTCP_INFO already counts a join whose SYN is out, and closing then would reset it.
           const up = want > 0 ? establishedSubflows(s) : undefined;
+          if (up !== undefined && up > r.subflowsTotalMax) r.subflowsTotalMax = up;
           if (want === 0 || up === undefined || up >= want || performance.now() >= until) s.end();
           else setTimeout(check, 20);
         };

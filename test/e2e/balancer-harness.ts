@@ -313,7 +313,7 @@ export async function mptcpBatch(spec: MptcpBatchSpec, t: { diagnostic(m: string
   const e0 = await engineStats(lb);
   const s0 = nstatMany(tb.namespaces.servers);
   const c0 = nstatMany([tb.namespaces.client]);
-  const r = await runClientTo(tb, spec.host, ['--port', String(MPTCP_PORT), '--connections', String(n), '--timeout-ms', '15000', ...spec.clientArgs], 25000);
+  const r = await runClientTo(tb, spec.host, ['--port', String(MPTCP_PORT), '--connections', String(n), '--timeout-ms', '15000', '--min-subflows', '2', ...spec.clientArgs], 25000);
   const e1 = await engineStats(lb);
   const s1 = nstatMany(tb.namespaces.servers);
   const c1 = nstatMany([tb.namespaces.client]);
