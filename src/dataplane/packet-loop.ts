@@ -355,7 +355,7 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     exited,
     engine: {
       call,
-      stats: () => engineStats(engineCounters, { flows: L[LoopCounter.Flows], connections: L[LoopCounter.Connections], ...caps }),
+      stats: () => consistentRead(flags, () => engineStats(engineCounters, { flows: L[LoopCounter.Flows], connections: L[LoopCounter.Connections], ...caps })),
     },
     stats: () => ({
       batches: L[LoopCounter.Batches],
@@ -392,4 +392,21 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     },
     stop,
   };
+}
+
+/**
+ * A read of the worker's shared counters that no packet is half counted in (packets_in incremented, its verdict not
+ * yet): taken while the worker waits (Flag.busy even and unchanged across the read). Tries for at most 20 ms, then
+ * returns an unchecked read (a worker that never waits is saturated; its counters are still off by a batch at most).
+ */
+function consistentRead<T>(flags: Int32Array, read: () => T): T {
+  const end = performance.now() + 20;
+  do {
+    const s = Atomics.load(flags, Flag.busy);
+    if ((s & 1) === 0) {
+      const r = read();
+      if (Atomics.load(flags, Flag.busy) === s) return r;
+    }
+  } while (performance.now() < end);
+  return read();
 }

@@ -112,12 +112,15 @@ async function loop(forwarders: Forwarder[]): Promise<void> {
       loopCounters[LoopCounter.MaxBatchMs] = 0;
       loopCounters[LoopCounter.MaxBatch] = 0;
     }
+    Atomics.add(flags, Flag.busy, 1); // odd: counters change until the wait below
     forwarders[0].maybeTick(nowMs());
     applyOffload(nowMs());
     sync?.step(nowMs());
+    Atomics.add(flags, Flag.busy, 1);
     // The main thread wakes this one (wakeFd) when it posts a store answer; a retry waits at most a few ms.
     const ready = pollReadable(pollFds, sync && sync.pool.size > 0 ? 2 : IDLE_POLL_MS, pollScratch);
     if (ready & WAKE_BIT) drainEventFd(init.wakeFd);
+    Atomics.add(flags, Flag.busy, 1);
     let ok = true, got = 0;
     const budgetEnd = performance.now() + init.sliceBudgetMs;
     for (let q = 0; q < nq; q++) {
@@ -141,6 +144,7 @@ async function loop(forwarders: Forwarder[]): Promise<void> {
         if (hit > 0) { loopCounters[LoopCounter.SpinHits] += hit; idleEnd = performance.now() + spinMs; }
       }
     }
+    Atomics.add(flags, Flag.busy, 1); // even again
     // Control requests are delivered only when this thread's event loop runs.
     if (ok) await yieldToEventLoop();
     else await new Promise((r) => setTimeout(r, 10)); // e.g. the device was deleted under us: do not spin

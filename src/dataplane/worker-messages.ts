@@ -34,7 +34,8 @@ export interface WorkerInit {
 export const enum FastpathCounter { Inserted = 0, Removed = 1, InsertErrors = 2, Checks = 3, Flushes = 4, Count = 5 }
 
 /** Int32 flags shared with the worker. */
-export const enum Flag { stop = 0, resetMax = 1, Count = 2 }
+/** `busy`: a sequence the worker makes odd while it changes counters and even while it waits (readers retry on odd or on a change). */
+export const enum Flag { stop = 0, resetMax = 1, busy = 2, Count = 3 }
 
 /** Main -> worker. */
 export type MainMessage = { [K in ControlOp]: { type: 'call'; id: number; op: K; req: ControlReq<K> } }[ControlOp] | StoreAnswer;
