@@ -2,7 +2,7 @@
 // 1 and 8 connections, on one testbed with rate limits off, modes alternated round by round (order reversed every
 // other round): plain routing, nftables DNAT (every connection to server 1, so iperf3's control and data
 // connections meet), HAProxy under mptcpize (balance source), mplb tun and mplb tc-bpf (policy hash-ip-pair: a
-// client's connections reach one server). Also per mode: small packets (iperf3 TCP, 64-byte writes, TCP_NODELAY:
+// client's connections reach one server). Also per mode: small packets (iperf3 TCP with an 88-byte MSS:
 // packets/s through the balancer), TCP ping-pong RTT p50, machine CPU seconds per GB in the 8-connection run, and
 // new MPTCP connections/s (the project's traffic client: 100 concurrent 1 KB connections). Plus the cost of the
 // map updates per new connection (no traffic). Every process it starts is stopped by PID; the testbed is removed.
@@ -149,11 +149,14 @@ async function measure(tb: TestbedHandle, seconds: number, lbStats: () => Promis
   const g8 = await iperf(tb, ['-P', '8'], seconds);
   const cpu = machineBusy() - busy0;
   const s1 = await lbStats();
-  // Small packets: plain TCP (not MPTCP: no DSS on every segment), 64-byte writes sent at once.
+  // Small packets: plain TCP (not MPTCP: no DSS on every segment) with an 88-byte MSS (-M), so that TCP cannot
+  // coalesce the writes into large segments: every data packet is small, whatever the load. Counted at the
+  // balancer's client-side links; a failed iperf3 run counts as no figure.
   const devs = tb.client.links.map((l) => l.peerDev);
   const p0 = rxPackets(tb.namespaces.balancer, devs), t0 = Date.now();
-  await nsRun(tb.namespaces.client, 'iperf3', ['-c', tb.vips[0], '-p', String(IPERF), '-t', '3', '-N', '-l', '64', '-J'], 25000);
-  const smallPps = (rxPackets(tb.namespaces.balancer, devs) - p0) / ((Date.now() - t0) / 1000);
+  const sp = await nsRun(tb.namespaces.client, 'iperf3', ['-c', tb.vips[0], '-p', String(IPERF), '-t', '3', '-N', '-M', '88', '-J'], 25000);
+  let smallPps = (rxPackets(tb.namespaces.balancer, devs) - p0) / ((Date.now() - t0) / 1000);
+  if (sp.code !== 0) { log(`small-packet iperf3 failed (${sp.code}): ${sp.stderr.slice(0, 200)}`); smallPps = NaN; }
   const pp = await nsRun(tb.namespaces.client, process.execPath, [TOOLS, 'pingpong', '--host', tb.vips[0], '--port', String(ECHO), '--count', '2000'], 40000);
   let rtt = NaN;
   try { rtt = (JSON.parse(pp.stdout.trim().split('\n').pop()!) as { p50Us: number }).p50Us; } catch { log(`pingpong failed: ${pp.stderr.slice(0, 200)}`); }
@@ -297,15 +300,16 @@ connections: one bpf_map_update_batch / bpf_map_delete_batch call each, no traff
 
 Read with care. On this shared machine the spread between rounds of one mode (up to 1.7x) is larger than the
 differences between plain routing, nftables DNAT and mplb tc-bpf, so a ratio above 1 means "no measurable cost", not
-"faster than routing". The small-packet column is not usable: iperf3's 64-byte no-delay writes are coalesced by TCP
-depending on load (nftables 404-45315 packets/s across rounds) and the bench does not check that run's exit status.
+"faster than routing". Small packets: plain-TCP iperf3 with an 88-byte MSS (-M 88) for 3 s, so that TCP cannot coalesce
+writes into large segments; packets received on the balancer's client-side links per second (both directions of the
+client's traffic: data and ACKs).
 The connections/s column is bounded by the traffic client (one Node process opening 100 connections), not by a
 balancer; the engine's own rate is engine.new_mptcp_conns_per_s above, and the fast path adds the map writer's cost.
 
 How: goodput is iperf3 3.12 under \`mptcpize run\` (client and servers), \`-P 1\` and \`-P 8\`, the receiver's
 sum. iperf3's control and data connections must reach one server: nftables DNATs everything to server 1, HAProxy
 uses \`balance source\`, mplb uses policy \`hash-ip-pair\` (client and VIP addresses). Small packets: plain-TCP
-iperf3 with 64-byte writes and TCP_NODELAY for 3 s, packets counted on the balancer's client-side links. RTT: a
+iperf3 with an 88-byte MSS (-M 88) for 3 s, packets counted on the balancer's client-side links. RTT: a
 TCP ping-pong of 2000 exchanges (bench/datapath-compare.js pingpong). CPU: whole-machine busy time during the
 8-connection run over the GB it moved (includes client, servers and other tenants). Connections/s: the project's
 traffic client opening 100 concurrent MPTCP connections of 1 KB each (two subflows each), over its wall time.
