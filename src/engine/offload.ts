@@ -4,9 +4,9 @@
 //
 // A flow is offloaded once the engine no longer needs its packets: established, no FIN or RST seen, and for an
 // MPTCP subflow its keys learned and the client's first packet after the SYN read (Engine.needsScan is then
-// false for everything but RSTs, which the program never NATs). The program also passes up FIN, RST and, for v0
-// subflows, any segment with an MPTCP option other than DSS, so MP_FASTCLOSE (v0 on an ACK, RFC 6824 3.5) still
-// reaches the engine. A flow comes back when the engine sees its FIN or RST, when it is removed (expiry, eviction, reopen),
+// false for everything but RSTs, which the program never NATs). The program also passes up FIN, RST and any
+// segment with an MPTCP option other than DSS, so MP_FASTCLOSE (v0 on an ACK, RFC 6824 3.5) still reaches the
+// engine. A flow comes back when the engine sees its FIN or RST, when it is removed (expiry, eviction, reopen),
 // on MP_FASTCLOSE, and when mptcpAware changes. Idle expiry asks the kernel first (OffloadEvent.Check).
 import { Counter, type Counters } from './counters.js';
 import { FlowState, MptcpMode, type FlowTable } from './flow-table.js';
@@ -120,10 +120,7 @@ export class Offload {
     // The kernel map was full: try again only every INSERT_BACKOFF candidates, not on every packet.
     if (this.backoff > 0) { this.backoff--; return; }
     if (this.ring.full) { this.counters.events[Counter.OffloadEventsLost]++; return; } // tried again on its next packet
-    // The program walks the options only of v0 subflows (MP_FASTCLOSE may come on an ACK, RFC 6824 3.5). A v1 flow
-    // with its keys read needs nothing from the engine but its RSTs (Engine.needsScan), which are never NATed: no
-    // per-packet walk for it, as for plain TCP.
-    const mptcp = aware && this.flows.mptcpMode(r) === MptcpMode.V0;
+    const mptcp = aware && this.flows.mptcpMode(r) !== MptcpMode.None;
     this.ring.push(OffloadEvent.Insert, this.flows, r, mptcp);
     this.flows.orState(r, FlowState.Offloaded);
     this.counters.events[Counter.FlowsOffloaded]++;
