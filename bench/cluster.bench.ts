@@ -272,6 +272,12 @@ async function openStore(url: string, prefix: string): Promise<TokenStore> {
 
 /** In-flight store commands allowed before the one-thread loop waits (a 50 ms command timeout must not expire in a queue). */
 const MAX_IN_FLIGHT = 1024;
+/**
+ * 'on': tokens handed to the StoreServer and not yet answered before the loop waits. The server itself sends at
+ * most a few batch commands at once (the rest waits in its queue, where no command timeout runs), so this bounds
+ * only memory; in mplb run the worker never waits for the store at all.
+ */
+const MAX_QUEUED_TOKENS = 16384;
 
 export async function publishRun(variant: Variant, n: number, redis: LocalRedis | undefined, prefix: string, joins: boolean, salt: number): Promise<PublishRun> {
   if (variant === 'threads') return threadsRun(n, redis!, prefix, salt);
@@ -297,9 +303,10 @@ export async function publishRun(variant: Variant, n: number, redis: LocalRedis 
     const ts = performance.now();
     load.round(i0);
     loopMs += performance.now() - ts;
-    if ((round & 3) === 3 || (server && server.st.outstanding > MAX_IN_FLIGHT)) {
+    const bound = variant === 'on' ? MAX_QUEUED_TOKENS : MAX_IN_FLIGHT;
+    if ((round & 3) === 3 || (server && server.st.outstanding > bound)) {
       await tick();
-      while (server && server.st.outstanding > MAX_IN_FLIGHT) await tick();
+      while (server && server.st.outstanding > bound) await tick();
     }
   }
   load.finish();
@@ -422,7 +429,7 @@ async function inProcess(quick: boolean): Promise<BenchResult[]> {
         },
         note: `One Engine + Forwarder over a MemoryDevice (64-packet batches) + StoreSync whose requests a TokenStore (ioredis, auto-pipelining, the product's 50 ms command timeout) serves against a redis-server started on 127.0.0.1, ` +
           `all in one thread (value); per connection a SYN with MP_CAPABLE, the SYN/ACK with the server key from the backend the engine chose, the third ACK with both keys (templates from src/wire/build.ts, addresses, ports and keys patched in). ` +
-          `value = connections / wall time until redis acknowledged every token (publishToken: SET NX PX), at most ${MAX_IN_FLIGHT} commands in flight. Peers, same runs: store_off = the same loop without a store; ` +
+          `value = connections / wall time until redis acknowledged every token (the product's StoreServer: Lua batches of up to 256 tokens, 8 commands in flight; the loop waits when ${MAX_QUEUED_TOKENS} tokens are queued). Peers, same runs: store_off = the same loop without a store; ` +
           `store_on_requests_discarded = the StoreSync with its requests thrown away (the engine-side cost); one_pipeline_per_batch = the same requests sent as one ioredis pipeline per StoreSync step (SET NX PX per token) instead of one publishToken each; ` +
           `two_threads_as_mplb_run = the engine and StoreSync in a worker thread posting requests to this thread's TokenStore (the layout of mplb run: serveStore issues every publish it is handed at once, no bound), ` +
           `connections / time until every publish was answered, ok or failed: the worker outruns the store client, and the publishes that waited more than the 50 ms command timeout failed (two_threads_publish_error_share; tokens lost for the cluster). ` +
