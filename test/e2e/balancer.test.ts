@@ -8,48 +8,27 @@ import { testbedUp, testbedDown, type TestbedHandle } from '../../src/testbed/te
 import { startBalancerProcess, type BalancerProcess } from '../../src/testbed/balancer-process.js';
 import { ipn, listNetns } from '../../src/testbed/netns.js';
 import type { ClientReport, ConnectionResult } from '../../src/traffic/client.js';
-import type { ServedConnection } from '../../src/traffic/server.js';
 import {
-  CLIENT_NSTAT, MPTCP_PORT, SERVER_NSTAT, TCP_PORT, diff, engineConnections, engineStats, establishedPeers, forwardProbe, haveNft, maxId,
-  newConnections, nonZero, nstatDelta, nstatMany, preflightReason, runClient, sleep, startTrafficServer, tmpDir,
-  type EngineStats, type TrafficServerProc,
+  CLIENT_NSTAT, MPTCP_PORT, SERVER_NSTAT, TCP_PORT, accountingProblems, diff, engineStats, establishedPeers, forwardProbe, haveNft,
+  maxId, mptcpBatchChecked as harnessBatchChecked, newConnections, nonZero, nstatDelta, nstatMany, preflightReason, runClient, sleep,
+  startTrafficServer, tmpDir, unexpectedDrops, type TrafficServerProc,
 } from './balancer-harness.js';
 
 const CI = process.env.CI === 'true';
 const N_SERVERS = 3;
-// IPv6 router solicitations / MLD reports that the kernel sends out of the fresh TUN reach mplb as ICMPv6 that no
-// flow owns (icmp_unhandled_type; not_tcp before ICMP was read): the only drops expected with this traffic.
-const EXPECTED_DROPS = new Set(['not_tcp', 'icmp_unhandled_type']);
 
 type Diag = { diagnostic(m: string): void };
 
 const reason = preflightReason();
 const runIds: string[] = [];
 
+/** All bytes arrived and the server's trailer came back. */
+const completed = (c: ConnectionResult) => c.server !== undefined && c.bytesSent > 0 && c.server.bytes === c.bytesSent && c.completionMs !== undefined;
+
 function engineVips(tb: TestbedHandle): Array<Record<string, unknown>> {
   return [MPTCP_PORT, TCP_PORT].map((p) => ({ address: `${tb.vips[0]}:${p}`, backends: tb.servers.map((s) => ({ address: s.addr })) }));
 }
 
-function unexpectedDrops(a: EngineStats, b: EngineStats): Record<string, number> {
-  const d = nonZero(diff(a.engine.drops, b.engine.drops));
-  for (const k of EXPECTED_DROPS) delete d[k];
-  return d;
-}
-
-function accountingProblems(a: EngineStats, b: EngineStats): string[] {
-  const d = diff(a.engine.counters, b.engine.counters);
-  const p: string[] = [];
-  if (d.packets_in !== d.to_backend + d.to_client + d.replied + d.dropped) p.push(`packets_in ${d.packets_in} != to_backend + to_client + replied + dropped (${JSON.stringify(nonZero(d))})`);
-  for (const k of ['readErrors', 'writeErrors']) if (b.loop[k] !== a.loop[k]) p.push(`packet loop ${k} went from ${a.loop[k]} to ${b.loop[k]}`);
-  if (b.engine.drops.engine_error !== a.engine.drops.engine_error) p.push(`engine errors: ${b.engine.drops.engine_error - a.engine.drops.engine_error}`);
-  return p;
-}
-
-/** All bytes arrived and the server's trailer came back. */
-const completed = (c: ConnectionResult) => c.server !== undefined && c.bytesSent > 0 && c.server.bytes === c.bytesSent && c.completionMs !== undefined;
-
-/** The backend address an engine backend id ("addr:port" or "addr") names. */
-const beAddr = (id: string) => id.replace(/:\d+$/, '');
 
 if (reason) {
   test('balancer e2e prerequisites', (t) => {
@@ -90,96 +69,17 @@ if (reason) {
     });
 
     /**
-     * N MPTCP connections with every check of "both subflows on one server"; returns problems (empty = fine)
-     * and the servers' kernel counters so a caller can tell a known server-side reset from a balancer fault.
+     * N MPTCP connections with every check of "both subflows on one server" (balancer-harness.ts), failing the test
+     * on a problem; one retry only if the servers counted DSSNotMatching (a known server-side reset), reported.
      * Transfers are timed (--seconds), not sized: a connection that ends before its join's SYN/ACK arrives
      * has the client reset the join (seen under load with 256 KiB transfers), which says nothing about mplb.
      */
-    const mptcpBatch = async (t: Diag, n: number, clientArgs: string[], strictStateless: boolean) => {
-      const since = await reportIds();
-      const e0 = await engineStats(lb!);
-      // Every counter, so that a failure can show the kernel's view of it in full.
-      const s0 = nstatMany(tb.namespaces.servers);
-      const c0 = nstatMany([tb.namespaces.client]);
-      // --min-subflows: no connection closes before its join is established (Linux resets a join that completes
-      // after close); a fast path makes transfers short enough for that race.
-      const r = await runClient(tb, ['--port', String(MPTCP_PORT), '--connections', String(n), '--timeout-ms', '15000', '--min-subflows', '2', ...clientArgs], 25000);
-      const e1 = await engineStats(lb!);
-      const s1 = nstatMany(tb.namespaces.servers);
-      const c1 = nstatMany([tb.namespaces.client]);
-      const served = await newServed(since);
-      const engineConns = await engineConnections(lb!);
-      const sd = nstatDelta(s0, s1, SERVER_NSTAT);
-      const cd = nstatDelta(c0, c1, CLIENT_NSTAT).sum;
-      const ed = diff(e0.engine.counters, e1.engine.counters);
-      const problems: string[] = [];
-
-      if (r.connections.length !== n) problems.push(`client reported ${r.connections.length} connections, expected ${n}`);
-      const bad = r.connections.filter((c) => c.error || c.server?.bytes !== c.bytesSent || c.bytesSent === 0);
-      if (bad.length > 0) problems.push(`${bad.length} connections incomplete, e.g. #${bad[0].index}: ${bad[0].error ?? `${bad[0].server?.bytes} of ${bad[0].bytesSent} bytes`}`);
-      const notTwo = r.connections.filter((c) => c.subflowsTotalMax !== 2 || c.server?.subflowsTotalMax !== 2 || c.fallback);
-      if (notTwo.length > 0) problems.push(`${notTwo.length} connections without 2 subflows (client/server): ${notTwo.slice(0, 8).map((c) => `#${c.index} ${c.subflowsTotalMax}/${c.server?.subflowsTotalMax}${c.fallback ? ' fallback' : ''}`).join(', ')}`);
-
-      // Server side: every connection's token on exactly one server, with both subflows there.
-      const perServer = served.map((l) => l.filter((c) => c.listener === 'mptcp'));
-      for (const c of r.connections) {
-        const tok = c.server?.tokenHex;
-        if (!tok || tok === '00000000') { problems.push(`#${c.index} has no server token`); continue; }
-        const hits: Array<{ srv: number; sc: ServedConnection }> = [];
-        perServer.forEach((l, srv) => l.forEach((sc) => { if (sc.tokenHex === tok) hits.push({ srv, sc }); }));
-        if (hits.length !== 1) { problems.push(`token ${tok} (#${c.index}) found on ${hits.length} servers`); continue; }
-        const { srv, sc } = hits[0];
-        if (sc.subflowsTotalMax !== 2) problems.push(`token ${tok} on ${tb.servers[srv].addr} had ${sc.subflowsTotalMax} subflows`);
-        if (sc.remoteAddress !== cliAddr() || sc.remotePort !== c.localPort) problems.push(`token ${tok}: server saw peer ${sc.remoteAddress}:${sc.remotePort}, client was ${cliAddr()}:${c.localPort}`);
-        const ec = engineConns.find((x) => x.token === tok);
-        if (!ec) problems.push(`engine has no connection for token ${tok}`);
-        else if (beAddr(ec.backend) !== tb.servers[srv].addr) problems.push(`engine maps token ${tok} to ${ec.backend}, but it lives on ${tb.servers[srv].addr}`);
-      }
-      const counts = perServer.map((l) => l.length);
-      if (counts.some((k) => k === 0)) problems.push(`connections per server ${JSON.stringify(counts)}: some server got none`);
-      if (counts.reduce((a, b) => a + b, 0) !== n) problems.push(`servers served ${counts.reduce((a, b) => a + b, 0)} MPTCP connections, expected ${n}`);
-
-      // Kernel and engine counters.
-      if (sd.sum.MPTcpExtMPJoinNoTokenFound !== 0) problems.push(`servers reset ${sd.sum.MPTcpExtMPJoinNoTokenFound} joins with an unknown token (MPJoinNoTokenFound)`);
-      if (sd.sum.MPTcpExtMPJoinSynRx < n) problems.push(`servers got ${sd.sum.MPTcpExtMPJoinSynRx} join SYNs, expected >= ${n}`);
-      if (sd.sum.MPTcpExtMPJoinAckRx < n) problems.push(`servers completed ${sd.sum.MPTcpExtMPJoinAckRx} join handshakes (MPJoinAckRx), expected >= ${n}`);
-      if (cd.MPTcpExtMPJoinSynTx < n) problems.push(`client sent ${cd.MPTcpExtMPJoinSynTx} join SYNs, expected >= ${n}`);
-      if (!(ed.joins_steered_by_token >= n)) problems.push(`engine joins_steered_by_token ${ed.joins_steered_by_token} < ${n}`);
+    const mptcpBatchChecked = (t: Diag, n: number, clientArgs: string[], what: string, strictStateless = true) => harnessBatchChecked({
+      tb, lb: lb!, servers, host: tb.vips[0], clientAddr: cliAddr(), serverAddr: (i) => tb.servers[i].addr, n, clientArgs,
       // Right after a restart, late packets of connections from before it may still arrive without a flow.
-      const zero = ['joins_unknown_token', 'joins_ambiguous_token', 'token_collision_stripped', 'token_collision_ambiguous', 'mptcp_fallback'];
-      if (strictStateless) zero.push('midstream_no_flow', 'stateless_reply');
-      for (const k of zero) {
-        if (ed[k] !== 0) problems.push(`engine ${k} = ${ed[k]}, expected 0`);
-      }
-      if (!(ed.conns_created >= n)) problems.push(`engine conns_created ${ed.conns_created} < ${n}`);
-      const ud = unexpectedDrops(e0, e1);
-      if (Object.keys(ud).length > 0) problems.push(`engine drops ${JSON.stringify(ud)}`);
-      problems.push(...accountingProblems(e0, e1));
-
-      t.diagnostic(`${n} MPTCP connections in ${r.durationMs.toFixed(0)} ms: per server ${JSON.stringify(counts)}, engine ${JSON.stringify(nonZero(ed))}, server nstat ${JSON.stringify(nonZero(sd.sum))}, client nstat ${JSON.stringify(nonZero(cd))}`);
-      const tcpish = (ab: [Record<string, Record<string, number>>, Record<string, Record<string, number>>]) => {
-        const names = [...new Set(Object.values(ab[1]).flatMap((o) => Object.keys(o)))].filter((k) => /^(MPTcp|Tcp)/.test(k) && !/Curr|Octets|Segs$|Coalesce|OFO|WndShared|PureAcks|HPHits|HPAcks|DelayedACK|Delivered|OrigDataSent/.test(k));
-        return nonZero(nstatDelta(ab[0], ab[1], names).sum);
-      };
-      const kernel = `servers ${JSON.stringify(tcpish([s0, s1]))}, client ${JSON.stringify(tcpish([c0, c1]))}`;
-      return { r, problems, dssNotMatching: sd.sum.MPTcpExtDSSNotMatching, kernel, engineDelta: ed };
-    };
-
-    /** Runs a batch; one retry only if the servers counted DSSNotMatching (a known server-side reset), reported. */
-    const mptcpBatchChecked = async (t: Diag, n: number, clientArgs: string[], what: string, strictStateless = true) => {
-      for (let attempt = 1; ; attempt++) {
-        const res = await mptcpBatch(t, n, clientArgs, strictStateless);
-        if (res.problems.length === 0) {
-          if (res.dssNotMatching > 0) t.diagnostic(`NOTE: servers counted MPTcpExtDSSNotMatching ${res.dssNotMatching} during a passing ${what} batch`);
-          return res;
-        }
-        if (attempt === 1 && res.dssNotMatching > 0) {
-          t.diagnostic(`RETRY of ${what}: servers counted MPTcpExtDSSNotMatching ${res.dssNotMatching} (known server-side join reset, not a balancer fault): ${res.problems.join('; ')}`);
-          continue;
-        }
-        assert.fail(`${what}: ${res.problems.join('; ')}${res.dssNotMatching > 0 ? ` (servers also counted MPTcpExtDSSNotMatching ${res.dssNotMatching}, on the retry)` : ''}; engine ${JSON.stringify(nonZero(res.engineDelta))}; kernel counters: ${res.kernel}`);
-      }
-    };
+      zero: ['joins_unknown_token', 'joins_ambiguous_token', 'token_collision_stripped', 'token_collision_ambiguous', 'mptcp_fallback',
+        ...(strictStateless ? ['midstream_no_flow', 'stateless_reply'] : [])],
+    }, t, what);
 
     test('plain TCP clients: full byte counts, spread over all servers, flows counted, no unexpected drops', { timeout: 30000 }, async (t) => {
       const n = 30;
