@@ -15,6 +15,7 @@ import { parseArgs } from 'node:util';
 import { testbedDown, testbedUp, type TestbedHandle } from '../src/testbed/testbed.js';
 import { startBalancerProcess, type BalancerProcess } from '../src/testbed/balancer-process.js';
 import { ipn, tryRun } from '../src/testbed/netns.js';
+import { stopChild } from '../src/demo/demo.js';
 
 const IPERF = 5201, ECHO = 5202, SINK = 5203;
 const NFT_TABLE = 'mplb_fp_bench';
@@ -45,14 +46,6 @@ function nsStart(ns: string, cmd: string, args: string[]): ChildProcess {
   return c;
 }
 
-async function stopChild(c: ChildProcess): Promise<void> {
-  if (c.exitCode !== null || c.signalCode !== null) return;
-  const done = new Promise<void>((r) => c.once('exit', () => r()));
-  c.kill('SIGTERM');
-  const t = setTimeout(() => c.kill('SIGKILL'), 3000);
-  await done;
-  clearTimeout(t);
-}
 
 async function waitListen(ns: string, port: number, ms = 5000): Promise<void> {
   for (const end = Date.now() + ms; Date.now() < end; await sleep(50)) {
