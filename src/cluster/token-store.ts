@@ -116,42 +116,15 @@ export class TokenStore {
     try { await this.redis.connect(); } catch { this.setState('down'); }
   }
 
-  /**
-   * Publishes a token learned here: set-if-absent with a TTL. Returns 'ok' when the token is ours (new, or already
-   * ours: TTL refreshed), 'collision' when another balancer holds it for a different backend (then it is marked
-   * ambiguous cluster-wide), 'error' when the store did not answer.
-   */
-  async publishToken(token: number, e: StoreEntry, ttlMs: number): Promise<'ok' | 'collision' | 'error'> {
-    if (!this.up) return 'error';
-    const key = tokenKey(this.opts.keyPrefix, token), val = encodeEntry(e);
-    try {
-      this.counters.writes++;
-      const set = await this.redis.set(key, val, 'PX', ttlMs, 'NX');
-      if (set === 'OK') return 'ok';
-      this.counters.reads++;
-      const cur = await this.redis.get(key);
-      const d = decodeEntry(cur);
-      if (d === null) { await this.redis.set(key, val, 'PX', ttlMs); return 'ok'; } // expired in between
-      if (d !== 'ambiguous' && d !== 'invalid' && d.backend === e.backend && d.vip === e.vip) {
-        await this.redis.pexpire(key, ttlMs);
-        return 'ok';
-      }
-      if (d === 'invalid') this.counters.invalidValues++;
-      // Two balancers learned one token for different servers (or a bad value sits there): nobody may steer by it.
-      this.counters.collisions++;
-      this.counters.writes++;
-      await this.redis.set(key, AMBIGUOUS, 'PX', ttlMs);
-      return 'collision';
-    } catch {
-      this.counters.writeErrors++;
-      return 'error';
-    }
+  /** Set-if-absent of one token -> entry (publishBatch of one): 'ok', 'collision' (now marked ambiguous), or 'error'. */
+  async publishToken(token: number, e: StoreEntry, ttlMs: number): Promise<PublishResult> {
+    return (await this.publishBatch([{ token, entry: e }], ttlMs))[0];
   }
 
   /**
-   * publishToken for many tokens in one round trip and one command: a Lua script does the same set-if-absent,
-   * same-entry refresh and collision marking for each key, atomically (no other balancer's write can come between
-   * the check and the marking, as it can between publishToken's commands). Per item: 'ok', 'collision' or
+   * Set-if-absent of many tokens in one round trip and one command: a Lua script does, for each key, set-if-absent,
+   * the same entry's refresh, or collision marking, atomically (no other balancer's write can come between the
+   * check and the marking). Per item: 'ok', 'collision' or
    * 'error' (the whole batch failed: the store is down or the command timed out).
    */
   async publishBatch(items: ReadonlyArray<{ token: number; entry: StoreEntry }>, ttlMs: number): Promise<PublishResult[]> {
