@@ -47,6 +47,8 @@ enum fp_counter {
 	FP_C_PASS_MALFORMED, /* headers or options the program cannot read safely */
 	FP_C_SYN_STALE,      /* a SYN on a mapped 4-tuple: the entry is stale (port reuse), deleted */
 	FP_C_ERRORS,         /* a rewrite helper failed: packet dropped (never seen) */
+	FP_C_REDIRECTED,     /* of FP_C_PACKETS: forwarded by the program itself (FIB answer complete) */
+	FP_C_PASS_TTL,       /* a mapped flow's packet with TTL/hop limit <= 1: the kernel answers it (time exceeded) */
 	FP_C_COUNT,
 };
 
@@ -76,6 +78,11 @@ static __always_inline int count(__u32 c, __u64 n)
 }
 
 #define ETH_LEN 14
+#define AF_INET 2
+#define AF_INET6 10
+/* The idle expiry reads last-seen times in milliseconds against timeouts of seconds: writing the shared entry on
+ * every packet would only bounce its cache line between CPUs. */
+#define LAST_SEEN_EVERY_NS (1ULL << 24) /* about 17 ms */
 #define TCPOPT_MPTCP 30
 #define MPTCP_SUB_DSS 2
 #define MAX_OPT_BYTES 40 /* RFC 9293 3.1: data offset is 4 bits, so at most 60 - 20 option bytes */
@@ -131,6 +138,8 @@ int mplb_fastpath(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	struct fp_key key = {};
 	__u32 l4off, ip_csum_off = 0, saddr_off, daddr_off, alen;
+	struct bpf_fib_lookup fib = {};
+	__u8 ttl, proto_or_tc;
 
 	if ((void *)(eth + 1) > data_end)
 		return count(FP_C_PASS_NOT_TCP, 1);
@@ -144,6 +153,8 @@ int mplb_fastpath(struct __sk_buff *skb)
 		if (ip->protocol != IPPROTO_TCP || (ip->frag_off & bpf_htons(0x3fff)) != 0)
 			return count(FP_C_PASS_NOT_TCP, 1);
 		key.family = 4;
+		ttl = ip->ttl;
+		proto_or_tc = ip->tos;
 		key.saddr[0] = ip->saddr;
 		key.daddr[0] = ip->daddr;
 		l4off = ETH_LEN + ip->ihl * 4;
@@ -159,6 +170,8 @@ int mplb_fastpath(struct __sk_buff *skb)
 		if (ip6->nexthdr != IPPROTO_TCP)
 			return count(FP_C_PASS_NOT_TCP, 1);
 		key.family = 6;
+		ttl = ip6->hop_limit;
+		proto_or_tc = 0;
 		__builtin_memcpy(key.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(key.daddr, &ip6->daddr, 16);
 		l4off = ETH_LEN + sizeof(struct ipv6hdr);
@@ -187,6 +200,10 @@ int mplb_fastpath(struct __sk_buff *skb)
 	/* The engine tracks the close (FIN timeouts, RST linger, MP_FASTCLOSE with a RST in RFC 8684 3.5). */
 	if (tcp->fin || tcp->rst)
 		return count(FP_C_PASS_CONTROL, 1);
+	/* RFC 1812 5.3.1: a router that would forward a packet whose TTL is now zero discards it and sends time
+	 * exceeded; left alone, the kernel does both, quoting the packet as the client sent it. */
+	if (ttl <= 1)
+		return count(FP_C_PASS_TTL, 1);
 	__u32 doff = tcp->doff * 4;
 	if (doff < 20)
 		return count(FP_C_PASS_MALFORMED, 1);
@@ -220,7 +237,9 @@ int mplb_fastpath(struct __sk_buff *skb)
 	__be32 new_addr[4];
 	__builtin_memcpy(new_addr, val->addr, 16);
 	__be32 *old_addr = val->dir == FP_DIR_DST ? key.daddr : key.saddr;
-	val->last_seen_ns = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_ns();
+	if (now - val->last_seen_ns >= LAST_SEEN_EVERY_NS)
+		val->last_seen_ns = now;
 	if (alen == 4) {
 		if (bpf_skb_store_bytes(skb, a_off, &new_addr[0], 4, 0) < 0 ||
 		    bpf_l3_csum_replace(skb, ip_csum_off, old_addr[0], new_addr[0], 4) < 0 ||
@@ -241,7 +260,41 @@ int mplb_fastpath(struct __sk_buff *skb)
 	bpf_set_hash_invalid(skb);
 	count(FP_C_PACKETS, 1);
 	count(FP_C_BYTES, skb->len);
-	return TC_ACT_OK;
+
+	/* Forward it here when the FIB has a complete answer (route, neighbour, and the packet fits the device, GSO
+	 * included: tot_len 0 asks for the skb check), as Cilium's host routing does: the kernel's IP receive,
+	 * netfilter and forward paths are skipped, the egress device's qdisc is not (bpf_redirect to egress runs
+	 * it, so rate limits hold). Any other answer: the kernel routes the NATed packet as it would anyway. */
+	fib.ifindex = skb->ingress_ifindex;
+	fib.l4_protocol = IPPROTO_TCP;
+	fib.sport = val->dir == FP_DIR_SRC ? new_port : key.sport;
+	fib.dport = val->dir == FP_DIR_DST ? new_port : key.dport;
+	if (alen == 4) {
+		fib.family = AF_INET;
+		fib.tos = proto_or_tc;
+		fib.ipv4_src = val->dir == FP_DIR_SRC ? new_addr[0] : key.saddr[0];
+		fib.ipv4_dst = val->dir == FP_DIR_DST ? new_addr[0] : key.daddr[0];
+	} else {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, val->dir == FP_DIR_SRC ? new_addr : key.saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, val->dir == FP_DIR_DST ? new_addr : key.daddr, 16);
+	}
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_OK;
+	/* A router decrements the TTL (RFC 1812 5.3.1) / hop limit (RFC 8200 3); checked above to be > 1. */
+	__u8 new_ttl = ttl - 1;
+	if (alen == 4) {
+		__be16 old_w = bpf_htons(((__u16)ttl << 8) | IPPROTO_TCP), new_w = bpf_htons(((__u16)new_ttl << 8) | IPPROTO_TCP);
+		if (bpf_skb_store_bytes(skb, ETH_LEN + 8, &new_ttl, 1, 0) < 0 ||
+		    bpf_l3_csum_replace(skb, ip_csum_off, old_w, new_w, 2) < 0)
+			goto fail;
+	} else if (bpf_skb_store_bytes(skb, ETH_LEN + 7, &new_ttl, 1, 0) < 0) {
+		goto fail;
+	}
+	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 || bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+		goto fail;
+	count(FP_C_REDIRECTED, 1);
+	return bpf_redirect(fib.ifindex, 0);
 fail:
 	count(FP_C_ERRORS, 1);
 	return TC_ACT_SHOT;

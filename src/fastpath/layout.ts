@@ -14,7 +14,7 @@ export const enum FpFlag { Mptcp = 1 }
 
 /** enum fp_counter, in order; the labels are the metric labels. */
 export const FP_COUNTER_LABELS = [
-  'packets', 'bytes', 'pass_not_tcp', 'pass_no_entry', 'pass_control', 'pass_mptcp', 'pass_malformed', 'syn_stale', 'errors',
+  'packets', 'bytes', 'pass_not_tcp', 'pass_no_entry', 'pass_control', 'pass_mptcp', 'pass_malformed', 'syn_stale', 'errors', 'redirected', 'pass_ttl',
 ] as const;
 export type FpCounterLabel = typeof FP_COUNTER_LABELS[number];
 
