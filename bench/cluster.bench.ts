@@ -16,7 +16,7 @@ import { Worker, isMainThread } from 'node:worker_threads';
 import { Redis } from 'ioredis';
 import type { BenchResult } from './engine.bench.js';
 import { fmt, verdict } from './report.js';
-import { TOKEN_STORE_DEFAULTS, TokenStore, encodeEntry, tokenKey } from '../src/cluster/token-store.js';
+import { TOKEN_STORE_DEFAULTS, TokenStore, tokenKey } from '../src/cluster/token-store.js';
 import { MemoryDevice } from '../src/dataplane/device.js';
 import { Forwarder } from '../src/dataplane/forwarder.js';
 import { StoreSync, SyncCounter, type StoreRequests } from '../src/dataplane/store-sync.js';
@@ -237,21 +237,22 @@ function makeServer(kind: 'on' | 'pipeline', store: TokenStore, raw: Redis | und
       get published() { return st.published; },
       get rawWrites() { return 0; },
     };
-    return { st: view, serve: (m: StoreRequests) => { st.published += m.publish.length; srv.serve(m); } };
+    return { st: view, serve: (m: StoreRequests) => { st.published += m.publish.tokens.length; srv.serve(m); } };
   }
   const serve = (m: StoreRequests) => {
-    st.published += m.publish.length;
-    if (m.publish.length + m.writes.length === 0) return;
+    const pub = m.publish;
+    st.published += pub.tokens.length;
+    if (pub.tokens.length + m.writes.length === 0) return;
     const p = raw!.pipeline();
-    for (const x of m.publish) p.set(tokenKey(prefix, x.token), encodeEntry(x.entry), 'PX', ttl, 'NX');
+    for (let i = 0; i < pub.tokens.length; i++) p.set(tokenKey(prefix, pub.tokens[i]), pub.values[pub.entry[i]], 'PX', ttl, 'NX');
     for (const op of m.writes) {
       if (op.op === 'set') p.set(op.key, op.value, 'PX', op.ttlMs);
       else if (op.op === 'expire') p.pexpire(op.key, op.ttlMs);
       else p.del(op.key);
     }
-    st.rawWrites += m.publish.length + m.writes.length;
-    st.outstanding += m.publish.length + m.writes.length;
-    const np = m.publish.length, all = np + m.writes.length;
+    st.rawWrites += pub.tokens.length + m.writes.length;
+    st.outstanding += pub.tokens.length + m.writes.length;
+    const np = pub.tokens.length, all = np + m.writes.length;
     p.exec().then((res) => {
       st.outstanding -= all;
       st.acked += np;
@@ -292,7 +293,7 @@ export async function publishRun(variant: Variant, n: number, redis: LocalRedis 
     }
     server = makeServer(variant, store, raw, prefix, (token) => load.sync!.onMessage({ type: 'store-collision', token }, Date.now()));
   }
-  const send = variant === 'off' ? undefined : variant === 'discard' ? (m: StoreRequests) => { published += m.publish.length; } : server!.serve;
+  const send = variant === 'off' ? undefined : variant === 'discard' ? (m: StoreRequests) => { published += m.publish.tokens.length; } : server!.serve;
   load = makeLoad(n, salt, joins, prefix, send);
   const cmd0 = redis ? await infoField(redis.admin, 'stats', 'total_commands_processed') : 0;
   const cpu0 = redis ? procCpu(redis.pid) : 0;
