@@ -33,7 +33,7 @@ struct fp_value {
 	__be16 port;    /* new port */
 	__u8 dir;
 	__u8 flags;
-	__u32 pad;
+	__u32 stat;         /* slot in mplb_backend_stats (backend index * 2 + direction), or FP_NO_STAT */
 	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet NATed here; read by mplb's idle expiry */
 };
 
@@ -59,6 +59,22 @@ struct {
 	__type(key, struct fp_key);
 	__type(value, struct fp_value);
 } mplb_flows SEC(".maps");
+
+/* Per backend and direction, what was NATed here: the engine adds it to its own per-backend counters (those packets
+ * never reach it). Slots as the engine numbers its backends; mirrored in src/fastpath/layout.ts. */
+#define FP_STAT_SLOTS 16384
+#define FP_NO_STAT 0xffffffffu
+struct fp_stat {
+	__u64 packets;
+	__u64 bytes; /* IP bytes (skb->len without the Ethernet header), as the engine counts them */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FP_STAT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fp_stat);
+} mplb_backend_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -260,6 +276,14 @@ int mplb_fastpath(struct __sk_buff *skb)
 	bpf_set_hash_invalid(skb);
 	count(FP_C_PACKETS, 1);
 	count(FP_C_BYTES, skb->len);
+	__u32 slot = val->stat;
+	if (slot != FP_NO_STAT) {
+		struct fp_stat *st = bpf_map_lookup_elem(&mplb_backend_stats, &slot);
+		if (st) { /* per-CPU slot: no atomics needed */
+			st->packets += 1;
+			st->bytes += skb->len - ETH_LEN;
+		}
+	}
 
 	/* Forward it here when the FIB has a complete answer (route, neighbour, and the packet fits the device, GSO
 	 * included: tot_len 0 asks for the skb check), as Cilium's host routing does: the kernel's IP receive,

@@ -104,8 +104,9 @@ if (reason) {
       assert.deepEqual(out.subarray(14), pkt, `${what}: untouched`);
     }
 
-    test('IPv4 MPTCP v1 flow: both directions NATed exactly as the engine does (ports too), last-seen written', () => {
-      const e = engine(), map = new FlowMap(fp.flowsFd, e);
+    test('IPv4 MPTCP v1 flow: both directions NATed exactly as the engine does (ports too), last-seen written, per-backend counters folded into the engine\'s', () => {
+      const e = engine(), map = new FlowMap(fp.flowsFd, e, fp.statsFd);
+      map.foldBackendStats(); // what earlier runs left in the per-CPU slots is not this engine's
       const c0 = fp.counters();
       const be = establish(e, map, '198.18.1.2', VIP4, 40001, 5201, 1);
       const data = tcp({ src: '198.18.1.2', dst: VIP4, sport: 40001, dport: 5201, flags: ACK, options: opts(TS, mptcpOptions([dss(7n)])), payload: 1000 });
@@ -117,6 +118,15 @@ if (reason) {
       const c1 = fp.counters();
       assert.equal(c1.packets - c0.packets, 2);
       assert.equal(c1.bytes - c0.bytes, 2 * 14 + data.length + reply.length);
+      // The engine counted its own copies (sameRewrite runs both); the kernel's come on top at the fold, per direction.
+      const b = e.services.findBackend(`${be}:8080`);
+      const mine = e.services.backendInfo(b);
+      map.foldBackendStats();
+      const after = e.services.backendInfo(b);
+      assert.deepEqual([after.packetsIn - mine.packetsIn, after.bytesIn - mine.bytesIn, after.packetsOut - mine.packetsOut, after.bytesOut - mine.bytesOut],
+        [1, data.length, 1, reply.length], 'kernel-NATed packets and IP bytes added to the backend, in and out');
+      map.foldBackendStats();
+      assert.equal(e.services.backendInfo(b).packetsIn, after.packetsIn, 'a second fold adds nothing new');
       // last_seen_ns is CLOCK_MONOTONIC (process.hrtime) of the NATed packet.
       const key = Buffer.alloc(KEY_BYTES), val = Buffer.alloc(VALUE_BYTES);
       writeKey(key, 4, parseIp('198.18.1.2')!.bytes, 0, 40001, parseIp(VIP4)!.bytes, 0, 5201);

@@ -20,7 +20,7 @@ usage:
       API, /metrics and dashboard on http://127.0.0.1:9740/ (admin.*), health checks (health.*), JSON logs on
       stderr (log.level or MPLB_LOG_LEVEL). Changes through the API need MPLB_ADMIN_TOKEN or admin.token.
       SIGHUP reloads the config; SIGINT/SIGTERM remove the device and routes and exit (during the start too).
-      --control-stdin: answer 'stats', 'connections', 'quit' lines on stdin with JSON lines on stdout.
+      --control-stdin: answer 'stats', 'connections', 'backends', 'quit' lines on stdin with JSON lines on stdout.
       --keep-guard: on exit leave blackhole routes for the VIPs and backend replies, so that a restarted mplb
       finds its clients' connections alive (the next start takes them over; stop once without it to remove them).
   mplb demo [--runs N] [--seconds S] [--rate MBIT] [--servers N] [--sizes 5M,10M,...] [--out DIR] [--json FILE] [--quick]
@@ -240,8 +240,9 @@ async function cmdRun(argv: string[]): Promise<number> {
         const reply = (p: Promise<unknown>) => p.then((v) => say({ event: cmd, value: v }), (e: Error) => say({ event: 'error', command: cmd, message: e.message }));
         if (cmd === 'stats') reply(Promise.resolve({ loop: b.loop.stats(), engine: b.engine.stats() }));
         else if (cmd === 'connections') reply(b.engine.call('connections', { limit: 1000, offset: Number(arg ?? 0) }));
+        else if (cmd === 'backends') reply(b.engine.call('backends', {}));
         else if (cmd === 'quit') void stop(0);
-        else if (cmd) say({ event: 'error', command: cmd, message: 'unknown command (stats, connections [offset], quit)' });
+        else if (cmd) say({ event: 'error', command: cmd, message: 'unknown command (stats, connections [offset], backends, quit)' });
       });
       rl.on('close', () => void stop(0));
     }

@@ -200,7 +200,7 @@ export async function startBalancer(cfg: BalancerConfig, opts: StartOptions = {}
     queues: d.queues,
     spinUs: d.spinUs,
     onEngineError: opts.onEngineError,
-    ...(fast.handle ? { fastpath: { flowsFd: fast.handle.flowsFd, interfaces: () => fast.handle!.attached.map((a) => a.name), programCounters: () => fast.handle!.counters() } } : {}),
+    ...(fast.handle ? { fastpath: { flowsFd: fast.handle.flowsFd, statsFd: fast.handle.statsFd, interfaces: () => fast.handle!.attached.map((a) => a.name), programCounters: () => fast.handle!.counters() } } : {}),
     // The engine builds a Maglev table per VIP in the worker before it is ready: 2,000 VIPs take seconds. A start
     // that takes long is no hazard now that a signal stops it: the timeout is only for a worker that hangs.
     startTimeoutMs: 10_000 + 20 * cfg.engine.vips.length,

@@ -55,7 +55,7 @@ export interface PacketLoopOptions {
   /** A worker from prestartPacketWorker (used if still unused; otherwise a new one is started). */
   prestarted?: PrestartedWorker;
   /** The tc-bpf fast path (already loaded and attached): the worker writes its flow map; stats read its counters. */
-  fastpath?: { flowsFd: number; interfaces: () => string[]; programCounters: () => Record<string, number> };
+  fastpath?: { flowsFd: number; statsFd: number; interfaces: () => string[]; programCounters: () => Record<string, number> };
   /** An engine exception (a bug): the packet was dropped and counted as engine_error. At most one a second. */
   onEngineError?: (e: { error: string; head: string; suppressed: number }) => void;
 }
@@ -227,7 +227,7 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     batchMax: opts.batchMax ?? 16,
     sliceBudgetMs: opts.sliceBudgetMs ?? 5,
     spinUs: opts.spinUs ?? 0,
-    ...(opts.fastpath && fpSab ? { fastpath: { flowsFd: opts.fastpath.flowsFd, counters: fpSab } } : {}),
+    ...(opts.fastpath && fpSab ? { fastpath: { flowsFd: opts.fastpath.flowsFd, statsFd: opts.fastpath.statsFd, counters: fpSab } } : {}),
   };
   const pre = opts.prestarted?.take();
   let worker: Worker, workerExit: Promise<number>, workerError: () => Error | undefined;

@@ -38,9 +38,15 @@ let sync: StoreSync | undefined;
 let fpMap: FlowMap | undefined;
 let fpCounters: Float64Array | undefined;
 
+/** How often the program's per-backend counters are added to the engine's (the per-backend metrics lag by this). */
+const FOLD_STATS_MS = 1000;
+let nextFold = 0;
+
 /** Applies the engine's offload events to the kernel map (between batches) and publishes the writer's counters. */
 function applyOffload(now: number): void {
-  if (!fpMap || fpMap.apply(now) === 0) return;
+  if (!fpMap) return;
+  if (now >= nextFold) { nextFold = now + FOLD_STATS_MS; fpMap.foldBackendStats(); }
+  if (fpMap.apply(now) === 0) return;
   const c = fpMap.counters, s = fpCounters!;
   s[FastpathCounter.Inserted] = c.inserted;
   s[FastpathCounter.Removed] = c.removed;
@@ -68,7 +74,7 @@ function main(): void {
       }, new Float64Array(init.storeCounters), post);
     }
     if (init.fastpath) {
-      fpMap = new FlowMap(init.fastpath.flowsFd, engine);
+      fpMap = new FlowMap(init.fastpath.flowsFd, engine, init.fastpath.statsFd);
       fpCounters = new Float64Array(init.fastpath.counters);
       engine.offload.enabled = true;
     }

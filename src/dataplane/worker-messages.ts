@@ -27,7 +27,7 @@ export interface WorkerInit {
   sliceBudgetMs: number;
   spinUs: number;
   /** The tc-bpf fast path's flow map (fd shared by the process) and its writer's counters (FastpathCounter). */
-  fastpath?: { flowsFd: number; counters: SharedArrayBuffer };
+  fastpath?: { flowsFd: number; statsFd: number; counters: SharedArrayBuffer };
 }
 
 /** The fast path writer's counters in shared memory (Float64), written by the worker. */

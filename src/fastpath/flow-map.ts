@@ -5,7 +5,7 @@ import type { Engine } from '../engine/engine.js';
 import { FlowState } from '../engine/flow-table.js';
 import { OffloadEvent } from '../engine/offload.js';
 import { libbpf, type Libbpf } from './libbpf.js';
-import { FpDir, FpFlag, KEY_BYTES, readLastSeenNs, VALUE_BYTES, writeKey, writeValue } from './layout.js';
+import { FP_STAT_SLOTS, FpDir, FpFlag, KEY_BYTES, readLastSeenNs, STAT_BYTES, statSlot, VALUE_BYTES, writeKey, writeValue } from './layout.js';
 
 /** What the writer did, for the loop's stats. */
 export interface FlowMapCounters { inserted: number; removed: number; insertErrors: number; checks: number; flushes: number }
@@ -32,8 +32,55 @@ export class FlowMap {
   /** errno of the last failed update (E2BIG: map full). */
   lastErrno = 0;
 
-  constructor(private readonly fd: number, private readonly engine: Engine) {
+  // Per-backend counters of the program (read in one bpf_map_lookup_batch), and what was already added.
+  private statKeys = Buffer.alloc(0);
+  private statVals = Buffer.alloc(0);
+  private readonly statOut = Buffer.alloc(4);
+  private statSeen = new Float64Array(0);
+  private readonly ncpu: number;
+
+  /** statsFd: mplb_backend_stats, or -1 (per-backend counters of kernel-NATed packets are then not added). */
+  constructor(private readonly fd: number, private readonly engine: Engine, private readonly statsFd = -1) {
     this.l = libbpf();
+    this.ncpu = statsFd >= 0 ? this.l.possibleCpus() : 0;
+  }
+
+  /**
+   * Adds what the program NATed per backend since the last call to the engine's per-backend counters (the packets
+   * never reached the engine). One syscall for every live backend slot; cold (about once a second).
+   */
+  foldBackendStats(): void {
+    if (this.statsFd < 0 || this.ncpu <= 0) return;
+    const svc = this.engine.services, n = Math.min(FP_STAT_SLOTS, 2 * svc.backendCount);
+    if (n === 0) return;
+    if (this.statSeen.length < n) {
+      const seen = new Float64Array(n * 2);
+      seen.set(this.statSeen);
+      this.statSeen = seen;
+      this.statKeys = Buffer.alloc(4 * n * 2);
+      this.statVals = Buffer.alloc(STAT_BYTES * this.ncpu * n * 2);
+    }
+    const count = this.count;
+    count[0] = n;
+    const rc = this.l.mapLookupBatch(this.statsFd, null, this.statOut, this.statKeys, this.statVals, count, null);
+    // ENOENT with a count: the end of the array came first (all n were read).
+    if (rc < 0 && count[0] === 0) return;
+    const got = count[0], v = this.statVals, st = svc.beStats, seen = this.statSeen;
+    for (let k = 0; k < got; k++) {
+      const slot = this.statKeys.readUInt32LE(4 * k);
+      if (slot >= n) continue;
+      let packets = 0, bytes = 0;
+      for (let c = 0, o = k * this.ncpu * STAT_BYTES; c < this.ncpu; c++, o += STAT_BYTES) {
+        packets += Number(v.readBigUInt64LE(o));
+        bytes += Number(v.readBigUInt64LE(o + 8));
+      }
+      const dp = packets - seen[2 * slot], db = bytes - seen[2 * slot + 1];
+      if (dp <= 0 && db <= 0) continue;
+      seen[2 * slot] = packets; seen[2 * slot + 1] = bytes;
+      // beStats per backend: packets in, bytes in, packets out, bytes out; slot = backend * 2 + direction.
+      const i = 4 * (slot >> 1) + ((slot & 1) === FpDir.Dst ? 0 : 2);
+      st[i] += dp; st[i + 1] += db;
+    }
   }
 
   /** Applies every pending offload event (in order), then a flush when a removal was lost. Returns events applied. */
@@ -75,8 +122,8 @@ export class FlowMap {
       if (kind === OffloadEvent.Insert) {
         const flags = ring.mptcp[slot] ? FpFlag.Mptcp : 0;
         // The engine's rewrite (rewrite.ts): destination -> the flow's backend; source -> the flow's VIP.
-        writeValue(this.vals, family, svc.beAddrBytes, b << 4, svc.bePort[b], FpDir.Dst, flags, 2 * i * VALUE_BYTES);
-        writeValue(this.vals, family, svc.vipAddrBytes, vip << 4, svc.vipPort[vip], FpDir.Src, flags, (2 * i + 1) * VALUE_BYTES);
+        writeValue(this.vals, family, svc.beAddrBytes, b << 4, svc.bePort[b], FpDir.Dst, flags, 2 * i * VALUE_BYTES, statSlot(b, FpDir.Dst));
+        writeValue(this.vals, family, svc.vipAddrBytes, vip << 4, svc.vipPort[vip], FpDir.Src, flags, (2 * i + 1) * VALUE_BYTES, statSlot(b, FpDir.Src));
       }
       return;
     }

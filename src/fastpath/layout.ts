@@ -3,9 +3,17 @@
 
 /** struct fp_key: family u8, pad[3], sport be16, dport be16, saddr be32[4], daddr be32[4]. */
 export const KEY_BYTES = 40;
-/** struct fp_value: addr be32[4], port be16, dir u8, flags u8, pad u32, last_seen_ns u64. */
+/** struct fp_value: addr be32[4], port be16, dir u8, flags u8, stat u32 (host order), last_seen_ns u64. */
 export const VALUE_BYTES = 32;
 export const VALUE_LAST_SEEN_OFF = 24;
+const VALUE_STAT_OFF = 20;
+
+/** mplb_backend_stats: FP_STAT_SLOTS per-CPU { packets u64, bytes u64 }, slot = backend index * 2 + FpDir. */
+export const FP_STAT_SLOTS = 16384;
+export const FP_NO_STAT = 0xffffffff;
+export const STAT_BYTES = 16;
+/** The slot of backend b's packets in direction dir, or FP_NO_STAT past the map (those are counted in the totals only). */
+export const statSlot = (b: number, dir: FpDir): number => (2 * b + 1 < FP_STAT_SLOTS ? 2 * b + dir : FP_NO_STAT);
 
 /** Which endpoint a map entry rewrites. */
 export const enum FpDir { Dst = 0, Src = 1 }
@@ -31,14 +39,17 @@ export function writeKey(k: Uint8Array, family: 4 | 6, src: Uint8Array, sOff: nu
   for (let i = 0; i < n; i++) { k[at + 8 + i] = src[sOff + i]; k[at + 24 + i] = dst[dOff + i]; }
 }
 
-/** Writes a value at v[0..32): the new address and port, the direction and flags; last_seen 0. */
-export function writeValue(v: Uint8Array, family: 4 | 6, addr: Uint8Array, aOff: number, port: number, dir: FpDir, flags: number, at = 0): void {
+/** Writes a value at v[0..32): the new address and port, the direction, flags and stat slot; last_seen 0. */
+export function writeValue(v: Uint8Array, family: 4 | 6, addr: Uint8Array, aOff: number, port: number, dir: FpDir, flags: number, at = 0, stat = FP_NO_STAT): void {
   v.fill(0, at, at + VALUE_BYTES);
   const n = family === 4 ? 4 : 16;
   for (let i = 0; i < n; i++) v[at + i] = addr[aOff + i];
   v[at + 16] = port >>> 8; v[at + 17] = port & 0xff;
   v[at + 18] = dir;
   v[at + 19] = flags;
+  // Host order (the program reads it as a u32): little-endian on the x86-64 and arm64 this runs on.
+  const o = at + VALUE_STAT_OFF;
+  v[o] = stat & 0xff; v[o + 1] = (stat >>> 8) & 0xff; v[o + 2] = (stat >>> 16) & 0xff; v[o + 3] = stat >>> 24;
 }
 
 /** last_seen_ns of a value read back (host-endian u64, CLOCK_MONOTONIC ns), as a Number (exact below 2^53 ns, 104 days). */

@@ -19,6 +19,8 @@ export interface Libbpf {
   /** count: a u32 in/out (elements given / elements done). */
   mapUpdateBatch: (fd: number, keys: Uint8Array, values: Uint8Array, count: Uint32Array, opts: null) => number;
   mapDeleteBatch: (fd: number, keys: Uint8Array, count: Uint32Array, opts: null) => number;
+  /** in_batch null: from the start; out_batch: where the next call goes on (a u32 for arrays). */
+  mapLookupBatch: (fd: number, inBatch: Uint8Array | null, outBatch: Uint8Array, keys: Uint8Array, values: Uint8Array, count: Uint32Array, opts: null) => number;
   hookCreate: (hook: Uint8Array) => number;
   hookDestroy: (hook: Uint8Array) => number;
   tcAttach: (hook: Uint8Array, opts: Uint8Array) => number;
@@ -58,6 +60,7 @@ export function libbpf(): Libbpf {
     mapNextKey: lib.func('int bpf_map_get_next_key(int fd, void *key, void *next)'),
     mapUpdateBatch: lib.func('int bpf_map_update_batch(int fd, void *keys, void *values, void *count, void *opts)'),
     mapDeleteBatch: lib.func('int bpf_map_delete_batch(int fd, void *keys, void *count, void *opts)'),
+    mapLookupBatch: lib.func('int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, void *count, void *opts)'),
     hookCreate: lib.func('int bpf_tc_hook_create(void *hook)'),
     hookDestroy: lib.func('int bpf_tc_hook_destroy(void *hook)'),
     tcAttach: lib.func('int bpf_tc_attach(void *hook, void *opts)'),
@@ -100,12 +103,17 @@ export function tcOpts(progFd: number, flags: number, handle: number, priority: 
 /**
  * BPF_PROG_TEST_RUN of a tc program on one frame (tests and the start-time probe): returns the program's verdict
  * and the frame as it left. struct bpf_test_run_opts is 80 bytes; its data pointers point at koffi-allocated memory.
+ * `ctx`: the __sk_buff's ingress_ifindex and ifindex (the kernel then runs it as if received on that device of the
+ * caller's network namespace, so a FIB lookup sees that namespace's routes).
  */
-export function testRun(progFd: number, frame: Uint8Array): { retval: number; out: Uint8Array } {
+export function testRun(progFd: number, frame: Uint8Array, ctx?: { ingressIfindex: number; ifindex: number }): { retval: number; out: Uint8Array } {
   const l = libbpf();
   const cap = frame.length + 256;
   const inMem = koffi.alloc('uint8_t', frame.length);
   const outMem = koffi.alloc('uint8_t', cap);
+  // struct __sk_buff up to ifindex (offset 40, 4 bytes): the fields before it must be zero.
+  const CTX_BYTES = 44;
+  const ctxMem = ctx ? koffi.alloc('uint8_t', CTX_BYTES) : undefined;
   try {
     koffi.encode(inMem, 'uint8_t', Array.from(frame), frame.length);
     const o = Buffer.alloc(80);
@@ -114,6 +122,14 @@ export function testRun(progFd: number, frame: Uint8Array): { retval: number; ou
     o.writeBigUInt64LE(koffi.address(outMem), 16);
     o.writeUInt32LE(frame.length, 24);
     o.writeUInt32LE(cap, 28);
+    if (ctx && ctxMem) {
+      const c = Buffer.alloc(CTX_BYTES);
+      c.writeUInt32LE(ctx.ingressIfindex, 36);
+      c.writeUInt32LE(ctx.ifindex, 40);
+      koffi.encode(ctxMem, 'uint8_t', Array.from(c), CTX_BYTES);
+      o.writeBigUInt64LE(koffi.address(ctxMem), 32);
+      o.writeUInt32LE(CTX_BYTES, 48);
+    }
     o.writeInt32LE(1, 60); // repeat
     const r = l.testRun(progFd, o);
     if (r < 0) throw new Error(`bpf_prog_test_run_opts failed: errno ${-r}`);
@@ -123,5 +139,6 @@ export function testRun(progFd: number, frame: Uint8Array): { retval: number; ou
   } finally {
     koffi.free(inMem);
     koffi.free(outMem);
+    if (ctxMem) koffi.free(ctxMem);
   }
 }

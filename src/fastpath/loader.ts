@@ -27,6 +27,8 @@ export interface FastpathHandle {
   readonly progFd: number;
   readonly flowsFd: number;
   readonly countersFd: number;
+  /** mplb_backend_stats: what the program NATed per backend and direction (FlowMap.foldBackendStats reads it). */
+  readonly statsFd: number;
   readonly maxEntries: number;
   readonly attached: readonly AttachedInterface[];
   /** Attaches at tc ingress of each interface (replacing a filter a dead run left at the same handle and priority). */
@@ -76,7 +78,8 @@ export function loadFastpath(opts: { objectPath?: string; maxEntries: number; pr
   const fail = (msg: string): never => { l.close(obj); closed = true; throw new FastpathError('FP_LOAD', msg); };
   const flowsMap = l.findMap(obj, 'mplb_flows');
   const countersMap = l.findMap(obj, 'mplb_counters');
-  if (!flowsMap || !countersMap) fail(`${path} has no mplb_flows/mplb_counters map: rebuild it`);
+  const statsMap = l.findMap(obj, 'mplb_backend_stats');
+  if (!flowsMap || !countersMap || !statsMap) fail(`${path} has no mplb_flows/mplb_counters/mplb_backend_stats map: rebuild it`);
   // Two entries per flow (one per direction). BPF_F_NO_PREALLOC: memory only for entries in use.
   const maxEntries = Math.max(64, Math.min(opts.maxEntries, 1 << 26));
   let r = l.setMaxEntries(flowsMap, maxEntries);
@@ -85,7 +88,7 @@ export function loadFastpath(opts: { objectPath?: string; maxEntries: number; pr
   if (r < 0) fail(`loading ${path} into the kernel failed: errno ${-r}${-r === 1 ? ' (EPERM: needs root/CAP_BPF+CAP_NET_ADMIN)' : ''}; libbpf printed the verifier's log above`);
   const prog = l.findProgram(obj, 'mplb_fastpath');
   if (!prog) fail(`${path} has no mplb_fastpath program`);
-  const progFd = l.programFd(prog), flowsFd = l.mapFd(flowsMap), countersFd = l.mapFd(countersMap);
+  const progFd = l.programFd(prog), flowsFd = l.mapFd(flowsMap), countersFd = l.mapFd(countersMap), statsFd = l.mapFd(statsMap);
   const ncpu = l.possibleCpus();
   if (ncpu <= 0) fail(`libbpf_num_possible_cpus failed: ${ncpu}`);
   const keyBuf = Buffer.alloc(4), valBuf = Buffer.alloc(8 * ncpu);
@@ -96,7 +99,7 @@ export function loadFastpath(opts: { objectPath?: string; maxEntries: number; pr
     if (a.createdQdisc) l.hookDestroy(tcHook(a.ifindex, BPF_TC_INGRESS | BPF_TC_EGRESS));
   };
   const h: FastpathHandle = {
-    progFd, flowsFd, countersFd, maxEntries, attached,
+    progFd, flowsFd, countersFd, statsFd, maxEntries, attached,
     attach(ifaces) {
       for (const i of ifaces) {
         const hook = tcHook(i.ifindex, BPF_TC_INGRESS);

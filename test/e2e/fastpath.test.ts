@@ -36,6 +36,12 @@ const reason = why();
 const runIds: string[] = [];
 
 /** The fast path's packets over all packets (kernel + engine) between two stats samples. */
+/** Packets NATed to and from every backend (the engine's per-backend counters, kernel-NATed ones folded in). */
+async function backendPackets(lb: BalancerProcess): Promise<number> {
+  const bs = (await lb.request('backends')) as Array<{ packetsIn: number; packetsOut: number }>;
+  return bs.reduce((s, b) => s + b.packetsIn + b.packetsOut, 0);
+}
+
 function fastShare(a: EngineStats, b: EngineStats): { kernel: number; engine: number; share: number } {
   const kernel = (fpOf(b)?.program.packets ?? 0) - (fpOf(a)?.program.packets ?? 0);
   const engine = b.engine.counters.packets_in - a.engine.counters.packets_in;
@@ -96,9 +102,13 @@ if (reason) {
       const n = 20;
       const ids = await since();
       const e0 = await engineStats(lb!);
+      await sleep(1100); // the worker adds the kernel's per-backend counters to the engine's once a second
+      const b0 = await backendPackets(lb!);
       const r = await runClient(tb, ['--port', String(TCP_PORT), '--tcp', '--connections', String(n), '--bytes', '8M', '--timeout-ms', '20000'], 30000);
       await sleep(300); // the last FINs
       const e1 = await engineStats(lb!);
+      await sleep(1100);
+      const b1 = await backendPackets(lb!);
       const served = await servedSince(ids, 'tcp');
       const ed = diff(e0.engine.counters, e1.engine.counters);
       const f = fastShare(e0, e1);
@@ -118,6 +128,8 @@ if (reason) {
       for (const k of ['midstream_no_flow', 'stateless_reply', 'stateless_forward']) assert.equal(ed[k], 0, `engine ${k}`);
       assert.equal(fpOf(e1)!.program.errors, 0, 'no rewrite helper failed');
       assert.equal(fpOf(e1)!.insertErrors, 0);
+      // Per-backend counters hold the kernel's packets too (they never reached the engine).
+      assert.equal(b1 - b0, f.kernel + (ed.to_backend ?? 0) + (ed.to_client ?? 0), `per-backend packets ${b1 - b0}: kernel ${f.kernel} + engine ${(ed.to_backend ?? 0) + (ed.to_client ?? 0)}`);
     });
 
     const mptcpChecks = (r: ClientReport, n: number, diag: { diagnostic(m: string): void } | undefined, served: Awaited<ReturnType<typeof servedSince>>, conns: Awaited<ReturnType<typeof engineConnections>>): string[] => {
