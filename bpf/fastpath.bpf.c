@@ -52,10 +52,12 @@ enum fp_counter {
 	FP_C_COUNT,
 };
 
+/* Preallocated (no BPF_F_NO_PREALLOC): an insert or delete takes an element from a per-CPU free list instead of the
+ * kernel's allocator, which halves the map writer's cost per connection; the memory (about 120 bytes per entry) is
+ * taken at start. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 65536); /* set by the loader from tables.maxFlows */
+	__uint(max_entries, 65536); /* set by the loader: 2 x fastpath.maxFlows */
 	__type(key, struct fp_key);
 	__type(value, struct fp_value);
 } mplb_flows SEC(".maps");

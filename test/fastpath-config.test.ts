@@ -22,6 +22,16 @@ test('datapath: tun, tc-bpf and auto are taken; absent means tun (left unset); a
   }
 });
 
+test('fastpath.maxFlows: tables.maxFlows capped at 131072 by default; bounds and unknown keys refused with the field', () => {
+  assert.equal(validateRunConfig(base).fastpath, undefined, 'unset: the balancer uses the default');
+  assert.deepEqual(validateRunConfig({ ...base, fastpath: {} }).fastpath, { maxFlows: 64 }, 'default: tables.maxFlows when smaller');
+  assert.deepEqual(validateRunConfig({ ...base, tables: { maxFlows: 1 << 20, maxConnections: 64 }, fastpath: {} }).fastpath, { maxFlows: 131072 });
+  assert.deepEqual(validateRunConfig({ ...base, fastpath: { maxFlows: 4096 } }).fastpath, { maxFlows: 4096 });
+  for (const [bad, re] of [[{ maxFlows: 8 }, /^fastpath\.maxFlows: /], [{ maxFlows: 1.5 }, /^fastpath\.maxFlows: /], [{ maxFlows: 1 << 25 }, /^fastpath\.maxFlows: /], [{ size: 1 }, /^fastpath/], ['big', /^fastpath/]] as const) {
+    assert.throws(() => validateRunConfig({ ...base, fastpath: bad }), (e: unknown) => e instanceof ConfigError && re.test(e.message), JSON.stringify(bad));
+  }
+});
+
 test('/metrics: the program\'s counters (NATed packets and bytes, passes by reason), the map writer\'s, attached interfaces', async () => {
   const cfg = validateRunConfig(base);
   const ctl = new Controller(inProcessPort(cfg), cfg);

@@ -80,7 +80,7 @@ export class Metrics {
     counter('mplb_fastpath_packets_total', 'Packets the tc-bpf program NATed in the kernel (they never reach the engine: not in mplb_packets_total).');
     counter('mplb_fastpath_bytes_total', 'Bytes (skb length, with the Ethernet header) the tc-bpf program NATed.');
     counter('mplb_fastpath_passed_total', 'Packets the tc-bpf program passed on to the TUN and the engine, by reason.', ['reason']);
-    counter('mplb_fastpath_program_events_total', 'Other tc-bpf program events (syn_stale: a SYN found a stale entry; errors: a rewrite helper failed).', ['event']);
+    counter('mplb_fastpath_program_events_total', 'Other tc-bpf program events (syn_stale: a SYN found a stale entry; errors: a rewrite helper failed; redirected: NATed packets the program forwarded itself, a part of mplb_fastpath_packets_total).', ['event']);
     counter('mplb_fastpath_map_updates_total', 'Flow map updates by the packet worker (inserted and removed flows, idle checks, flushes, refused inserts).', ['op']);
     gauge('mplb_control_round_trip_max_seconds', 'Longest control message round trip to the packet worker, since start.');
     if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'mplb_' });

@@ -7,6 +7,7 @@ import { ConfigError, cut, show, validateEngineConfig, type EngineConfig } from 
 import { formatEndpoint, parseEndpoint, parseIp } from '../wire/addr.js';
 import { TOKEN_STORE_DEFAULTS, type TokenStoreConfig } from '../cluster/token-store.js';
 import { checkRoutableAddresses } from '../dataplane/routes.js';
+import { FASTPATH_DEFAULT_MAX_FLOWS } from '../fastpath/layout.js';
 
 export interface DeviceConfig {
   /** TUN interface name (max 15 characters). Default "mplb0". */
@@ -87,7 +88,13 @@ export interface LogConfig {
 export type DatapathMode = 'tun' | 'tc-bpf' | 'auto';
 export const DATAPATH_MODES: readonly DatapathMode[] = ['tun', 'tc-bpf', 'auto'];
 
-export interface RunConfig { device: DeviceConfig; engine: EngineConfig; admin: AdminConfig; health: HealthConfig; log: LogConfig; tokenStore?: TokenStoreConfig; datapath?: DatapathMode }
+/** `fastpath`: the tc-bpf data path's kernel map. */
+export interface FastpathConfig {
+  /** Flows the kernel map holds (two entries each, preallocated at start, about 250 bytes per flow); more stay on the TUN. */
+  maxFlows: number;
+}
+
+export interface RunConfig { device: DeviceConfig; engine: EngineConfig; admin: AdminConfig; health: HealthConfig; log: LogConfig; tokenStore?: TokenStoreConfig; datapath?: DatapathMode; fastpath?: FastpathConfig }
 
 export const DEVICE_DEFAULTS: DeviceConfig = { name: 'mplb0', mtu: 1500, table: 2710, rulePriority: 10000 };
 export const ADMIN_DEFAULTS: AdminConfig = { enabled: true, address: '127.0.0.1', port: 9740, authReads: false, allowedHosts: [] };
@@ -104,7 +111,7 @@ const MAX_YAML_ALIASES = 100;
 export const MIN_TOKEN_LENGTH = 16;
 
 const ENGINE_KEYS = ['vips', 'policy', 'mptcpAware', 'unknownTokenAnswer', 'tables', 'timeouts', 'hashSeed', 'icmp'];
-const OWN_KEYS = ['device', 'admin', 'health', 'log', 'tokenStore', 'datapath'];
+const OWN_KEYS = ['device', 'admin', 'health', 'log', 'tokenStore', 'datapath', 'fastpath'];
 
 function mapping(v: unknown, path: string, allowed: readonly string[]): Record<string, unknown> {
   if (v === undefined || v === null) return {};
@@ -273,6 +280,10 @@ export function validateRunConfig(doc: unknown): RunConfig {
   if (tokenStore) out.tokenStore = tokenStore;
   // Set only when the file names it, so configs without it compare equal to what they were.
   if (d.datapath !== undefined) out.datapath = pick(d.datapath, 'datapath', DATAPATH_MODES, 'tun');
+  if (d.fastpath !== undefined && d.fastpath !== null) {
+    const m = mapping(d.fastpath, 'fastpath', ['maxFlows']);
+    out.fastpath = { maxFlows: int(m.maxFlows, 'fastpath.maxFlows', 16, 1 << 24, Math.min(FASTPATH_DEFAULT_MAX_FLOWS, engine.tables.maxFlows)) };
+  }
   return out;
 }
 

@@ -15,6 +15,9 @@ export const STAT_BYTES = 16;
 /** The slot of backend b's packets in direction dir, or FP_NO_STAT past the map (those are counted in the totals only). */
 export const statSlot = (b: number, dir: FpDir): number => (2 * b + 1 < FP_STAT_SLOTS ? 2 * b + dir : FP_NO_STAT);
 
+/** Default fastpath.maxFlows: at most this many flows in the preallocated map (about 32 MB), never more than tables.maxFlows. */
+export const FASTPATH_DEFAULT_MAX_FLOWS = 131072;
+
 /** Which endpoint a map entry rewrites. */
 export const enum FpDir { Dst = 0, Src = 1 }
 /** Entry flags. */

@@ -80,7 +80,7 @@ export function loadFastpath(opts: { objectPath?: string; maxEntries: number; pr
   const countersMap = l.findMap(obj, 'mplb_counters');
   const statsMap = l.findMap(obj, 'mplb_backend_stats');
   if (!flowsMap || !countersMap || !statsMap) fail(`${path} has no mplb_flows/mplb_counters/mplb_backend_stats map: rebuild it`);
-  // Two entries per flow (one per direction). BPF_F_NO_PREALLOC: memory only for entries in use.
+  // Two entries per flow (one per direction), preallocated at load (bpf/fastpath.bpf.c says why).
   const maxEntries = Math.max(64, Math.min(opts.maxEntries, 1 << 26));
   let r = l.setMaxEntries(flowsMap, maxEntries);
   if (r < 0) fail(`bpf_map__set_max_entries failed: errno ${-r}`);
