@@ -101,7 +101,7 @@ if (missing) {
         srv.serve({ type: 'store', publish: { tokens: Array.from({ length: 600 }, (_, i) => 0x0c000000 + i), entry: new Array(600).fill(0), values: [encodeEntry(E)] }, writes: [], lookups: [{ id: 9, key: tokenKey('mplb:test:', 0x0c000001) }] });
         for (let i = 0; i < 100 && srv.outstanding > 0; i++) await new Promise((res) => setTimeout(res, 20));
         assert.equal(srv.outstanding, 0);
-        assert.equal(srv.publishFailed, 0);
+        assert.equal(srv.counters.publishFailed, 0);
         assert.deepEqual(await b.lookupToken(0x0c000257), { outcome: 'found', entry: E });
         assert.deepEqual(got.filter((m) => m.type === 'store-collision'), [{ type: 'store-collision', token: 0x0c000007 }]);
         const ans = got.find((m) => m.type === 'store-answers');

@@ -57,9 +57,6 @@ export class StoreServer {
     this.window = this.batchesInFlight;
   }
 
-  /** Publishes given up (kept for the dashboard's and the bench's readers). */
-  get publishFailed(): number { return this.counters.publishFailed; }
-
   /** Publish commands allowed in flight now (the adaptive window). */
   get batchesAllowed(): number { return this.window; }
 
