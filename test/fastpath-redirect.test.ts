@@ -103,7 +103,7 @@ if (reason) {
           { hex: Buffer.from(frame(withTtl(noNeigh, 64), links.fa.mac)).toString('hex'), ifindex: links.fa.ifindex },
         ],
       };
-      const out = JSON.parse(execFileSync('ip', ['netns', 'exec', NS, process.execPath, CHILD, JSON.stringify(job)], { encoding: 'utf8' })) as {
+      const out = JSON.parse(execFileSync('ip', ['netns', 'exec', NS, process.execPath, CHILD], { encoding: 'utf8', env: { ...process.env, MPLB_FP_CHILD_JOB: JSON.stringify(job) } })) as {
         results: Array<{ retval: number; out: string }>; counters: Record<string, number>;
       };
       const r = out.results.map((x) => ({ retval: x.retval, f: Uint8Array.from(Buffer.from(x.out, 'hex')) }));
