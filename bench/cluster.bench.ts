@@ -232,27 +232,26 @@ function makeServer(kind: 'on' | 'pipeline', store: TokenStore, raw: Redis | und
     const view = {
       get outstanding() { return srv.outstanding; },
       get acked() { return st.published - srv.outstanding; },
-      get errors() { return srv.counters.publishFailed + srv.counters.publishDropped; },
+      get errors() { return srv.publishFailed; },
       get collisions() { return st.collisions; },
       get published() { return st.published; },
       get rawWrites() { return 0; },
     };
-    return { st: view, serve: (m: StoreRequests) => { st.published += m.publish.tokens.length; srv.serve(m); } };
+    return { st: view, serve: (m: StoreRequests) => { st.published += m.publish.length; srv.serve(m); } };
   }
   const serve = (m: StoreRequests) => {
-    const pub = m.publish;
-    st.published += pub.tokens.length;
-    if (pub.tokens.length + m.writes.length === 0) return;
+    st.published += m.publish.length;
+    if (m.publish.length + m.writes.length === 0) return;
     const p = raw!.pipeline();
-    for (let i = 0; i < pub.tokens.length; i++) p.set(tokenKey(prefix, pub.tokens[i]), pub.values[pub.entry[i]], 'PX', ttl, 'NX');
+    for (const x of m.publish) p.set(tokenKey(prefix, x.token), encodeEntry(x.entry), 'PX', ttl, 'NX');
     for (const op of m.writes) {
       if (op.op === 'set') p.set(op.key, op.value, 'PX', op.ttlMs);
       else if (op.op === 'expire') p.pexpire(op.key, op.ttlMs);
       else p.del(op.key);
     }
-    st.rawWrites += pub.tokens.length + m.writes.length;
-    st.outstanding += pub.tokens.length + m.writes.length;
-    const np = pub.tokens.length, all = np + m.writes.length;
+    st.rawWrites += m.publish.length + m.writes.length;
+    st.outstanding += m.publish.length + m.writes.length;
+    const np = m.publish.length, all = np + m.writes.length;
     p.exec().then((res) => {
       st.outstanding -= all;
       st.acked += np;
@@ -293,7 +292,7 @@ export async function publishRun(variant: Variant, n: number, redis: LocalRedis 
     }
     server = makeServer(variant, store, raw, prefix, (token) => load.sync!.onMessage({ type: 'store-collision', token }, Date.now()));
   }
-  const send = variant === 'off' ? undefined : variant === 'discard' ? (m: StoreRequests) => { published += m.publish.tokens.length; } : server!.serve;
+  const send = variant === 'off' ? undefined : variant === 'discard' ? (m: StoreRequests) => { published += m.publish.length; } : server!.serve;
   load = makeLoad(n, salt, joins, prefix, send);
   const cmd0 = redis ? await infoField(redis.admin, 'stats', 'total_commands_processed') : 0;
   const cpu0 = redis ? procCpu(redis.pid) : 0;
@@ -356,22 +355,16 @@ async function threadsRun(n: number, redis: LocalRedis, prefix: string, salt: nu
   return res;
 }
 
-/**
- * `size` publishes handed at once to the product's StoreServer (one worker message, product defaults: 50 ms command
- * timeout, batches of 256, up to 8 in flight, a queue of 65536): the share that failed or was dropped, and the time
- * until every one was answered.
- */
+/** `size` publishToken calls handed to one TokenStore (product defaults) at once, as serveStore does with a message: share that failed. */
 async function publishBurst(redis: LocalRedis, size: number, salt: number): Promise<{ errorShare: number; ms: number }> {
   await redis.admin.flushall();
   const store = await openStore(redis.url, 'mplb:burst:');
-  const srv = new StoreServer(store, { ttlMs: TOKEN_STORE_DEFAULTS.ttlMs, commandTimeoutMs: TOKEN_STORE_DEFAULTS.commandTimeoutMs }, () => {});
-  const value = encodeEntry({ vip: `${VIP}:${PORT}`, backend: '198.18.10.101:5201', version: 1 });
+  const entry = { vip: `${VIP}:${PORT}`, backend: '198.18.10.101:5201', version: 1 };
   const t0 = performance.now();
-  srv.serve({ type: 'store', publish: { tokens: Array.from({ length: size }, (_, i) => (salt + i) >>> 0), entry: new Array<number>(size).fill(0), values: [value] }, writes: [], lookups: [] });
-  for (const tw = Date.now(); srv.outstanding > 0; await sleep(1)) if (Date.now() - tw > 120_000) throw new Error(`burst: ${srv.outstanding} publishes unanswered after 120 s`);
+  const rs = await Promise.all(Array.from({ length: size }, (_, i) => store.publishToken((salt + i) >>> 0, entry, TOKEN_STORE_DEFAULTS.ttlMs)));
   const ms = performance.now() - t0;
   await store.close();
-  return { errorShare: (srv.counters.publishFailed + srv.counters.publishDropped) / size, ms };
+  return { errorShare: rs.filter((r) => r === 'error').length / size, ms };
 }
 
 interface MemResult { conns: number; keys: number; usedBefore: number; usedAfter: number; bytesPerConn: number; bytesPerKey: number; tokenKeyUsage: number; flowKeyUsage: number; acked: number }
@@ -414,15 +407,10 @@ async function inProcess(quick: boolean): Promise<BenchResult[]> {
       }
     }
     const bursts: Record<number, number[]> = { 1000: [], 5000: [], 20000: [] };
-    const burstMs: Record<number, number[]> = { 1000: [], 5000: [], 20000: [] };
     for (let run = 0; run < (quick ? 1 : 3); run++) {
-      for (const size of [1000, 5000, 20000]) {
-        const b = await publishBurst(redis, size, 0x42000000 + run * 0x100000);
-        bursts[size].push(b.errorShare);
-        burstMs[size].push(b.ms);
-      }
+      for (const size of [1000, 5000, 20000]) bursts[size].push((await publishBurst(redis, size, 0x42000000 + run * 0x100000)).errorShare);
     }
-    log(`publish bursts (handed to the StoreServer at once, 50 ms command timeout): ${Object.entries(bursts).map(([k, v]) => `${k}: ${v.map((x) => `${(100 * x).toFixed(0)}%`).join('/')} failed in ${burstMs[Number(k)].map((x) => x.toFixed(0)).join('/')} ms`).join(', ')}`);
+    log(`publish bursts (publishToken calls at once, 50 ms command timeout): ${Object.entries(bursts).map(([k, v]) => `${k}: ${v.map((x) => `${(100 * x).toFixed(0)}%`).join('/')} failed`).join(', ')}`);
     const mem = await storeMemory(redis, quick ? 10_000 : 100_000);
     log(`memory: ${mem.keys} keys for ${mem.conns} connections (a token entry and a join's subflow entry each): ${((mem.usedAfter - mem.usedBefore) / 1e6).toFixed(2)} MB, ${mem.bytesPerConn.toFixed(0)} B/connection, ${mem.bytesPerKey.toFixed(0)} B/key`);
     const med = (v: Variant, f: (r: PublishRun) => number) => median(res[v].map(f));
@@ -441,10 +429,10 @@ async function inProcess(quick: boolean): Promise<BenchResult[]> {
         },
         note: `One Engine + Forwarder over a MemoryDevice (64-packet batches) + StoreSync whose requests a TokenStore (ioredis, auto-pipelining, the product's 50 ms command timeout) serves against a redis-server started on 127.0.0.1, ` +
           `all in one thread (value); per connection a SYN with MP_CAPABLE, the SYN/ACK with the server key from the backend the engine chose, the third ACK with both keys (templates from src/wire/build.ts, addresses, ports and keys patched in). ` +
-          `value = connections / wall time until redis acknowledged every token (the product's StoreServer: Lua batches of up to 256 tokens, one index character per token and each distinct value once, up to 8 commands in flight, fewer when a batch takes 3/4 of the command timeout; the loop waits when ${MAX_QUEUED_TOKENS} tokens are queued). Peers, same runs: store_off = the same loop without a store; ` +
-          `store_on_requests_discarded = the StoreSync with its requests thrown away (the engine-side cost); one_pipeline_per_batch = the same requests sent as one ioredis pipeline per StoreSync step (SET NX PX per token) instead of the Lua batches; ` +
-          `two_threads_as_mplb_run = the engine and StoreSync in a worker thread posting requests to this thread's StoreServer (the layout of mplb run; the worker never waits), ` +
-          `connections / time until every publish was answered, ok or failed (two_threads_publish_error_share: failed or dropped; tokens lost for the cluster until the next refresh). ` +
+          `value = connections / wall time until redis acknowledged every token (the product's StoreServer: Lua batches of up to 256 tokens, 8 commands in flight; the loop waits when ${MAX_QUEUED_TOKENS} tokens are queued). Peers, same runs: store_off = the same loop without a store; ` +
+          `store_on_requests_discarded = the StoreSync with its requests thrown away (the engine-side cost); one_pipeline_per_batch = the same requests sent as one ioredis pipeline per StoreSync step (SET NX PX per token) instead of one publishToken each; ` +
+          `two_threads_as_mplb_run = the engine and StoreSync in a worker thread posting requests to this thread's TokenStore (the layout of mplb run: serveStore issues every publish it is handed at once, no bound), ` +
+          `connections / time until every publish was answered, ok or failed: the worker outruns the store client, and the publishes that waited more than the 50 ms command timeout failed (two_threads_publish_error_share; tokens lost for the cluster). ` +
           `Ranges: off ${rng(res.off.map(rate))}, discarded ${rng(res.discard.map(rate))}, on ${rng(on)}, pipeline ${rng(res.pipeline.map(rate))}, threads ${rng(res.threads.map(rate))}. Store errors: on ${errs('on')}, pipeline ${errs('pipeline')}. ${noise}`,
       },
       {
@@ -457,8 +445,8 @@ async function inProcess(quick: boolean): Promise<BenchResult[]> {
         },
         note: `Same runs: store writes (TokenStore counters: one SET NX PX per learned token, plus the GET/SET a collision needs) per second of wall time with everything in one thread; ` +
           `redis_cmds_per_s from INFO total_commands_processed; redis_cpu_share = redis-server's utime+stime over the wall time (1 = one core busy): redis is not what limits it. ` +
-          `burst_N_error_share: N publishes handed to the product's StoreServer at once (one worker message), the product's 50 ms command timeout: the share that failed or was dropped ` +
-          `(median of ${bursts[1000].length}; runs ${Object.entries(bursts).map(([k, v]) => `${k}: ${v.map(r3).join('/')}`).join(', ')}; all answered in ${Object.entries(burstMs).map(([k, v]) => `${k}: ${v.map((x) => x.toFixed(0)).join('/')} ms`).join(', ')}). ${noise}`,
+          `burst_N_error_share: N publishToken calls handed to one TokenStore at once (as serveStore does with the publishes of one worker message), the product's 50 ms command timeout: the share that failed ` +
+          `(median of ${bursts[1000].length}; runs ${Object.entries(bursts).map(([k, v]) => `${k}: ${v.map(r3).join('/')}`).join(', ')}). ${noise}`,
       },
       {
         id: 'cluster.store_bytes_per_conn', value: Math.round(mem.bytesPerConn), unit: 'bytes', target: 'n/a (reported)',

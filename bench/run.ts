@@ -161,26 +161,27 @@ const CLUSTER_NOTES = `How these are measured:
   joins that reached their own balancer in the same batches; the balancers' hold-wait histogram is given beside it.
   Targets are this section's own: p50 <= 5 ms (small beside a WAN RTT, paid once per join), p99 <= tokenStore.holdMs.
 - **cluster.new_conns_per_s_store_on** / **cluster.store_writes_per_s**: the packet worker's side (engine, StoreSync) and
-  the product's StoreServer and TokenStore in one thread (Lua batches of up to 256 tokens, up to 8 in flight, fewer
-  when a batch takes 3/4 of the command timeout). Target 100 thousand per second per balancer on one core (issue 10).
+  the store client (TokenStore) in one thread, at most 1024 store commands in flight. Target 100 thousand per second per
+  balancer on one core (issue 10).
 - **cluster.store_bytes_per_conn**: what one balancer's connections cost redis: a token entry per connection and a
   subflow entry per join it steered (\`t:<token>\`, \`f:<client:port>VIP:port>\`, each with a TTL).
 
-What limits these rows, and what they depend on:
+Targets missed, and why:
 
-- **The machine's speed.** The same code measured 53 thousand connections/s with the store on and a 12.1 ms join
-  p50 on this machine while it ran slowly (a loopback redis PING took 1 ms, the loop without a store ran at 85-95
-  thousand), and 220.8 thousand and 3.34 ms at full speed an hour later. Compare rows within one run.
-- **With the store on**, the one-thread loop ran at 0.6-0.8 of the loop without a store (2026-12-02: 0.61 slow, 0.78
-  at full speed): the StoreSync's own cost
-  (store_on_requests_discarded) and the store client's. The client's cost per token is one key string: values go once
-  per distinct value with one index character per token, and the answer is one character per token. Redis is not
-  the limit (redis_cpu_share).
-- **Two threads, as mplb run** (the two_threads_* peers): three busy threads (worker, main thread's store client,
-  redis) share the machine's two cores. Publishes are not lost there: the batches in flight shrink before they can
-  outlast the command timeout, a failed one is tried again after a backoff, a full queue drops and counts, and the
-  refresh every ttlMs/3 publishes live tokens again (set-if-absent recreates a missing key).
-  two_threads_publish_error_share and burst_*_error_share count what was failed or dropped.`;
+- **New connections/s and store writes/s with the store on** (about 40% of 100 thousand): the engine side is not what
+  limits it (the StoreSync with its requests thrown away keeps about 95% of the no-store rate) and neither is redis
+  (about a fifth of a core at that rate). The cost is the store client's, per command: ioredis builds a Command, arms
+  a 50 ms command-timeout timer, and settles a promise for every publishToken (a CPU profile of the one-thread run:
+  ioredis and the garbage collector take most of the time). Sending each batch's publishes as one pipeline gains about
+  20% only, since ioredis still makes a Command (and timer) per key.
+- **Two threads, as mplb run** (the two_threads_* peers): the worker produces learned tokens faster than the main
+  thread's store client can send them, and serveStore (src/dataplane/packet-loop.ts) hands every publish to ioredis at
+  once; the ones that wait more than the 50 ms command timeout fail. In a burst of 200 thousand new connections most
+  publishes failed (two_threads_publish_error_share); a failed publish is not retried (the refresh every ttlMs/3 sends
+  PEXPIRE, which does not recreate a missing key), so joins of those connections that reach another balancer get the
+  unknown-token answer. The burst_*_error_share peers show the threshold with the store client alone: a thousand
+  publishes handed over at once all succeed, five thousand do not. What would fix it belongs to src/dataplane and src/cluster: a bounded publish queue on the main thread, failed
+  publishes retried, and a refresh that re-creates a missing key.`;
 
 function markdown(results: BenchResult[], m: Record<string, string | number>): string {
   const git = gitHead();

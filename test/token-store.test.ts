@@ -75,10 +75,11 @@ if (missing) {
       try {
         const other = { ...E, backend: '198.18.12.2:5201' };
         await raw.set(tokenKey('mplb:test:', 0x0b000004), 'garbage', 'PX', 60_000);
-        const e = encodeEntry(E), o = encodeEntry(other);
-        assert.deepEqual(await a.publishBatch([0x0b000001, 0x0b000002], [e, e], 60_000), ['ok', 'ok']);
+        assert.deepEqual(await a.publishBatch([{ token: 0x0b000001, entry: E }, { token: 0x0b000002, entry: E }], 60_000), ['ok', 'ok']);
         await raw.pexpire(tokenKey('mplb:test:', 0x0b000001), 5_000);
-        assert.deepEqual(await b.publishBatch([0x0b000001, 0x0b000002, 0x0b000003, 0x0b000004], [e, o, o, e], 60_000), ['ok', 'collision', 'ok', 'collision']);
+        assert.deepEqual(await b.publishBatch([
+          { token: 0x0b000001, entry: E }, { token: 0x0b000002, entry: other }, { token: 0x0b000003, entry: other }, { token: 0x0b000004, entry: E },
+        ], 60_000), ['ok', 'collision', 'ok', 'collision']);
         assert.ok(Number(await raw.pttl(tokenKey('mplb:test:', 0x0b000001))) > 50_000, 'the same entry had its TTL refreshed');
         assert.deepEqual(await a.lookupToken(0x0b000002), { outcome: 'ambiguous' });
         assert.deepEqual(await a.lookupToken(0x0b000003), { outcome: 'found', entry: other });
@@ -87,7 +88,7 @@ if (missing) {
         assert.equal(b.counters.invalidValues, 1);
         // The script survives a SCRIPT FLUSH (ioredis falls back from EVALSHA to EVAL).
         await raw.call('SCRIPT', 'FLUSH');
-        assert.deepEqual(await a.publishBatch([0x0b000005], [e], 60_000), ['ok']);
+        assert.deepEqual(await a.publishBatch([{ token: 0x0b000005, entry: E }], 60_000), ['ok']);
       } finally { await a.close(); await b.close(); raw.disconnect(); }
     });
 
@@ -98,39 +99,15 @@ if (missing) {
         await b.publishToken(0x0c000007, { ...E, backend: '198.18.12.2:5201' }, 60_000);
         const got: StoreAnswer[] = [];
         const srv = new StoreServer(a, { ttlMs: 60_000, commandTimeoutMs: 200, batchMax: 100, batchesInFlight: 2 }, (m) => got.push(m));
-        srv.serve({ type: 'store', publish: { tokens: Array.from({ length: 600 }, (_, i) => 0x0c000000 + i), entry: new Array(600).fill(0), values: [encodeEntry(E)] }, writes: [], lookups: [{ id: 9, key: tokenKey('mplb:test:', 0x0c000001) }] });
+        srv.serve({ type: 'store', publish: Array.from({ length: 600 }, (_, i) => ({ token: 0x0c000000 + i, entry: E })), writes: [], lookups: [{ id: 9, key: tokenKey('mplb:test:', 0x0c000001) }] });
         for (let i = 0; i < 100 && srv.outstanding > 0; i++) await new Promise((res) => setTimeout(res, 20));
         assert.equal(srv.outstanding, 0);
-        assert.equal(srv.counters.publishFailed, 0);
+        assert.equal(srv.publishFailed, 0);
         assert.deepEqual(await b.lookupToken(0x0c000257), { outcome: 'found', entry: E });
         assert.deepEqual(got.filter((m) => m.type === 'store-collision'), [{ type: 'store-collision', token: 0x0c000007 }]);
         const ans = got.find((m) => m.type === 'store-answers');
         assert.ok(ans && ans.type === 'store-answers' && ans.answers.length === 1 && ans.answers[0].id === 9);
       } finally { await a.close(); await b.close(); }
-    });
-
-    test('the store server under a slow store: fewer batches in flight instead of timeouts; a full queue drops and counts', async () => {
-      const raw = new Redis(r.url, { password: r.password, lazyConnect: true });
-      await raw.connect();
-      const a = new TokenStore(opts(r, { commandTimeoutMs: 400 }));
-      await a.connect();
-      try {
-        const srv = new StoreServer(a, { ttlMs: 60_000, commandTimeoutMs: 400, batchMax: 10, batchesInFlight: 4, maxQueued: 100 }, () => {});
-        const list = (n: number, base: number) => ({ tokens: Array.from({ length: n }, (_, i) => base + i), entry: new Array(n).fill(0), values: [encodeEntry(E)] });
-        // Every command waits 350 ms (more than 3/4 of the timeout, less than all of it): no batch fails, the window shrinks.
-        await raw.call('CLIENT', 'PAUSE', '350', 'WRITE');
-        srv.serve({ type: 'store', publish: list(40, 0x0d000000), writes: [], lookups: [] });
-        assert.equal(srv.queued, 0, '4 batches of 10 sent at once');
-        srv.serve({ type: 'store', publish: list(120, 0x0d100000), writes: [], lookups: [] });
-        assert.equal(srv.counters.publishDropped, 20, 'the queue holds 100 tokens: the rest are dropped and counted');
-        for (let i = 0; i < 300 && srv.outstanding > 0; i++) await new Promise((res) => setTimeout(res, 20));
-        assert.equal(srv.outstanding, 0);
-        assert.equal(srv.counters.publishFailed, 0, 'nothing timed out');
-        assert.ok(srv.counters.windowShrinks >= 2, `the window shrank after slow batches (${srv.counters.windowShrinks} times)`);
-        assert.equal(srv.batchesAllowed, 4, 'and grew back once batches were quick again');
-        assert.deepEqual(await a.lookupToken(0x0d100063), { outcome: 'found', entry: E }, 'the last queued token was published');
-        assert.deepEqual(await a.lookupToken(0x0d100064), { outcome: 'absent' }, 'the first dropped one was not');
-      } finally { await a.close(); raw.disconnect(); }
     });
 
     test('pipelined writes that time out (the server stalls) are tried again, not lost', async () => {

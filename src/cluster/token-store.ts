@@ -57,10 +57,7 @@ export function decodeEntry(s: string | null): StoreEntry | 'ambiguous' | 'inval
   return { vip: p[1], backend: p[2], version: Number(p[3]) };
 }
 
-const HEX2 = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, '0'));
-/** `${prefix}t:` and the token in 8 hex digits (from a byte table: this runs once per published token). */
-export const tokenKey = (prefix: string, token: number): string =>
-  `${prefix}t:${HEX2[token >>> 24]}${HEX2[(token >>> 16) & 0xff]}${HEX2[(token >>> 8) & 0xff]}${HEX2[token & 0xff]}`;
+export const tokenKey = (prefix: string, token: number): string => `${prefix}t:${(token >>> 0).toString(16).padStart(8, '0')}`;
 export const flowKey = (prefix: string, subflow: string): string => `${prefix}f:${subflow}`;
 
 export type StoreState = 'connecting' | 'up' | 'down';
@@ -94,7 +91,7 @@ export class TokenStore {
       this.setState('up');
       if (wasDown) this.onUp?.();
     });
-    // One command per publish batch: PUBLISH_LUA below.
+    // KEYS: token keys; ARGV: ttl, the ambiguous marker, then one value per key. Codes: PUB_* below.
     this.redis.defineCommand('mplbPublish', { lua: PUBLISH_LUA });
     this.redis.on('reconnecting', () => { this.counters.reconnects++; });
     this.redis.on('close', () => { if (!this.closed) this.setState('down'); });
@@ -121,62 +118,35 @@ export class TokenStore {
 
   /** Set-if-absent of one token -> entry (publishBatch of one): 'ok', 'collision' (now marked ambiguous), or 'error'. */
   async publishToken(token: number, e: StoreEntry, ttlMs: number): Promise<PublishResult> {
-    return (await this.publishBatch([token], [encodeEntry(e)], ttlMs))[0];
+    return (await this.publishBatch([{ token, entry: e }], ttlMs))[0];
   }
 
   /**
-   * Set-if-absent of many tokens in one round trip: values[i] (an encodeEntry string) for tokens[i]. A Lua script
-   * does, for each key, set-if-absent, the same entry's refresh, or collision marking, atomically (no other
-   * balancer's write can come between the check and the marking). The values go once per distinct value with one
-   * index character per token, and the answer is one character per token: the client's cost per token is the key
-   * (a batch holds few distinct values: one per VIP, backend and version). Per token: 'ok', 'collision' or 'error'
-   * (the command failed: the store is down or the command timed out).
+   * Set-if-absent of many tokens in one round trip and one command: a Lua script does, for each key, set-if-absent,
+   * the same entry's refresh, or collision marking, atomically (no other balancer's write can come between the
+   * check and the marking). Per item: 'ok', 'collision' or
+   * 'error' (the whole batch failed: the store is down or the command timed out).
    */
-  async publishBatch(tokens: ArrayLike<number>, values: ArrayLike<string>, ttlMs: number): Promise<PublishResult[]> {
-    const n = tokens.length;
-    if (n === 0) return [];
-    if (!this.up) { this.counters.writeErrors += n; return new Array<PublishResult>(n).fill('error'); }
-    // Cut where a chunk would need more distinct values than one index character can name.
-    const chunks: Array<Promise<PublishResult[]>> = [];
-    for (let from = 0; from < n;) {
-      const distinct = new Map<string, number>();
-      const keys: string[] = [];
-      let idx = '';
-      let to = from;
-      for (; to < n; to++) {
-        const v = values[to];
-        let d = distinct.get(v);
-        if (d === undefined) {
-          if (distinct.size === MAX_DISTINCT_VALUES) break;
-          distinct.set(v, d = distinct.size);
-        }
-        keys.push(tokenKey(this.opts.keyPrefix, tokens[to]));
-        idx += INDEX_CHARS[d];
-      }
-      chunks.push(this.publishChunk(keys, idx, [...distinct.keys()], ttlMs));
-      from = to;
-    }
-    return chunks.length === 1 ? chunks[0] : (await Promise.all(chunks)).flat();
-  }
-
-  private async publishChunk(keys: string[], idx: string, values: string[], ttlMs: number): Promise<PublishResult[]> {
-    const n = keys.length;
-    this.counters.writes += n;
-    const out = new Array<PublishResult>(n);
+  async publishBatch(items: ReadonlyArray<{ token: number; entry: StoreEntry }>, ttlMs: number): Promise<PublishResult[]> {
+    if (items.length === 0) return [];
+    if (!this.up) { this.counters.writeErrors += items.length; return items.map(() => 'error'); }
+    const args: string[] = [String(items.length)];
+    for (const it of items) args.push(tokenKey(this.opts.keyPrefix, it.token));
+    args.push(String(ttlMs), AMBIGUOUS);
+    for (const it of items) args.push(encodeEntry(it.entry));
+    this.counters.writes += items.length;
     try {
-      const codes = await (this.redis as unknown as { mplbPublish(nkeys: number, ...a: string[]): Promise<string> }).mplbPublish(n, ...keys, String(ttlMs), AMBIGUOUS, idx, ...values);
-      if (typeof codes !== 'string' || codes.length !== n) throw new Error('unexpected answer to the publish script');
-      for (let i = 0; i < n; i++) {
-        const c = codes.charCodeAt(i);
-        if (c === PUB_SET || c === PUB_SAME) { out[i] = 'ok'; continue; }
+      const codes = await (this.redis as unknown as { mplbPublish(...a: string[]): Promise<number[]> }).mplbPublish(...args);
+      return items.map((_, i) => {
+        const c = codes[i];
+        if (c === PUB_SET || c === PUB_SAME) return 'ok';
         if (c === PUB_INVALID) this.counters.invalidValues++;
         this.counters.collisions++;
-        out[i] = 'collision';
-      }
-      return out;
+        return 'collision';
+      });
     } catch {
-      this.counters.writeErrors += n;
-      return out.fill('error');
+      this.counters.writeErrors += items.length;
+      return items.map(() => 'error');
     }
   }
 
@@ -270,29 +240,22 @@ export interface TokenStoreConfig {
 }
 
 export type PublishResult = 'ok' | 'collision' | 'error';
-/** The script's answer per token, one character each: set, the same entry refreshed, a foreign value, a collision. */
-const PUB_SET = 0x31, PUB_SAME = 0x32, PUB_INVALID = 0x33;
-/** Index characters: printable ASCII from the space (one byte each in UTF-8), so a chunk names up to 95 values. */
-const INDEX_CHARS = Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i));
-const MAX_DISTINCT_VALUES = INDEX_CHARS.length;
-// KEYS: the token keys; ARGV: ttl, the ambiguous marker, the index string (token i's value is ARGV[byte(i) - 28]:
-// the space names ARGV[4]), then the distinct values.
+const PUB_SET = 1, PUB_SAME = 2, PUB_INVALID = 3;
 const PUBLISH_LUA = `
-local ttl, marker, idx, n, out = ARGV[1], ARGV[2], ARGV[3], #KEYS, {}
-local call = redis.call
+local ttl, marker, n, out = ARGV[1], ARGV[2], #KEYS, {}
 for i = 1, n do
-  local k, v = KEYS[i], ARGV[string.byte(idx, i) - 28]
-  if call('SET', k, v, 'PX', ttl, 'NX') then out[i] = '1'
+  local k, v = KEYS[i], ARGV[i + 2]
+  if redis.call('SET', k, v, 'PX', ttl, 'NX') then out[i] = ${PUB_SET}
   else
-    local cur = call('GET', k)
-    if cur == v then call('PEXPIRE', k, ttl); out[i] = '2'
+    local cur = redis.call('GET', k)
+    if cur == v then redis.call('PEXPIRE', k, ttl); out[i] = ${PUB_SAME}
     else
-      if cur ~= marker and string.sub(cur, 1, 3) ~= 'v1|' then out[i] = '3' else out[i] = '0' end
-      call('SET', k, marker, 'PX', ttl)
+      if cur ~= marker and string.sub(cur, 1, 3) ~= 'v1|' then out[i] = ${PUB_INVALID} else out[i] = 0 end
+      redis.call('SET', k, marker, 'PX', ttl)
     end
   end
 end
-return table.concat(out)`;
+return out`;
 
 /** Tries of a pipelined write batch (TokenStore.writeBatch). */
 export const WRITE_TRIES = 3;

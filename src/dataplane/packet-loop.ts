@@ -369,7 +369,7 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
       gsoPackets: L[LoopCounter.GsoPackets],
       spinHits: L[LoopCounter.SpinHits],
       maxControlMs,
-      ...(store ? { store: { ...Object.fromEntries(SYNC_COUNTER_LABELS.map((l, i) => [l, storeCounters[i]])), ...storeClientCounters(store), store_publish_failed: storeServer!.counters.publishFailed, store_publish_dropped: storeServer!.counters.publishDropped, store_publish_window_shrinks: storeServer!.counters.windowShrinks } } : {}),
+      ...(store ? { store: { ...Object.fromEntries(SYNC_COUNTER_LABELS.map((l, i) => [l, storeCounters[i]])), ...storeClientCounters(store) } } : {}),
       queues: nQueues,
       vnetHdrBytes: tun.vnetHdrBytes,
       offloads,

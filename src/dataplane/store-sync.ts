@@ -22,18 +22,10 @@ export interface StoreSyncOptions extends HoldLimits {
 export interface StoreRequests {
   type: 'store';
   /** Tokens learned here: set-if-absent (a collision comes back as 'store-collision'). */
-  publish: PublishList;
+  publish: Array<{ token: number; entry: StoreEntry }>;
   writes: StoreWrite[];
   lookups: Array<{ id: number; key: string }>;
 }
-
-/**
- * Tokens to publish, compact for postMessage (numbers and few strings, no object per token): token i's entry is
- * values[entry[i]], an encodeEntry string; a message holds one value per VIP, backend and version it names.
- */
-export interface PublishList { tokens: number[]; entry: number[]; values: string[] }
-
-const emptyRequests = (): StoreRequests => ({ type: 'store', publish: { tokens: [], entry: [], values: [] }, writes: [], lookups: [] });
 
 /** Main -> worker. */
 export type StoreAnswer =
@@ -75,9 +67,7 @@ export const SYNC_COUNTER_LABELS = [
 
 export class StoreSync {
   readonly pool: HoldPool;
-  private req: StoreRequests = emptyRequests();
-  /** The index in req.publish.values of each value it holds. */
-  private valueIndex = new Map<string, number>();
+  private req: StoreRequests = { type: 'store', publish: [], writes: [], lookups: [] };
   private readonly retryAt = new Map<number, number>();
   /** When the next refresh is due (NaN until the first step: nothing learned yet needs one). */
   private nextRefresh = NaN;
@@ -135,9 +125,8 @@ export class StoreSync {
     if (this.nextRefresh !== this.nextRefresh) this.nextRefresh = nowMs + this.opts.ttlMs / 3;
     if (this.up && nowMs >= this.nextRefresh) { this.nextRefresh = nowMs + this.opts.ttlMs / 3; this.refresh(false); }
     const r = this.req;
-    if (r.publish.tokens.length + r.writes.length + r.lookups.length > 0) {
-      this.req = emptyRequests();
-      this.valueIndex.clear();
+    if (r.publish.length + r.writes.length + r.lookups.length > 0) {
+      this.req = { type: 'store', publish: [], writes: [], lookups: [] };
       this.send(r);
     }
   }
@@ -147,7 +136,7 @@ export class StoreSync {
     switch (kind) {
       case StoreEvent.TokenLearned: {
         const info = e.storeInfo(a);
-        if (info && info.token === (b >>> 0)) this.publish(info.token, encodeEntry(entryOf(info)));
+        if (info && info.token === (b >>> 0)) this.req.publish.push({ token: info.token, entry: entryOf(info) });
         return;
       }
       case StoreEvent.JoinSteered: {
@@ -175,20 +164,12 @@ export class StoreSync {
       if (!info) continue;
       const entry = entryOf(info);
       // Published again, not just extended: a publish that failed (a burst, a blip) is repaired by the next refresh.
-      if (info.ours) this.publish(info.token, encodeEntry(entry));
+      if (info.ours) this.req.publish.push({ token: info.token, entry });
       for (const f of e.joinSubflows(c)) {
         const key = flowKey(pre, e.flowDescription(f));
         this.req.writes.push(all ? { op: 'set', key, value: encodeEntry(entry), ttlMs: ttl } : { op: 'expire', key, ttlMs: ttl });
       }
     }
-  }
-
-  private publish(token: number, value: string): void {
-    const p = this.req.publish;
-    let i = this.valueIndex.get(value);
-    if (i === undefined) { i = p.values.push(value) - 1; this.valueIndex.set(value, i); }
-    p.tokens.push(token);
-    p.entry.push(i);
   }
 
   private ask(p: HeldPacket): void {
