@@ -127,6 +127,21 @@ if (reason) {
         [1, data.length, 1, reply.length], 'kernel-NATed packets and IP bytes added to the backend, in and out');
       map.foldBackendStats();
       assert.equal(e.services.backendInfo(b).packetsIn, after.packetsIn, 'a second fold adds nothing new');
+      // One backend more (its slots past those folded so far): the next fold reads them from zero.
+      e.reconfigure(validateEngineConfig({
+        vips: [
+          { address: `${VIP4}:5201`, backends: [...BE4, '198.18.12.2'].map((address) => ({ address, port: 8080 })) },
+          { address: `${VIP4}:80`, backends: BE4.map((address) => ({ address })) },
+          { address: `[${VIP6}]:5201`, backends: BE6.map((address) => ({ address, port: 8080 })) },
+        ],
+        tables: { maxFlows: 1024, maxConnections: 1024 },
+      }));
+      map.foldBackendStats();
+      for (let i = 0; i < e.services.backendCount; i++) {
+        const x = e.services.backendInfo(i);
+        assert.ok([x.packetsIn, x.bytesIn, x.packetsOut, x.bytesOut].every(Number.isFinite), `backend ${x.id}: ${JSON.stringify(x)}`);
+      }
+      assert.equal(e.services.backendInfo(b).packetsIn, after.packetsIn, 'the grown fold leaves the old counters as they were');
       // last_seen_ns is CLOCK_MONOTONIC (process.hrtime) of the NATed packet.
       const key = Buffer.alloc(KEY_BYTES), val = Buffer.alloc(VALUE_BYTES);
       writeKey(key, 4, parseIp('198.18.1.2')!.bytes, 0, 40001, parseIp(VIP4)!.bytes, 0, 5201);

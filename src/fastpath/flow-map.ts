@@ -37,6 +37,8 @@ export class FlowMap {
   private statVals = Buffer.alloc(0);
   private readonly statOut = Buffer.alloc(4);
   private statSeen = new Float64Array(0);
+  /** Slots the buffers above hold. */
+  private statCap = 0;
   private readonly ncpu: number;
 
   /** statsFd: mplb_backend_stats, or -1 (per-backend counters of kernel-NATed packets are then not added). */
@@ -53,12 +55,15 @@ export class FlowMap {
     if (this.statsFd < 0 || this.ncpu <= 0) return;
     const svc = this.engine.services, n = Math.min(FP_STAT_SLOTS, 2 * svc.backendCount);
     if (n === 0) return;
-    if (this.statSeen.length < n) {
-      const seen = new Float64Array(n * 2);
+    if (this.statCap < n) {
+      // Room for twice the slots in use (backends get added); two numbers (packets, bytes) seen per slot.
+      const cap = Math.min(FP_STAT_SLOTS, 2 * n);
+      const seen = new Float64Array(2 * cap);
       seen.set(this.statSeen);
       this.statSeen = seen;
-      this.statKeys = Buffer.alloc(4 * n * 2);
-      this.statVals = Buffer.alloc(STAT_BYTES * this.ncpu * n * 2);
+      this.statKeys = Buffer.alloc(4 * cap);
+      this.statVals = Buffer.alloc(STAT_BYTES * this.ncpu * cap);
+      this.statCap = cap;
     }
     const count = this.count;
     count[0] = n;
