@@ -157,7 +157,7 @@ int mplb_fastpath(struct __sk_buff *skb)
 	struct fp_key key = {};
 	__u32 l4off, ip_csum_off = 0, saddr_off, daddr_off, alen;
 	struct bpf_fib_lookup fib = {};
-	__u8 ttl, proto_or_tc;
+	__u8 ttl, tos;
 
 	if ((void *)(eth + 1) > data_end)
 		return count(FP_C_PASS_NOT_TCP, 1);
@@ -172,7 +172,7 @@ int mplb_fastpath(struct __sk_buff *skb)
 			return count(FP_C_PASS_NOT_TCP, 1);
 		key.family = 4;
 		ttl = ip->ttl;
-		proto_or_tc = ip->tos;
+		tos = ip->tos;
 		key.saddr[0] = ip->saddr;
 		key.daddr[0] = ip->daddr;
 		l4off = ETH_LEN + ip->ihl * 4;
@@ -189,7 +189,7 @@ int mplb_fastpath(struct __sk_buff *skb)
 			return count(FP_C_PASS_NOT_TCP, 1);
 		key.family = 6;
 		ttl = ip6->hop_limit;
-		proto_or_tc = 0;
+		tos = 0;
 		__builtin_memcpy(key.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(key.daddr, &ip6->daddr, 16);
 		l4off = ETH_LEN + sizeof(struct ipv6hdr);
@@ -297,7 +297,7 @@ int mplb_fastpath(struct __sk_buff *skb)
 	fib.dport = val->dir == FP_DIR_DST ? new_port : key.dport;
 	if (alen == 4) {
 		fib.family = AF_INET;
-		fib.tos = proto_or_tc;
+		fib.tos = tos;
 		fib.ipv4_src = val->dir == FP_DIR_SRC ? new_addr[0] : key.saddr[0];
 		fib.ipv4_dst = val->dir == FP_DIR_DST ? new_addr[0] : key.daddr[0];
 	} else {

@@ -7,7 +7,7 @@ import { ConfigError, cut, show, validateEngineConfig, type EngineConfig } from 
 import { formatEndpoint, parseEndpoint, parseIp } from '../wire/addr.js';
 import { TOKEN_STORE_DEFAULTS, type TokenStoreConfig } from '../cluster/token-store.js';
 import { checkRoutableAddresses } from '../dataplane/routes.js';
-import { FASTPATH_DEFAULT_MAX_FLOWS } from '../fastpath/layout.js';
+import { defaultFastpathFlows } from '../fastpath/layout.js';
 
 export interface DeviceConfig {
   /** TUN interface name (max 15 characters). Default "mplb0". */
@@ -282,7 +282,7 @@ export function validateRunConfig(doc: unknown): RunConfig {
   if (d.datapath !== undefined) out.datapath = pick(d.datapath, 'datapath', DATAPATH_MODES, 'tun');
   if (d.fastpath !== undefined && d.fastpath !== null) {
     const m = mapping(d.fastpath, 'fastpath', ['maxFlows']);
-    out.fastpath = { maxFlows: int(m.maxFlows, 'fastpath.maxFlows', 16, 1 << 24, Math.min(FASTPATH_DEFAULT_MAX_FLOWS, engine.tables.maxFlows)) };
+    out.fastpath = { maxFlows: int(m.maxFlows, 'fastpath.maxFlows', 16, 1 << 24, defaultFastpathFlows(engine.tables.maxFlows)) };
   }
   return out;
 }

@@ -9,7 +9,7 @@ import type { EngineChannel } from './control-protocol.js';
 import { startPacketLoop, type PacketLoop, type PacketLoopOptions, type PrestartedWorker } from './packet-loop.js';
 export { prestartPacketWorker } from './packet-loop.js';
 import { balancerInterfaces, detachStale, loadFastpath, type FastpathHandle } from '../fastpath/loader.js';
-import { FASTPATH_DEFAULT_MAX_FLOWS } from '../fastpath/layout.js';
+import { defaultFastpathFlows } from '../fastpath/layout.js';
 import { checkRoutableAddresses, createRoutes, DEFAULT_RULE_PRIORITY, DEFAULT_TABLE, type RouteSet, type RoutesHandle } from './routes.js';
 
 /** An environment problem that stops `mplb run`, with a stable code and a message that says what to do. */
@@ -50,7 +50,7 @@ export interface BalancerConfig {
   tokenStore?: TokenStoreConfig;
   /** 'tun' (default): every packet through the TUN; 'tc-bpf': established flows NATed in the kernel; 'auto': tc-bpf where it loads. Start only. */
   datapath?: 'tun' | 'tc-bpf' | 'auto';
-  /** The kernel map's size in flows (default: tables.maxFlows, at most FASTPATH_DEFAULT_MAX_FLOWS). Start only. */
+  /** The kernel map's size in flows (default: defaultFastpathFlows). Start only. */
   fastpath?: { maxFlows: number };
 }
 
@@ -325,7 +325,7 @@ function loadFastpathFor(cfg: BalancerConfig): { handle?: FastpathHandle; note?:
     // Two entries per flow (one per direction), preallocated: inserts and deletes then take no kernel allocation
     // (half the map writer's cost per connection, measured in BENCHMARKS.md). MPLB_BPF_OBJECT: another object file
     // (tests use a missing one).
-    const flows = cfg.fastpath?.maxFlows ?? Math.min(FASTPATH_DEFAULT_MAX_FLOWS, cfg.engine.tables.maxFlows);
+    const flows = cfg.fastpath?.maxFlows ?? defaultFastpathFlows(cfg.engine.tables.maxFlows);
     return { handle: loadFastpath({ maxEntries: 2 * flows, priority: cfg.device.rulePriority ?? DEFAULT_RULE_PRIORITY, objectPath: process.env.MPLB_BPF_OBJECT || undefined }) };
   } catch (e) {
     return fallback(mode, (e as Error).message);

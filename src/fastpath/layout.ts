@@ -17,6 +17,7 @@ export const statSlot = (b: number, dir: FpDir): number => (2 * b + 1 < FP_STAT_
 
 /** Default fastpath.maxFlows: at most this many flows in the preallocated map (about 32 MB), never more than tables.maxFlows. */
 export const FASTPATH_DEFAULT_MAX_FLOWS = 131072;
+export const defaultFastpathFlows = (tablesMaxFlows: number): number => Math.min(FASTPATH_DEFAULT_MAX_FLOWS, tablesMaxFlows);
 
 /** Which endpoint a map entry rewrites. */
 export const enum FpDir { Dst = 0, Src = 1 }
