@@ -173,6 +173,30 @@ test('a subflow with no flow (moved from another balancer) is held, pinned to th
   assert.equal(engine.counters.snapshot().counters.flows_adopted, 2);
 });
 
+test('two held packets of one moved subflow: the second answer steers only its own packet, never the next flow\'s', () => {
+  // Seen in the cluster e2e after a balancer restart: the second release found the flow the first one adopted, the
+  // pin it was given stayed, and the next packet with no flow (another connection's first subflow) took it: that
+  // subflow went to another server, which reset it.
+  const { dev, fwd, sync, sent } = setup();
+  const first = () => tcp({ src: CLIENT, dst: VIP, sport: 48100, dport: 5201, flags: ACK, options: [capAck(1, 0x0102030405060708n, 0x1112131415161718n)] });
+  const probe = first();
+  new Engine(validateEngineConfig({ vips: [{ address: vipId, backends: [{ address: B1 }, { address: B2 }] }] })).process(probe, 0, probe.length, 0);
+  const hashed = endpoints(probe).dst;
+  const other = hashed === `${B1}:5201` ? B2 : B1;
+  const moved = () => tcp({ src: CLIENT2, dst: VIP, sport: 45100, dport: 5201, flags: ACK, payload: 100 });
+  dev.inject(moved());
+  dev.inject(moved());
+  fwd.runOnce(0);
+  sync.step(0);
+  const ids = lookups(sent).map((l) => l.id);
+  assert.equal(ids.length, 2, 'both packets held and asked for');
+  sync.onMessage({ type: 'store-answers', answers: ids.map((id) => ({ id, outcome: 'found', entry: { vip: vipId, backend: `${other}:5201`, version: 1 } })) }, 1);
+  assert.deepEqual(dev.written.map((w) => endpoints(w.pkt).dst), [`${other}:5201`, `${other}:5201`]);
+  dev.inject(first());
+  fwd.runOnce(2);
+  assert.equal(endpoints(dev.written[2].pkt).dst, hashed, 'the first subflow goes where the policy sends it, not to the stale pin');
+});
+
 test('a join\'s third ACK with no flow is asked for again within the wait (the balancer that steered its SYN may not have published yet)', () => {
   const { dev, fwd, sync, sent, counters } = setup();
   dev.inject(tcp({ src: CLIENT2, dst: VIP, sport: 47000, dport: 5201, flags: ACK, options: [joinAck()] }));

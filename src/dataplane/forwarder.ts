@@ -164,7 +164,7 @@ export class Forwarder {
    */
   release(p: ReleasedPacket, nowMs: number): void {
     const b = (this.releaseBatch ??= new PacketBatch(1, this.batch.headerBytes));
-    if (p.headerBytes !== b.headerBytes || p.bytes.length > b.slotBytes) return;
+    if (p.headerBytes !== b.headerBytes || p.bytes.length > b.slotBytes) { this.engine.clearPin(); return; }
     b.reset();
     b.views[0].set(p.bytes, 0);
     b.push(p.bytes.length - p.headerBytes, p.flags, 0);

@@ -90,7 +90,8 @@ export class Engine {
   lastHoldSubflow = '';
   /** The last HoldKind.Flow is a join's third ACK: its entry may be published a moment later, so ask again. */
   lastHoldMayRace = false;
-  /** The store's backend for the next packet with no flow (a released HoldKind.Flow), or -1. */
+  /** The store's backend for the next packet processed (a released HoldKind.Flow), or -1; pinBackend: this packet's. */
+  private pinNext = -1;
   private pinBackend = -1;
 
   /** `sharedCounters`: back the counters with this memory, so another thread can read them (see Counters). */
@@ -140,6 +141,10 @@ export class Engine {
     this.lastJoin = false;
     this.lastKeysConn = -1;
     this.lastHold = 0;
+    // A pin is for the released packet alone: when its flow exists by now (an earlier packet of it was released
+    // first) or it is dropped, the pin must not carry over to the next packet with no flow, another subflow's.
+    this.pinBackend = this.pinNext;
+    this.pinNext = -1;
     const v = this.view;
     v.partialCsum = partialCsum;
     const st = parsePacket(buf, off, len, v);
@@ -660,9 +665,12 @@ export class Engine {
 
   /** The store's backend for the next packet without a flow (a released subflow hold). */
   pinNextFlow(e: { vip: string; backend: string }): boolean {
-    this.pinBackend = this.resolveBackend(e);
-    return this.pinBackend >= 0;
+    this.pinNext = this.resolveBackend(e);
+    return this.pinNext >= 0;
   }
+
+  /** Forgets a pin whose packet will not be processed after all. */
+  clearPin(): void { this.pinNext = -1; }
 
   private resolveBackend(e: { vip: string; backend: string }): number {
     const svc = this.services;
