@@ -313,6 +313,10 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     return stopping;
   };
 
+  // Connected while the worker starts, not after: a restarted balancer's first packets are subflows that moved or
+  // outlived the restart, and until the store is up they are hashed (a join to the wrong server) instead of looked up.
+  // Not waited for: a store that is down at start is retried in the background; steering is local meanwhile.
+  if (store) void store.connect();
   // Started after everything above that can throw (a TunError before it means the hook never ran).
   const during = opts.whileWorkerStarts ? Promise.resolve().then(() => opts.whileWorkerStarts!(tun.name)) : undefined;
   during?.catch(() => undefined);
@@ -329,8 +333,6 @@ export async function startPacketLoop(opts: PacketLoopOptions): Promise<PacketLo
     await store?.close();
     throw e;
   }
-  // Not waited for: a store that is down at start is retried in the background; steering is local meanwhile.
-  if (store) void store.connect();
   void exited.then(() => store?.close());
 
   const call = <K extends ControlOp>(op: K, req: ControlReq<K>): Promise<ControlRes<K>> => {
