@@ -355,16 +355,20 @@ async function threadsRun(n: number, redis: LocalRedis, prefix: string, salt: nu
   return res;
 }
 
-/** `size` publishToken calls handed to one TokenStore (product defaults) at once, as serveStore does with a message: share that failed. */
+/** `size` publishes handed to the product's StoreServer in one message (a worker message after a burst of new
+ *  connections), with the product's defaults (50 ms command timeout): share given up after its retries, and the time
+ *  until every one was answered. */
 async function publishBurst(redis: LocalRedis, size: number, salt: number): Promise<{ errorShare: number; ms: number }> {
   await redis.admin.flushall();
   const store = await openStore(redis.url, 'mplb:burst:');
+  const srv = new StoreServer(store, { ttlMs: TOKEN_STORE_DEFAULTS.ttlMs, commandTimeoutMs: TOKEN_STORE_DEFAULTS.commandTimeoutMs }, () => {});
   const entry = { vip: `${VIP}:${PORT}`, backend: '198.18.10.101:5201', version: 1 };
   const t0 = performance.now();
-  const rs = await Promise.all(Array.from({ length: size }, (_, i) => store.publishToken((salt + i) >>> 0, entry, TOKEN_STORE_DEFAULTS.ttlMs)));
+  srv.serve({ type: 'store', publish: Array.from({ length: size }, (_, i) => ({ token: (salt + i) >>> 0, entry })), writes: [], lookups: [] });
+  for (const tw = Date.now(); srv.outstanding > 0; await tick()) if (Date.now() - tw > 60_000) throw new Error(`${srv.outstanding} publishes of a burst still unanswered after 60 s`);
   const ms = performance.now() - t0;
   await store.close();
-  return { errorShare: rs.filter((r) => r === 'error').length / size, ms };
+  return { errorShare: srv.publishFailed / size, ms };
 }
 
 interface MemResult { conns: number; keys: number; usedBefore: number; usedAfter: number; bytesPerConn: number; bytesPerKey: number; tokenKeyUsage: number; flowKeyUsage: number; acked: number }
@@ -406,11 +410,16 @@ async function inProcess(quick: boolean): Promise<BenchResult[]> {
           (r.acked ? `, ${r.acked} tokens published, ${(r.writes / r.wallS / 1000).toFixed(1)} k store writes/s, redis ${(r.redisCmds / r.wallS / 1000).toFixed(1)} k cmds/s, redis CPU ${(100 * r.redisCpuS / r.wallS).toFixed(0)}%, errors ${r.errors}, collisions ${r.collisions}` : ''));
       }
     }
-    const bursts: Record<number, number[]> = { 1000: [], 5000: [], 20000: [] };
+    const bursts: Record<number, number[]> = { 1000: [], 5000: [], 20000: [], 100000: [] };
+    const burstMs: Record<number, number[]> = { 1000: [], 5000: [], 20000: [], 100000: [] };
     for (let run = 0; run < (quick ? 1 : 3); run++) {
-      for (const size of [1000, 5000, 20000]) bursts[size].push((await publishBurst(redis, size, 0x42000000 + run * 0x100000)).errorShare);
+      for (const size of [1000, 5000, 20000, 100000]) {
+        const b = await publishBurst(redis, size, 0x42000000 + run * 0x200000);
+        bursts[size].push(b.errorShare);
+        burstMs[size].push(b.ms);
+      }
     }
-    log(`publish bursts (publishToken calls at once, 50 ms command timeout): ${Object.entries(bursts).map(([k, v]) => `${k}: ${v.map((x) => `${(100 * x).toFixed(0)}%`).join('/')} failed`).join(', ')}`);
+    log(`publish bursts (one StoreServer message, 50 ms command timeout): ${Object.entries(bursts).map(([k, v]) => `${k}: ${v.map((x) => `${(100 * x).toFixed(1)}%`).join('/')} failed in ${burstMs[Number(k)].map((x) => x.toFixed(0)).join('/')} ms`).join(', ')}`);
     const mem = await storeMemory(redis, quick ? 10_000 : 100_000);
     log(`memory: ${mem.keys} keys for ${mem.conns} connections (a token entry and a join's subflow entry each): ${((mem.usedAfter - mem.usedBefore) / 1e6).toFixed(2)} MB, ${mem.bytesPerConn.toFixed(0)} B/connection, ${mem.bytesPerKey.toFixed(0)} B/key`);
     const med = (v: Variant, f: (r: PublishRun) => number) => median(res[v].map(f));
@@ -431,8 +440,8 @@ async function inProcess(quick: boolean): Promise<BenchResult[]> {
           `all in one thread (value); per connection a SYN with MP_CAPABLE, the SYN/ACK with the server key from the backend the engine chose, the third ACK with both keys (templates from src/wire/build.ts, addresses, ports and keys patched in). ` +
           `value = connections / wall time until redis acknowledged every token (the product's StoreServer: Lua batches of up to 256 tokens, 8 commands in flight; the loop waits when ${MAX_QUEUED_TOKENS} tokens are queued). Peers, same runs: store_off = the same loop without a store; ` +
           `store_on_requests_discarded = the StoreSync with its requests thrown away (the engine-side cost); one_pipeline_per_batch = the same requests sent as one ioredis pipeline per StoreSync step (SET NX PX per token) instead of one publishToken each; ` +
-          `two_threads_as_mplb_run = the engine and StoreSync in a worker thread posting requests to this thread's TokenStore (the layout of mplb run: serveStore issues every publish it is handed at once, no bound), ` +
-          `connections / time until every publish was answered, ok or failed: the worker outruns the store client, and the publishes that waited more than the 50 ms command timeout failed (two_threads_publish_error_share; tokens lost for the cluster). ` +
+          `two_threads_as_mplb_run = the engine and StoreSync in a worker thread posting requests to this thread's StoreServer (the layout of mplb run; no bound on what the worker hands over), ` +
+          `connections / time until every publish was answered, ok or given up after its retries (two_threads_publish_error_share: publishes given up, tokens lost for the cluster). ` +
           `Ranges: off ${rng(res.off.map(rate))}, discarded ${rng(res.discard.map(rate))}, on ${rng(on)}, pipeline ${rng(res.pipeline.map(rate))}, threads ${rng(res.threads.map(rate))}. Store errors: on ${errs('on')}, pipeline ${errs('pipeline')}. ${noise}`,
       },
       {
@@ -441,12 +450,13 @@ async function inProcess(quick: boolean): Promise<BenchResult[]> {
           redis_cmds_per_s: Math.round(med('on', (r) => r.redisCmds / r.wallS)), redis_cpu_share: r3(med('on', (r) => r.redisCpuS / r.wallS)),
           one_pipeline_per_batch: Math.round(med('pipeline', wps)), two_threads_as_mplb_run: Math.round(med('threads', wps)),
           redis_cpu_share_pipeline: r3(med('pipeline', (r) => r.redisCpuS / r.wallS)),
-          burst_1000_error_share: r3(median(bursts[1000])), burst_5000_error_share: r3(median(bursts[5000])), burst_20000_error_share: r3(median(bursts[20000])),
+          burst_1000_error_share: r3(median(bursts[1000])), burst_20000_error_share: r3(median(bursts[20000])), burst_100000_error_share: r3(median(bursts[100000])),
+          burst_100000_ms: Math.round(median(burstMs[100000])),
         },
         note: `Same runs: store writes (TokenStore counters: one SET NX PX per learned token, plus the GET/SET a collision needs) per second of wall time with everything in one thread; ` +
           `redis_cmds_per_s from INFO total_commands_processed; redis_cpu_share = redis-server's utime+stime over the wall time (1 = one core busy): redis is not what limits it. ` +
-          `burst_N_error_share: N publishToken calls handed to one TokenStore at once (as serveStore does with the publishes of one worker message), the product's 50 ms command timeout: the share that failed ` +
-          `(median of ${bursts[1000].length}; runs ${Object.entries(bursts).map(([k, v]) => `${k}: ${v.map(r3).join('/')}`).join(', ')}). ${noise}`,
+          `burst_N_error_share: N publishes handed to the product's StoreServer in one message (what the packet worker sends after a burst of new connections), the product's 50 ms command timeout: the share given up after its retries; ` +
+          `burst_100000_ms: the time until all of the largest burst were answered (median of ${bursts[1000].length}; runs ${Object.entries(bursts).map(([k, v]) => `${k}: ${v.map(r3).join('/')}`).join(', ')}; ms ${Object.entries(burstMs).map(([k, v]) => `${k}: ${v.map((x) => x.toFixed(0)).join('/')}`).join(', ')}). ${noise}`,
       },
       {
         id: 'cluster.store_bytes_per_conn', value: Math.round(mem.bytesPerConn), unit: 'bytes', target: 'n/a (reported)',

@@ -161,27 +161,25 @@ const CLUSTER_NOTES = `How these are measured:
   joins that reached their own balancer in the same batches; the balancers' hold-wait histogram is given beside it.
   Targets are this section's own: p50 <= 5 ms (small beside a WAN RTT, paid once per join), p99 <= tokenStore.holdMs.
 - **cluster.new_conns_per_s_store_on** / **cluster.store_writes_per_s**: the packet worker's side (engine, StoreSync) and
-  the store client (TokenStore) in one thread, at most 1024 store commands in flight. Target 100 thousand per second per
-  balancer on one core (issue 10).
+  the main thread's side (StoreServer, TokenStore) in one thread; the StoreServer sends Lua batches of up to 256
+  tokens, 8 in flight. Target 100 thousand per second per balancer on one core (issue 10).
 - **cluster.store_bytes_per_conn**: what one balancer's connections cost redis: a token entry per connection and a
   subflow entry per join it steered (\`t:<token>\`, \`f:<client:port>VIP:port>\`, each with a TTL).
 
-Targets missed, and why:
+What limits these rows, and what to read with them:
 
-- **New connections/s and store writes/s with the store on** (about 40% of 100 thousand): the engine side is not what
-  limits it (the StoreSync with its requests thrown away keeps about 95% of the no-store rate) and neither is redis
-  (about a fifth of a core at that rate). The cost is the store client's, per command: ioredis builds a Command, arms
-  a 50 ms command-timeout timer, and settles a promise for every publishToken (a CPU profile of the one-thread run:
-  ioredis and the garbage collector take most of the time). Sending each batch's publishes as one pipeline gains about
-  20% only, since ioredis still makes a Command (and timer) per key.
-- **Two threads, as mplb run** (the two_threads_* peers): the worker produces learned tokens faster than the main
-  thread's store client can send them, and serveStore (src/dataplane/packet-loop.ts) hands every publish to ioredis at
-  once; the ones that wait more than the 50 ms command timeout fail. In a burst of 200 thousand new connections most
-  publishes failed (two_threads_publish_error_share); a failed publish is not retried (the refresh every ttlMs/3 sends
-  PEXPIRE, which does not recreate a missing key), so joins of those connections that reach another balancer get the
-  unknown-token answer. The burst_*_error_share peers show the threshold with the store client alone: a thousand
-  publishes handed over at once all succeed, five thousand do not. What would fix it belongs to src/dataplane and src/cluster: a bounded publish queue on the main thread, failed
-  publishes retried, and a refresh that re-creates a missing key.`;
+- **The machine's speed.** These machines change speed during a day (a plain JS loop has taken from 0.4 s to 2.8 s),
+  and the in-process rows scale with it: on slow phases of earlier days the store-on rate was 99 thousand/s and
+  53 thousand/s, on a fast phase about twice the target. The join-latency rows include the scheduling delays of two
+  balancers, redis and the client on 2 cores.
+- **Where the time goes with the store on**: about half of the no-store rate (ratio_on_vs_off). Throwing the
+  requests away keeps about 90% of it, and redis uses under two thirds of a core: the rest is the main thread's side
+  (StoreServer and ioredis, one command and promise per batch of 256 tokens; not profiled since the batches came in).
+- **Two threads, as mplb run**: the worker can produce tokens faster than the main thread sends them; the
+  StoreServer queues them and sends them in batches, so a burst waits in the queue instead of timing out in the
+  client. A batch that fails is tried again after a backoff (3 tries in all); what is given up is counted
+  (two_threads_publish_error_share, burst_*_error_share) and published again by the StoreSync's refresh (every
+  ttlMs/3, a publish, not only a TTL extension).`;
 
 function markdown(results: BenchResult[], m: Record<string, string | number>): string {
   const git = gitHead();
