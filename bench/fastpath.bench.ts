@@ -60,9 +60,16 @@ function machineBusy(): number {
   return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] ?? 0)) / CLK_TCK;
 }
 
-function rxPackets(ns: string, devs: string[]): number {
-  const j = JSON.parse(ipn(ns, ['-j', '-s', 'link', 'show'])) as Array<{ ifname: string; stats64?: { rx: { packets: number } } }>;
-  return j.filter((l) => devs.includes(l.ifname)).reduce((s, l) => s + (l.stats64?.rx.packets ?? 0), 0);
+function rxStats(ns: string, devs: string[]): { packets: number; bytes: number } {
+  const j = JSON.parse(ipn(ns, ['-j', '-s', 'link', 'show'])) as Array<{ ifname: string; stats64?: { rx: { packets: number; bytes: number } } }>;
+  const ls = j.filter((l) => devs.includes(l.ifname));
+  return { packets: ls.reduce((s, l) => s + (l.stats64?.rx.packets ?? 0), 0), bytes: ls.reduce((s, l) => s + (l.stats64?.rx.bytes ?? 0), 0) };
+}
+
+/** A device's gso_max_segs (veth default 65535). */
+function gsoMaxSegs(ns: string, dev: string): number {
+  const j = JSON.parse(ipn(ns, ['-j', '-d', 'link', 'show', 'dev', dev])) as Array<{ gso_max_segs?: number }>;
+  return j[0]?.gso_max_segs ?? 65535;
 }
 
 function median(xs: number[]): number {
@@ -121,7 +128,7 @@ function peers(tb: TestbedHandle): Record<Mode, Peer> {
   };
 }
 
-interface Run { g1: number; g8: number; smallPps: number; rttP50Us: number; cpuSecPerGB: number; cps: number; fastShare?: number }
+interface Run { g1: number; g8: number; smallPps: number; /** Mean bytes per packet counted (Ethernet frames) in the small-packet run. */ smallBytes: number; rttP50Us: number; cpuSecPerGB: number; cps: number; fastShare?: number }
 
 async function iperf(tb: TestbedHandle, args: string[], seconds: number): Promise<{ bps: number; bytes: number }> {
   const r = await nsRun(tb.namespaces.client, 'mptcpize', ['run', 'iperf3', '-c', tb.vips[0], '-p', String(IPERF), '-t', String(seconds), '-J', ...args], (seconds + 20) * 1000);
@@ -137,19 +144,31 @@ async function iperf(tb: TestbedHandle, args: string[], seconds: number): Promis
 
 async function measure(tb: TestbedHandle, seconds: number, lbStats: () => Promise<{ kernel: number; engine: number } | undefined>): Promise<Run> {
   const g1 = await iperf(tb, ['-P', '1'], seconds);
+  let smallBytes = NaN;
   const s0 = await lbStats();
   const busy0 = machineBusy();
   const g8 = await iperf(tb, ['-P', '8'], seconds);
   const cpu = machineBusy() - busy0;
   const s1 = await lbStats();
-  // Small packets: plain TCP (not MPTCP: no DSS on every segment) with an 88-byte MSS (-M), so that TCP cannot
-  // coalesce the writes into large segments: every data packet is small, whatever the load. Counted at the
-  // balancer's client-side links; a failed iperf3 run counts as no figure.
+  // Small packets: plain TCP (not MPTCP: no DSS on every segment) with an 88-byte MSS (-M). The MSS alone is not
+  // enough: over veth the client's stack sends GSO packets of up to 64 KB (many 88-byte segments in one skb, one
+  // packet on the balancer), so the client's links get gso_max_segs 1 for this run: every packet the balancer
+  // forwards is one segment. Counted at the balancer's client-side links; a failed iperf3 run counts as no figure.
   const devs = tb.client.links.map((l) => l.peerDev);
-  const p0 = rxPackets(tb.namespaces.balancer, devs), t0 = Date.now();
-  const sp = await nsRun(tb.namespaces.client, 'iperf3', ['-c', tb.vips[0], '-p', String(IPERF), '-t', '3', '-N', '-M', '88', '-J'], 25000);
-  let smallPps = (rxPackets(tb.namespaces.balancer, devs) - p0) / ((Date.now() - t0) / 1000);
-  if (sp.code !== 0) { log(`small-packet iperf3 failed (${sp.code}): ${sp.stderr.slice(0, 200)}`); smallPps = NaN; }
+  const cdevs = tb.client.links.map((l) => l.dev);
+  const segs0 = cdevs.map((d) => gsoMaxSegs(tb.namespaces.client, d));
+  let smallPps = NaN;
+  try {
+    for (const d of cdevs) ipn(tb.namespaces.client, ['link', 'set', 'dev', d, 'gso_max_segs', '1']);
+    const r0 = rxStats(tb.namespaces.balancer, devs), t0 = Date.now();
+    const sp = await nsRun(tb.namespaces.client, 'iperf3', ['-c', tb.vips[0], '-p', String(IPERF), '-t', '3', '-N', '-M', '88', '-J'], 25000);
+    const r1 = rxStats(tb.namespaces.balancer, devs);
+    smallPps = (r1.packets - r0.packets) / ((Date.now() - t0) / 1000);
+    smallBytes = (r1.bytes - r0.bytes) / Math.max(1, r1.packets - r0.packets);
+    if (sp.code !== 0) { log(`small-packet iperf3 failed (${sp.code}): ${sp.stderr.slice(0, 200)}`); smallPps = NaN; }
+  } finally {
+    cdevs.forEach((d, i) => tryRun('ip', ['-n', tb.namespaces.client, 'link', 'set', 'dev', d, 'gso_max_segs', String(segs0[i])]));
+  }
   const pp = await nsRun(tb.namespaces.client, process.execPath, [TOOLS, 'pingpong', '--host', tb.vips[0], '--port', String(ECHO), '--count', '2000'], 40000);
   let rtt = NaN;
   try { rtt = (JSON.parse(pp.stdout.trim().split('\n').pop()!) as { p50Us: number }).p50Us; } catch { log(`pingpong failed: ${pp.stderr.slice(0, 200)}`); }
@@ -158,7 +177,7 @@ async function measure(tb: TestbedHandle, seconds: number, lbStats: () => Promis
   let cps = NaN;
   try { const j = JSON.parse(cr.stdout) as { ok: boolean; durationMs: number }; cps = j.ok ? 100 / (j.durationMs / 1000) : NaN; } catch { cps = NaN; }
   if (!Number.isFinite(cps)) log(`connection-rate client failed after ${Date.now() - c0} ms: ${cr.stderr.slice(0, 200)}`);
-  const run: Run = { g1: g1.bps / 1e9, g8: g8.bps / 1e9, smallPps, rttP50Us: rtt, cpuSecPerGB: cpu / (g8.bytes / 1e9), cps };
+  const run: Run = { g1: g1.bps / 1e9, g8: g8.bps / 1e9, smallPps, smallBytes, rttP50Us: rtt, cpuSecPerGB: cpu / (g8.bytes / 1e9), cps };
   if (s0 && s1) run.fastShare = (s1.kernel - s0.kernel) / Math.max(1, s1.kernel - s0.kernel + s1.engine - s0.engine);
   return run;
 }
@@ -243,7 +262,7 @@ export async function runFastpathBench(o: { rounds: number; seconds: number; mod
           // mplb modes: the share of packets NATed in the kernel over the 8-connection run, from mplb's own stats.
           const run = await measure(tb, seconds, async () => p.stats?.());
           res[m].push(run);
-          log(`round ${r + 1} ${m}: 1 conn ${run.g1.toFixed(2)} Gbit/s, 8 conn ${run.g8.toFixed(2)}, small ${Math.round(run.smallPps)} pkt/s, rtt p50 ${run.rttP50Us?.toFixed(0)} us, ${run.cpuSecPerGB.toFixed(2)} CPU s/GB, ${run.cps.toFixed(0)} conn/s${run.fastShare !== undefined ? `, fast path share ${run.fastShare.toFixed(3)}` : ''}`);
+          log(`round ${r + 1} ${m}: 1 conn ${run.g1.toFixed(2)} Gbit/s, 8 conn ${run.g8.toFixed(2)}, small ${Math.round(run.smallPps)} pkt/s (${Math.round(run.smallBytes)} B each), rtt p50 ${run.rttP50Us?.toFixed(0)} us, ${run.cpuSecPerGB.toFixed(2)} CPU s/GB, ${run.cps.toFixed(0)} conn/s${run.fastShare !== undefined ? `, fast path share ${run.fastShare.toFixed(3)}` : ''}`);
         } finally {
           await p.down();
         }
@@ -293,16 +312,17 @@ connections: one bpf_map_update_batch / bpf_map_delete_batch call each, no traff
 
 Read with care. On this shared machine the spread between rounds of one mode (up to 1.7x) is larger than the
 differences between plain routing, nftables DNAT and mplb tc-bpf, so a ratio above 1 means "no measurable cost", not
-"faster than routing". Small packets: plain-TCP iperf3 with an 88-byte MSS (-M 88) for 3 s, so that TCP cannot coalesce
-writes into large segments; packets received on the balancer's client-side links per second (both directions of the
-client's traffic: data and ACKs).
+"faster than routing". Small packets: plain-TCP iperf3 with an 88-byte MSS (-M 88) for 3 s, with the client's links set to gso_max_segs 1
+(without it the client's stack hands veth GSO packets of many segments, which the balancer forwards as one: earlier
+figures in this file counted those, not small packets); packets received on the balancer's client-side links per
+second (the client's data segments; the servers' ACKs arrive on the other side), mean frame size ${Math.round(median(Object.values(r.runs).flat().map((x) => x.smallBytes)))} bytes.
 The connections/s column is bounded by the traffic client (one Node process opening 100 connections), not by a
 balancer; the engine's own rate is engine.new_mptcp_conns_per_s above, and the fast path adds the map writer's cost.
 
 How: goodput is iperf3 3.12 under \`mptcpize run\` (client and servers), \`-P 1\` and \`-P 8\`, the receiver's
 sum. iperf3's control and data connections must reach one server: nftables DNATs everything to server 1, HAProxy
 uses \`balance source\`, mplb uses policy \`hash-ip-pair\` (client and VIP addresses). Small packets: plain-TCP
-iperf3 with an 88-byte MSS (-M 88) for 3 s, packets counted on the balancer's client-side links. RTT: a
+iperf3 with an 88-byte MSS (-M 88) for 3 s, client links at gso_max_segs 1, packets counted on the balancer's client-side links. RTT: a
 TCP ping-pong of 2000 exchanges (bench/datapath-compare.js pingpong). CPU: whole-machine busy time during the
 8-connection run over the GB it moved (includes client, servers and other tenants). Connections/s: the project's
 traffic client opening 100 concurrent MPTCP connections of 1 KB each (two subflows each), over its wall time.
