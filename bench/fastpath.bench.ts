@@ -128,7 +128,7 @@ function peers(tb: TestbedHandle): Record<Mode, Peer> {
   };
 }
 
-interface Run { g1: number; g8: number; smallPps: number; /** Mean bytes per packet counted (Ethernet frames) in the small-packet run. */ smallBytes: number; rttP50Us: number; cpuSecPerGB: number; cps: number; fastShare?: number }
+interface Run { g1: number; g8: number; smallPps: number; /** Mean bytes per packet counted (Ethernet frames) in the small-packet run. */ smallBytes: number; /** Machine CPU µs per packet counted there (every process: client, servers, balancer). */ smallCpuUs: number; rttP50Us: number; cpuSecPerGB: number; cps: number; fastShare?: number }
 
 async function iperf(tb: TestbedHandle, args: string[], seconds: number): Promise<{ bps: number; bytes: number }> {
   const r = await nsRun(tb.namespaces.client, 'mptcpize', ['run', 'iperf3', '-c', tb.vips[0], '-p', String(IPERF), '-t', String(seconds), '-J', ...args], (seconds + 20) * 1000);
@@ -144,7 +144,7 @@ async function iperf(tb: TestbedHandle, args: string[], seconds: number): Promis
 
 async function measure(tb: TestbedHandle, seconds: number, lbStats: () => Promise<{ kernel: number; engine: number } | undefined>): Promise<Run> {
   const g1 = await iperf(tb, ['-P', '1'], seconds);
-  let smallBytes = NaN;
+  let smallBytes = NaN, smallCpuUs = NaN;
   const s0 = await lbStats();
   const busy0 = machineBusy();
   const g8 = await iperf(tb, ['-P', '8'], seconds);
@@ -160,9 +160,10 @@ async function measure(tb: TestbedHandle, seconds: number, lbStats: () => Promis
   let smallPps = NaN;
   try {
     for (const d of cdevs) ipn(tb.namespaces.client, ['link', 'set', 'dev', d, 'gso_max_segs', '1']);
-    const r0 = rxStats(tb.namespaces.balancer, devs), t0 = Date.now();
+    const r0 = rxStats(tb.namespaces.balancer, devs), t0 = Date.now(), b0 = machineBusy();
     const sp = await nsRun(tb.namespaces.client, 'iperf3', ['-c', tb.vips[0], '-p', String(IPERF), '-t', '3', '-N', '-M', '88', '-J'], 25000);
     const r1 = rxStats(tb.namespaces.balancer, devs);
+    smallCpuUs = (machineBusy() - b0) * 1e6 / Math.max(1, r1.packets - r0.packets);
     smallPps = (r1.packets - r0.packets) / ((Date.now() - t0) / 1000);
     smallBytes = (r1.bytes - r0.bytes) / Math.max(1, r1.packets - r0.packets);
     if (sp.code !== 0) { log(`small-packet iperf3 failed (${sp.code}): ${sp.stderr.slice(0, 200)}`); smallPps = NaN; }
@@ -177,7 +178,7 @@ async function measure(tb: TestbedHandle, seconds: number, lbStats: () => Promis
   let cps = NaN;
   try { const j = JSON.parse(cr.stdout) as { ok: boolean; durationMs: number }; cps = j.ok ? 100 / (j.durationMs / 1000) : NaN; } catch { cps = NaN; }
   if (!Number.isFinite(cps)) log(`connection-rate client failed after ${Date.now() - c0} ms: ${cr.stderr.slice(0, 200)}`);
-  const run: Run = { g1: g1.bps / 1e9, g8: g8.bps / 1e9, smallPps, smallBytes, rttP50Us: rtt, cpuSecPerGB: cpu / (g8.bytes / 1e9), cps };
+  const run: Run = { g1: g1.bps / 1e9, g8: g8.bps / 1e9, smallPps, smallBytes, smallCpuUs, rttP50Us: rtt, cpuSecPerGB: cpu / (g8.bytes / 1e9), cps };
   if (s0 && s1) run.fastShare = (s1.kernel - s0.kernel) / Math.max(1, s1.kernel - s0.kernel + s1.engine - s0.engine);
   return run;
 }
@@ -262,7 +263,7 @@ export async function runFastpathBench(o: { rounds: number; seconds: number; mod
           // mplb modes: the share of packets NATed in the kernel over the 8-connection run, from mplb's own stats.
           const run = await measure(tb, seconds, async () => p.stats?.());
           res[m].push(run);
-          log(`round ${r + 1} ${m}: 1 conn ${run.g1.toFixed(2)} Gbit/s, 8 conn ${run.g8.toFixed(2)}, small ${Math.round(run.smallPps)} pkt/s (${Math.round(run.smallBytes)} B each), rtt p50 ${run.rttP50Us?.toFixed(0)} us, ${run.cpuSecPerGB.toFixed(2)} CPU s/GB, ${run.cps.toFixed(0)} conn/s${run.fastShare !== undefined ? `, fast path share ${run.fastShare.toFixed(3)}` : ''}`);
+          log(`round ${r + 1} ${m}: 1 conn ${run.g1.toFixed(2)} Gbit/s, 8 conn ${run.g8.toFixed(2)}, small ${Math.round(run.smallPps)} pkt/s (${Math.round(run.smallBytes)} B each, ${run.smallCpuUs.toFixed(1)} machine CPU µs each), rtt p50 ${run.rttP50Us?.toFixed(0)} us, ${run.cpuSecPerGB.toFixed(2)} CPU s/GB, ${run.cps.toFixed(0)} conn/s${run.fastShare !== undefined ? `, fast path share ${run.fastShare.toFixed(3)}` : ''}`);
         } finally {
           await p.down();
         }
@@ -273,7 +274,7 @@ export async function runFastpathBench(o: { rounds: number; seconds: number; mod
     testbedDown(tb);
   }
   const med = (m: string, k: keyof Run) => median(res[m].map((x) => x[k] as number));
-  const summary = Object.fromEntries(modes.map((m) => [m, { g1: med(m, 'g1'), g8: med(m, 'g8'), smallPps: med(m, 'smallPps'), rttP50Us: med(m, 'rttP50Us'), cpuSecPerGB: med(m, 'cpuSecPerGB'), cps: med(m, 'cps'), fastShare: med(m, 'fastShare') }]));
+  const summary = Object.fromEntries(modes.map((m) => [m, { g1: med(m, 'g1'), g8: med(m, 'g8'), smallPps: med(m, 'smallPps'), smallCpuUs: med(m, 'smallCpuUs'), rttP50Us: med(m, 'rttP50Us'), cpuSecPerGB: med(m, 'cpuSecPerGB'), cps: med(m, 'cps'), fastShare: med(m, 'fastShare') }]));
   return { machine: { kernel: execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim(), loadavgAfter: readFileSync('/proc/loadavg', 'utf8').trim() }, rounds, seconds, mapUpdateUsPerConnection: cost.usPerConnection, runs: res, medians: summary };
 }
 
@@ -288,7 +289,7 @@ export function fastpathSection(r: FastpathBenchResult, when: string): string {
     return `${f(median(xs))} [${f(Math.min(...xs))}-${f(Math.max(...xs))}]`;
   };
   const names: Record<string, string> = { plain: 'plain routing', nft: 'nftables DNAT (all to server 1)', haproxy: 'HAProxy under mptcpize', tun: 'mplb tun', 'tc-bpf': 'mplb tc-bpf' };
-  const rows = Object.keys(r.runs).map((m) => `| ${names[m]} | ${rng(m, 'g1')} | ${rng(m, 'g8')} | ${rng(m, 'smallPps', 0)} | ${rng(m, 'rttP50Us', 0)} | ${rng(m, 'cpuSecPerGB')} | ${rng(m, 'cps', 0)} | ${m === 'tc-bpf' || m === 'tun' ? rng(m, 'fastShare', 3) : '-'} |`);
+  const rows = Object.keys(r.runs).map((m) => `| ${names[m]} | ${rng(m, 'g1')} | ${rng(m, 'g8')} | ${rng(m, 'smallPps', 0)} | ${rng(m, 'smallCpuUs', 1)} | ${rng(m, 'rttP50Us', 0)} | ${rng(m, 'cpuSecPerGB')} | ${rng(m, 'cps', 0)} | ${m === 'tc-bpf' || m === 'tun' ? rng(m, 'fastShare', 3) : '-'} |`);
   const med = r.medians, ratio = (a: string, b: string, k: string) => (med[a] && med[b] ? (med[a][k] / med[b][k]).toFixed(2) : 'n/a');
   const t = 'tc-bpf';
   const added = med[t] && med.nft ? (med[t].rttP50Us - med.nft.rttP50Us).toFixed(0) : 'n/a';
@@ -300,13 +301,16 @@ one testbed (client with two links, balancer namespace, two servers, real Linux 
 [min-max]. Load average after the run: ${r.machine.loadavgAfter} (a shared 2-core machine: other sessions ran
 their tests meanwhile). Rerun: \`npm run bench -- --only fastpath\` (root; iperf3, mptcpd, haproxy, nftables).
 
-| mode | 1 conn Gbit/s | 8 conn Gbit/s | small packets/s | RTT p50 µs | machine CPU s/GB | MPTCP conn/s | fast path share |
-|---|---|---|---|---|---|---|---|
+| mode | 1 conn Gbit/s | 8 conn Gbit/s | small packets/s | machine CPU µs per small packet | RTT p50 µs | machine CPU s/GB | MPTCP conn/s | fast path share |
+|---|---|---|---|---|---|---|---|---|
 ${rows.join('\n')}
 
 mplb tc-bpf against its targets (ratios of medians): ${ratio(t, 'nft', 'g1')}x / ${ratio(t, 'nft', 'g8')}x nftables DNAT (target 0.95x) and
 ${ratio(t, 'plain', 'g1')}x / ${ratio(t, 'plain', 'g8')}x plain routing (target 0.9x) with 1 / 8 connections; small packets ${ratio(t, 'nft', 'smallPps')}x nftables
 (target 1.0x); added RTT p50 over nftables ${added} µs (target <= 20); CPU per GB ${ratio(t, 'nft', 'cpuSecPerGB')}x nftables' (target <= 1).
+The small-packet rate is set by the sender here (one iperf3 stream, one segment per packet, client, balancer and
+servers on 2 cores): mplb tun reached ${med.tun ? Math.round(med.tun.smallPps) : 'n/a'} packets/s in the same run, so that column cannot tell the balancers apart. The
+machine CPU per small packet can: mplb tc-bpf ${ratio(t, 'nft', 'smallCpuUs')}x nftables', mplb tun ${ratio('tun', 'nft', 'smallCpuUs')}x.
 The map writer's cost per connection (its two entries inserted and later removed, FlowMap.apply on bursts of 256
 connections: one bpf_map_update_batch / bpf_map_delete_batch call each, no traffic): ${r.mapUpdateUsPerConnection.toFixed(2)} µs.
 
