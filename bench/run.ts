@@ -103,7 +103,7 @@ function startSection(): string {
  */
 async function onlyFastpath(): Promise<void> {
   const mod = await import(new URL('./fastpath.bench.js', import.meta.url).href) as typeof import('./fastpath.bench.js');
-  const r = await mod.runFastpathBench({ rounds: quick ? 1 : 3, seconds: quick ? 2 : 5 });
+  const r = await mod.runFastpathBench({ rounds: quick ? 1 : 5, seconds: quick ? 2 : 5 });
   writeFileSync(`${ROOT}bench/fastpath-results.json`, JSON.stringify(r, null, 2) + '\n');
   if (quick) { process.stderr.write('bench: wrote bench/fastpath-results.json (quick: BENCHMARKS.md untouched)\n'); return; }
   const m = machine();
