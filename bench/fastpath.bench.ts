@@ -16,6 +16,7 @@ import { testbedDown, testbedUp, type TestbedHandle } from '../src/testbed/testb
 import { startBalancerProcess, type BalancerProcess } from '../src/testbed/balancer-process.js';
 import { ipn, tryRun } from '../src/testbed/netns.js';
 import { stopChild } from '../src/demo/demo.js';
+import { fastpathCost } from './fastpath-cost.bench.js';
 
 const IPERF = 5201, ECHO = 5202, SINK = 5203;
 const NFT_TABLE = 'mplb_fp_bench';
@@ -230,6 +231,8 @@ export async function mapUpdateCost(): Promise<{ usPerConnection: number; n: num
 
 export interface FastpathBenchResult {
   machine: Record<string, string>; rounds: number; seconds: number; mapUpdateUsPerConnection: number;
+  /** The program alone, per packet kind (bench/fastpath-cost.bench.ts: BPF_PROG_TEST_RUN, median of the kernel's means). */
+  programNs: Record<string, number>;
   runs: Record<string, Run[]>; medians: Record<string, Record<string, number>>;
 }
 
@@ -238,6 +241,8 @@ export async function runFastpathBench(o: { rounds: number; seconds: number; mod
   const modes = o.modes ?? ALL;
   for (const m of modes) if (!ALL.includes(m)) throw new Error(`unknown mode ${m}`);
   const cost = await mapUpdateCost();
+  const programNs = fastpathCost()[0].nsPerPacket;
+  log(`program per packet: ${Object.entries(programNs).map(([k, v]) => `${k} ${v} ns`).join(', ')}`);
   log(`map writer: ${cost.usPerConnection.toFixed(2)} us per connection (its two entries inserted and removed, batches of 256, ${cost.n} connections)`);
   const tb = testbedUp({ mode: 'balancer', servers: 2, rateMbit: 0, runId: `fa57${randomBytes(1).toString('hex')}` });
   const servers: ChildProcess[] = [];
@@ -275,7 +280,7 @@ export async function runFastpathBench(o: { rounds: number; seconds: number; mod
   }
   const med = (m: string, k: keyof Run) => median(res[m].map((x) => x[k] as number));
   const summary = Object.fromEntries(modes.map((m) => [m, { g1: med(m, 'g1'), g8: med(m, 'g8'), smallPps: med(m, 'smallPps'), smallCpuUs: med(m, 'smallCpuUs'), rttP50Us: med(m, 'rttP50Us'), cpuSecPerGB: med(m, 'cpuSecPerGB'), cps: med(m, 'cps'), fastShare: med(m, 'fastShare') }]));
-  return { machine: { kernel: execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim(), loadavgAfter: readFileSync('/proc/loadavg', 'utf8').trim() }, rounds, seconds, mapUpdateUsPerConnection: cost.usPerConnection, runs: res, medians: summary };
+  return { machine: { kernel: execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim(), loadavgAfter: readFileSync('/proc/loadavg', 'utf8').trim() }, rounds, seconds, mapUpdateUsPerConnection: cost.usPerConnection, programNs, runs: res, medians: summary };
 }
 
 /** The BENCHMARKS.md section (between markers, so that `npm run bench -- --only fastpath` replaces it alone). */
@@ -313,6 +318,9 @@ servers on 2 cores): mplb tun reached ${med.tun ? Math.round(med.tun.smallPps) :
 machine CPU per small packet can: mplb tc-bpf ${ratio(t, 'nft', 'smallCpuUs')}x nftables', mplb tun ${ratio('tun', 'nft', 'smallCpuUs')}x.
 The map writer's cost per connection (its two entries inserted and later removed, FlowMap.apply on bursts of 256
 connections: one bpf_map_update_batch / bpf_map_delete_batch call each, no traffic): ${r.mapUpdateUsPerConnection.toFixed(2)} µs.
+The program alone per packet (BPF_PROG_TEST_RUN in a namespace of its own, FIB answer complete, 200 runs per skb,
+median of 2000 calls; \`node dist/bench/fastpath-cost.bench.js\`, which also compares builds with --object):
+${Object.entries(r.programNs ?? {}).map(([k, v]) => `${k.replace(/_/g, ' ')} ${v} ns`).join(', ')}.
 
 Read with care. On this shared machine the spread between rounds of one mode (up to 1.7x) is larger than the
 differences between plain routing, nftables DNAT and mplb tc-bpf, so a ratio above 1 means "no measurable cost", not

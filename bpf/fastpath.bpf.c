@@ -148,6 +148,30 @@ static long opt_step(__u32 k, struct opt_walk *w)
 	return 0;
 }
 
+/* True when the options are exactly NOP, NOP, timestamps (kind 8, length 10), one DSS (RFC 8684 3.3: MPTCP kind 30,
+ * subtype 2) and at most 3 bytes of NOP or end-of-list padding: what Linux puts on an MPTCP data or ACK segment. */
+static __always_inline int dss_after_timestamps(const struct opt_walk *w)
+{
+	const __u8 *o = w->o;
+	__u32 n = w->n;
+	if (n < 16 || o[0] != 1 || o[1] != 1 || o[2] != 8 || o[3] != 10 || o[12] != TCPOPT_MPTCP)
+		return 0;
+	__u32 len = o[13];
+	if (len < 4 || (o[14] >> 4) != MPTCP_SUB_DSS || 12 + len > n)
+		return 0;
+	__u32 rest = n - 12 - len;
+	if (rest > 3)
+		return 0;
+	for (__u32 j = 0; j < 3; j++) {
+		if (j >= rest)
+			break;
+		__u8 b = o[(12 + len + j) & 63];
+		if (b > 1) /* not NOP (1) or end of option list (0) */
+			return 0;
+	}
+	return 1;
+}
+
 SEC("tc")
 int mplb_fastpath(struct __sk_buff *skb)
 {
@@ -235,7 +259,10 @@ int mplb_fastpath(struct __sk_buff *skb)
 			if (bpf_skb_load_bytes(skb, l4off + 20, w.o, n) < 0)
 				return count(FP_C_PASS_MALFORMED, 1);
 			w.n = n;
-			bpf_loop(MAX_OPT_BYTES, opt_step, &w, 0);
+			/* Linux's own layout (NOP NOP timestamps, then one DSS and at most 3 bytes of NOP/EOL padding)
+			 * is recognised inline; anything else is walked option by option. */
+			if (!dss_after_timestamps(&w))
+				bpf_loop(MAX_OPT_BYTES, opt_step, &w, 0);
 			if (w.verdict == 1)
 				return count(FP_C_PASS_MPTCP, 1);
 			if (w.verdict == 2)
@@ -317,7 +344,11 @@ int mplb_fastpath(struct __sk_buff *skb)
 	} else if (bpf_skb_store_bytes(skb, ETH_LEN + 7, &new_ttl, 1, 0) < 0) {
 		goto fail;
 	}
-	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) < 0 || bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0) < 0)
+	/* Both MACs in one write: the FIB gives them as smac, dmac; the Ethernet header wants dmac, smac. */
+	__u8 macs[2 * ETH_ALEN];
+	__builtin_memcpy(macs, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(macs + ETH_ALEN, fib.smac, ETH_ALEN);
+	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
 		goto fail;
 	count(FP_C_REDIRECTED, 1);
 	return bpf_redirect(fib.ifindex, 0);

@@ -160,13 +160,20 @@ if (reason) {
       passes(pkt(ACK, opts(TS, mptcpOptions([fastclose(0xabcdefn)]))), 'MP_FASTCLOSE on an ACK');
       passes(pkt(ACK, opts(Uint8Array.from([30, 3, 0x50, 1]))), 'MP_PRIO');
       passes(pkt(ACK, Uint8Array.from([30, 1, 0, 0])), 'MPTCP option with a bad length');
+      // Timestamps and a DSS, then 3 bytes that are not padding but an MP_PRIO: the inline check of Linux's layout
+      // must hand it to the walk, which finds the MP_PRIO.
+      passes(pkt(ACK, opts(TS, Uint8Array.from([30, 9, 0x20, 0x01, 0, 0, 0, 1, 0, 30, 3, 0x50]))), 'MP_PRIO in the 3 bytes after a DSS');
       const c1 = fp.counters();
       assert.equal(c1.pass_control - c0.pass_control, 2);
-      assert.equal(c1.pass_mptcp - c0.pass_mptcp, 2);
+      assert.equal(c1.pass_mptcp - c0.pass_mptcp, 3);
       assert.equal(c1.pass_malformed - c0.pass_malformed, 1);
       assert.equal(c1.packets, c0.packets, 'nothing NATed');
       // Still mapped: a DSS-only segment is NATed.
       sameRewrite(e, pkt(ACK, opts(TS, mptcpOptions([dss(1n)]))), Verdict.ToBackend);
+      // Linux's data segment: timestamps, a DSS with a mapping (18 bytes), then NOP or end-of-list padding.
+      const mapping = [30, 18, 0x20, 0x05, 0, 0, 0, 9, 0, 0, 0, 7, 0, 0, 0, 1, 0, 10];
+      sameRewrite(e, pkt(ACK, opts(TS, Uint8Array.from([...mapping, 1, 1]))), Verdict.ToBackend);
+      sameRewrite(e, pkt(ACK, opts(TS, Uint8Array.from([...mapping, 0, 0]))), Verdict.ToBackend);
       // A SYN reusing the 4-tuple: passed up, and the stale entry is gone (the next ACK is passed up too).
       passes(pkt(SYN, new Uint8Array(0)), 'SYN on a mapped 4-tuple');
       assert.equal(fp.counters().syn_stale - c0.syn_stale, 1);

@@ -104,9 +104,10 @@ export function tcOpts(progFd: number, flags: number, handle: number, priority: 
  * BPF_PROG_TEST_RUN of a tc program on one frame (tests and the start-time probe): returns the program's verdict
  * and the frame as it left. struct bpf_test_run_opts is 80 bytes; its data pointers point at koffi-allocated memory.
  * `ctx`: the __sk_buff's ingress_ifindex and ifindex (the kernel then runs it as if received on that device of the
- * caller's network namespace, so a FIB lookup sees that namespace's routes).
+ * caller's network namespace, so a FIB lookup sees that namespace's routes). `repeat` > 1 (benchmarks): runs on the
+ * same skb, so each run sees the previous one's rewrites; durationNs is the kernel's mean per run.
  */
-export function testRun(progFd: number, frame: Uint8Array, ctx?: { ingressIfindex: number; ifindex: number }): { retval: number; out: Uint8Array } {
+export function testRun(progFd: number, frame: Uint8Array, ctx?: { ingressIfindex: number; ifindex: number }, repeat = 1): { retval: number; out: Uint8Array; durationNs: number } {
   const l = libbpf();
   const cap = frame.length + 256;
   const inMem = koffi.alloc('uint8_t', frame.length);
@@ -130,12 +131,13 @@ export function testRun(progFd: number, frame: Uint8Array, ctx?: { ingressIfinde
       o.writeBigUInt64LE(koffi.address(ctxMem), 32);
       o.writeUInt32LE(CTX_BYTES, 48);
     }
-    o.writeInt32LE(1, 60); // repeat
+    // repeat: the program runs that many times on one skb (changes accumulate); duration: the mean ns per run.
+    o.writeInt32LE(repeat, 60);
     const r = l.testRun(progFd, o);
     if (r < 0) throw new Error(`bpf_prog_test_run_opts failed: errno ${-r}`);
     const outLen = o.readUInt32LE(28);
     const out = Uint8Array.from(koffi.decode(outMem, 'uint8_t', outLen) as number[]);
-    return { retval: o.readUInt32LE(56) | 0, out };
+    return { retval: o.readUInt32LE(56) | 0, out, durationNs: o.readUInt32LE(64) };
   } finally {
     koffi.free(inMem);
     koffi.free(outMem);
