@@ -330,13 +330,43 @@ export function accountingProblems(a: EngineStats, b: EngineStats): string[] {
   return p;
 }
 
+/**
+ * Connections spread by a hash may leave servers empty by chance: all n of them on some m - 1 of k servers has
+ * probability at most C(k, m - 1) * ((m - 1) / k)^n. The check asks for the most servers m for which that is below
+ * 1e-5: all 3 of 3 from 32 connections, 2 of 3 from 12 (one left empty is 2.3% there), both of 2 from 18.
+ */
+export function spreadProblem(counts: number[]): string | undefined {
+  const k = counts.length, n = counts.reduce((a, b) => a + b, 0);
+  const choose = (a: number, b: number) => { let c = 1; for (let i = 0; i < b; i++) c = (c * (a - i)) / (i + 1); return c; };
+  let need = 1;
+  for (let m = 2; m <= k; m++) if (choose(k, m - 1) * Math.pow((m - 1) / k, n) < 1e-5) need = m;
+  const used = counts.filter((c) => c > 0).length;
+  return used < need ? `connections per server ${JSON.stringify(counts)}: ${used} of ${k} servers got any, expected at least ${need} for ${n} hashed connections` : undefined;
+}
+
+/** Open TCP and MPTCP sockets on the MPTCP port in the client and server namespaces, and the client's qdiscs. */
+function stallSnapshot(tb: TestbedHandle): string {
+  const run = (ns: string, args: string[]) => {
+    try { return execFileSync('ip', ['netns', 'exec', ns, ...args], { encoding: 'utf8', timeout: 3000 }).replace(/\s+/g, ' ').trim(); } catch (e) { return `(${(e as Error).message.split('\n')[0]})`; }
+  };
+  const port = `( sport = :${MPTCP_PORT} or dport = :${MPTCP_PORT} )`;
+  const out = [`client tcp: ${run(tb.namespaces.client, ['ss', '-tniem', 'state', 'established', port])}`, `client mptcp: ${run(tb.namespaces.client, ['ss', '-Mni'])}`, `client qdisc: ${run(tb.namespaces.client, ['tc', '-s', 'qdisc'])}`];
+  for (const ns of tb.namespaces.servers) out.push(`${ns} tcp: ${run(ns, ['ss', '-tniem', port])}`, `${ns} mptcp: ${run(ns, ['ss', '-Mni'])}`);
+  return out.join(' | ');
+}
+
 export async function mptcpBatch(spec: MptcpBatchSpec, t: { diagnostic(m: string): void }): Promise<MptcpBatchResult> {
   const { tb, lb, servers, n } = spec;
   const since = await Promise.all(servers.map(async (s) => maxId(await s.report())));
   const e0 = await engineStats(lb);
   const s0 = nstatMany(tb.namespaces.servers);
   const c0 = nstatMany([tb.namespaces.client]);
+  // A connection still open 2 s before the client gives up is stalled: what its sockets and the client's queues
+  // looked like then goes into the failure message (afterwards the client has closed them).
+  let stall = '';
+  const snap = setTimeout(() => { stall = stallSnapshot(tb); }, 13000);
   const r = await runClientTo(tb, spec.host, ['--port', String(MPTCP_PORT), '--connections', String(n), '--timeout-ms', '15000', '--min-subflows', '2', ...spec.clientArgs], 25000);
+  clearTimeout(snap);
   const e1 = await engineStats(lb);
   const s1 = nstatMany(tb.namespaces.servers);
   const c1 = nstatMany([tb.namespaces.client]);
@@ -368,7 +398,8 @@ export async function mptcpBatch(spec: MptcpBatchSpec, t: { diagnostic(m: string
     if (extra) problems.push(`token ${tok}: ${extra}`);
   }
   const counts = perServer.map((l) => l.length);
-  if (counts.some((k) => k === 0)) problems.push(`connections per server ${JSON.stringify(counts)}: some server got none`);
+  const spread = spreadProblem(counts);
+  if (spread) problems.push(spread);
   if (counts.reduce((a, b) => a + b, 0) !== n) problems.push(`servers served ${counts.reduce((a, b) => a + b, 0)} MPTCP connections, expected ${n}`);
   if (sd.MPTcpExtMPJoinNoTokenFound !== 0) problems.push(`servers reset ${sd.MPTcpExtMPJoinNoTokenFound} joins with an unknown token (MPJoinNoTokenFound)`);
   if (sd.MPTcpExtMPJoinSynRx < n) problems.push(`servers got ${sd.MPTcpExtMPJoinSynRx} join SYNs, expected >= ${n}`);
@@ -385,6 +416,7 @@ export async function mptcpBatch(spec: MptcpBatchSpec, t: { diagnostic(m: string
     return nonZero(nstatDelta(a, b, names).sum);
   };
   const kernel = `servers ${JSON.stringify(tcpish(s0, s1))}, client ${JSON.stringify(tcpish(c0, c1))}`;
+  if (problems.length > 0 && stall) problems.push(`sockets 2 s before the client's timeout: ${stall}`);
   t.diagnostic(`${n} MPTCP connections to ${spec.host} in ${r.durationMs.toFixed(0)} ms: per server ${JSON.stringify(counts)}, engine ${JSON.stringify(nonZero(ed))}, kernel ${kernel}`);
   return { r, problems, dssNotMatching: sd.MPTcpExtDSSNotMatching, engineDelta: ed, kernel };
 }
