@@ -350,8 +350,8 @@ function stallSnapshot(tb: TestbedHandle): string {
     try { return execFileSync('ip', ['netns', 'exec', ns, ...args], { encoding: 'utf8', timeout: 3000 }).replace(/\s+/g, ' ').trim(); } catch (e) { return `(${(e as Error).message.split('\n')[0]})`; }
   };
   const port = `( sport = :${MPTCP_PORT} or dport = :${MPTCP_PORT} )`;
-  const out = [`client tcp: ${run(tb.namespaces.client, ['ss', '-tniem', 'state', 'established', port])}`, `client mptcp: ${run(tb.namespaces.client, ['ss', '-Mni'])}`, `client qdisc: ${run(tb.namespaces.client, ['tc', '-s', 'qdisc'])}`];
-  for (const ns of tb.namespaces.servers) out.push(`${ns} tcp: ${run(ns, ['ss', '-tniem', port])}`, `${ns} mptcp: ${run(ns, ['ss', '-Mni'])}`);
+  const out = [`client tcp: ${run(tb.namespaces.client, ['ss', '-tniem', 'state', 'established', port])}`, `client mptcp: ${run(tb.namespaces.client, ['ss', '-Mnim'])}`, `client qdisc: ${run(tb.namespaces.client, ['tc', '-s', 'qdisc'])}`];
+  for (const ns of tb.namespaces.servers) out.push(`${ns} tcp: ${run(ns, ['ss', '-tniem', port])}`, `${ns} mptcp: ${run(ns, ['ss', '-Mnim'])}`);
   return out.join(' | ');
 }
 
