@@ -7,7 +7,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
-import { isRoot, haveIp, nstatIn } from '../../src/testbed/netns.js';
+import { isRoot, haveIp, nsExec, nstatIn } from '../../src/testbed/netns.js';
 import type { TestbedHandle } from '../../src/testbed/testbed.js';
 import type { BalancerProcess } from '../../src/testbed/balancer-process.js';
 import type { ClientReport, ConnectionResult } from '../../src/traffic/client.js';
@@ -303,11 +303,6 @@ export interface MptcpBatchSpec {
 export interface MptcpBatchResult { r: ClientReport; problems: string[]; dssNotMatching: number; engineDelta: Record<string, number>; kernel: string }
 
 /**
- * N MPTCP connections from the client, then every check of "all subflows of each connection on one server": two
- * subflows at both ends, the server token on exactly one server, the engine's record naming that server, no join
- * reset at the servers, engine counters. Returns the problems (empty = fine).
- */
-/**
  * The only drops expected with the e2e traffic: the fresh TUN's own IPv6 router solicitations and MLD reports
  * (icmp_unhandled_type; not_tcp before ICMP was read).
  */
@@ -346,15 +341,20 @@ export function spreadProblem(counts: number[]): string | undefined {
 
 /** Open TCP and MPTCP sockets on the MPTCP port in the client and server namespaces, and the client's qdiscs. */
 function stallSnapshot(tb: TestbedHandle): string {
-  const run = (ns: string, args: string[]) => {
-    try { return execFileSync('ip', ['netns', 'exec', ns, ...args], { encoding: 'utf8', timeout: 3000 }).replace(/\s+/g, ' ').trim(); } catch (e) { return `(${(e as Error).message.split('\n')[0]})`; }
+  const run = (ns: string, cmd: string, args: string[]) => {
+    try { return nsExec(ns, cmd, args).replace(/\s+/g, ' ').trim(); } catch (e) { return `(${(e as Error).message})`; }
   };
   const port = `( sport = :${MPTCP_PORT} or dport = :${MPTCP_PORT} )`;
-  const out = [`client tcp: ${run(tb.namespaces.client, ['ss', '-tniem', 'state', 'established', port])}`, `client mptcp: ${run(tb.namespaces.client, ['ss', '-Mnim'])}`, `client qdisc: ${run(tb.namespaces.client, ['tc', '-s', 'qdisc'])}`];
-  for (const ns of tb.namespaces.servers) out.push(`${ns} tcp: ${run(ns, ['ss', '-tniem', port])}`, `${ns} mptcp: ${run(ns, ['ss', '-Mnim'])}`);
+  const out = [`client tcp: ${run(tb.namespaces.client, 'ss', ['-tniem', 'state', 'established', port])}`, `client mptcp: ${run(tb.namespaces.client, 'ss', ['-Mnim'])}`, `client qdisc: ${run(tb.namespaces.client, 'tc', ['-s', 'qdisc'])}`];
+  for (const ns of tb.namespaces.servers) out.push(`${ns} tcp: ${run(ns, 'ss', ['-tniem', port])}`, `${ns} mptcp: ${run(ns, 'ss', ['-Mnim'])}`);
   return out.join(' | ');
 }
 
+/**
+ * N MPTCP connections from the client, then every check of "all subflows of each connection on one server": two
+ * subflows at both ends, the server token on exactly one server, the engine's record naming that server, no join
+ * reset at the servers, engine counters. Returns the problems (empty = fine).
+ */
 export async function mptcpBatch(spec: MptcpBatchSpec, t: { diagnostic(m: string): void }): Promise<MptcpBatchResult> {
   const { tb, lb, servers, n } = spec;
   const since = await Promise.all(servers.map(async (s) => maxId(await s.report())));
@@ -363,9 +363,10 @@ export async function mptcpBatch(spec: MptcpBatchSpec, t: { diagnostic(m: string
   const c0 = nstatMany([tb.namespaces.client]);
   // A connection still open 2 s before the client gives up is stalled: what its sockets and the client's queues
   // looked like then goes into the failure message (afterwards the client has closed them).
+  const clientTimeoutMs = 15000;
   let stall = '';
-  const snap = setTimeout(() => { stall = stallSnapshot(tb); }, 13000);
-  const r = await runClientTo(tb, spec.host, ['--port', String(MPTCP_PORT), '--connections', String(n), '--timeout-ms', '15000', '--min-subflows', '2', ...spec.clientArgs], 25000);
+  const snap = setTimeout(() => { stall = stallSnapshot(tb); }, clientTimeoutMs - 2000);
+  const r = await runClientTo(tb, spec.host, ['--port', String(MPTCP_PORT), '--connections', String(n), '--timeout-ms', String(clientTimeoutMs), '--min-subflows', '2', ...spec.clientArgs], 25000);
   clearTimeout(snap);
   const e1 = await engineStats(lb);
   const s1 = nstatMany(tb.namespaces.servers);
